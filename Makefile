@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` (default study) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run smoke test venv lint bench clean
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/snakemake --cores all
+
+smoke: venv
+	$(BIN)/snakemake --cores all --configfile config/smoke.yaml
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
+
+bench: venv
+	$(BIN)/python -m mae.bench pretrain --preset cpu-tiny
+
+clean:
+	rm -rf results/runs results/data results/summary .snakemake

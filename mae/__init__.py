@@ -1,0 +1,2 @@
+"""MAE study pipeline."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from mae.cli import main
+
+sys.exit(main())
