@@ -1,0 +1,27 @@
+# MAE study: data -> pretraining runs (every ablation) -> evaluations -> transfer -> summary -> tables/figures.
+# Usage: snakemake --cores all [--configfile config/smoke.yaml | config/paper.yaml]; see README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/transfer.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.tables.output,
+        rules.figures.output,
+        rules.claims.output,
+    default_target: True

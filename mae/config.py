@@ -1,0 +1,262 @@
+"""Stage configurations: flat dataclasses loaded from YAML files and ``key=value`` overrides.
+
+Every training stage has one dataclass that extends :class:`TrainConfig` (the engine's knobs) with its own
+flat keys. :func:`load_config` fills it from defaults ← YAML file ← ``--set key=value`` overrides (values are
+parsed with ``yaml.safe_load``) and checks every key and value against the field types, so a typo fails
+with one line naming it instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Literal, Optional, TypeVar
+
+import yaml
+
+from mae.errors import UserError
+
+C = TypeVar("C")
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of the shared training loop (:func:`mae.engine.fit`).
+
+    ``batch_size`` is per process; the effective batch is ``batch_size * accum_iter * world_size`` and
+    ``lr = base_lr * effective_batch / 256`` unless ``lr`` is given (absolute).
+    """
+
+    stage: ClassVar[str] = "train"
+
+    epochs: int = 100
+    batch_size: int = 64
+    accum_iter: int = 1
+    base_lr: float = 1e-3
+    lr: Optional[float] = None
+    min_lr: float = 0.0
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float = 0.9
+    clip_grad: Optional[float] = None
+    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    seed: int = 0
+    num_workers: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = 20
+    save_every: int = 1
+    eval_every: int = 0
+    compile: bool = False
+    max_steps: Optional[int] = None
+
+    def check(self) -> None:
+        """Range checks beyond types; subclasses extend it (call ``super().check()``)."""
+        positive = ["epochs", "batch_size", "accum_iter", "log_every", "save_every"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1")
+        for key in ["base_lr", "min_lr", "warmup_epochs", "weight_decay", "num_workers", "eval_every"]:
+            if getattr(self, key) < 0:
+                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 0")
+        if self.lr is not None and self.lr < 0:
+            raise UserError(f"lr={self.lr!r} for {self.stage} must be >= 0")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise UserError(f"clip_grad={self.clip_grad!r} for {self.stage} must be > 0 (or null)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"max_steps={self.max_steps!r} for {self.stage} must be >= 1 (or null)")
+        if self.warmup_epochs > self.epochs:
+            raise UserError(f"warmup_epochs={self.warmup_epochs!r} exceeds epochs={self.epochs} for {self.stage}")
+
+
+def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """Absolute peak lr: ``cfg.lr`` if set, else ``base_lr * batch_size * accum_iter * world_size / 256``."""
+    if cfg.lr is not None:
+        return float(cfg.lr)
+    return cfg.base_lr * cfg.batch_size * cfg.accum_iter * world_size / 256
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """MAE pretraining (paper recipe defaults: AdamW β=(0.9, 0.95), wd 0.05, base_lr 1.5e-4, mask 75 %)."""
+
+    stage: ClassVar[str] = "pretrain"
+
+    epochs: int = 800
+    warmup_epochs: float = 40.0
+    base_lr: float = 1.5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+
+    model: str = "mae_vit_micro_patch4"
+    mask_ratio: float = 0.75
+    decoder_depth: Optional[int] = None  # None: the model's default
+    decoder_width: Optional[int] = None  # decoder_embed_dim; None: the model's default
+    decoder_heads: Optional[int] = None  # decoder_num_heads; None: the model's default
+    sampler: Literal["random", "block", "grid"] = "random"
+    target: Literal["pixel", "norm_pixel", "pca", "token"] = "norm_pixel"
+    target_path: Optional[str] = None  # fitted PCA / tokenizer file for target=pca|token
+    mask_token_in_encoder: bool = False
+    aug: Literal["none", "crop_fixed", "crop_rand", "crop_rand_jitter"] = "crop_rand"
+    img_size: Optional[int] = None  # None: the dataset's image size
+    eval_images: int = 1024  # val images for the reconstruction-loss monitor (0: skip)
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise UserError(f"mask_ratio={self.mask_ratio!r} for pretrain must be in [0, 1)")
+        for key in ["decoder_depth", "decoder_width", "decoder_heads", "img_size"]:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"{key}={value!r} for pretrain must be >= 1 (or null)")
+        if self.target in ("pca", "token") and not self.target_path:
+            raise UserError(f"target={self.target} needs target_path (the fitted {self.target} file)")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def config_keys(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterable[str] = ()) -> C:
+    """Defaults of ``cls`` ← YAML mapping in ``path`` ← ``key=value`` overrides; validated."""
+    stage = getattr(cls, "stage", cls.__name__)
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise UserError(f"cannot read config file {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping of key: value, not {type(loaded).__name__}")
+        for key, value in loaded.items():
+            values[_check_key(cls, str(key), stage, f" (in {path})")] = value
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override {item!r} must look like key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        values[_check_key(cls, key, stage, "")] = value
+    hints = typing.get_type_hints(cls)
+    kwargs = {key: _coerce(value, hints[key], key, stage) for key, value in values.items()}
+    cfg = cls(**kwargs)
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _check_key(cls: type, key: str, stage: str, where: str) -> str:
+    valid = config_keys(cls)
+    if key not in valid:
+        raise UserError(f"unknown key '{key}' for {stage}{where} (valid: {', '.join(valid)})")
+    return key
+
+
+def _coerce(value: Any, hint: Any, key: str, stage: str) -> Any:
+    """Return ``value`` converted to the field type ``hint``, or raise a UserError naming key and value."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, stage)
+            except UserError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise UserError(f"bad value {key}={value!r} for {stage} (choices: {choices})")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"bad value {key}={value!r} for {stage} (expected a list)")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"bad value {key}={value!r} for {stage} (expected {len(args)} items)")
+            items = [_coerce(v, a, key, stage) for v, a in zip(value, args)]
+        else:
+            item_hint = args[0] if args else Any
+            items = [_coerce(v, item_hint, key, stage) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"bad value {key}={value!r} for {stage} (expected a mapping)")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"bad value {key}={value!r} for {stage} (expected true or false)")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"bad value {key}={value!r} for {stage} (expected an integer)")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # yaml reads '1e-3' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"bad value {key}={value!r} for {stage} (expected a number)")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"bad value {key}={value!r} for {stage} (expected a string)")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every training command shares: --data --out --config --set --device."""
+    parser.add_argument("--data", required=True, help="prepared dataset folder (mae prepare-data output)")
+    parser.add_argument("--out", required=True, help="output folder (created; resumes if it holds a checkpoint)")
+    parser.add_argument("--config", default=None, help="YAML file of key: value settings for this stage")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting (repeatable; value parsed as YAML)",
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="device (default: config)")
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """load_config from the common arguments (``--device`` wins over the config's ``device``)."""
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    return load_config(cls, getattr(args, "config", None), overrides)

@@ -1,0 +1,404 @@
+"""Collect every run's metrics into one tidy table: ``results/summary/runs.csv``.
+
+One row per run × evaluation with every knob of the run and every metric of the evaluation::
+
+    results/runs/<run>/settings.json                 knobs (written by pretrain)
+    results/runs/<run>/<evaluation>/metrics.json     pretrain, finetune, linprobe, knn, partial_ft-<k>,
+                                                     transfer_det, transfer_seg, transfer_cls-<dataset>
+    results/runs/scratch/<evaluation>/metrics.json   from-scratch baselines (init = scratch)
+
+``mae summarize`` also writes ``metrics.json`` (headline numbers for ``dvc metrics``) and ``loss_curves.csv``
+(the pretraining loss of every run, from ``pretrain/log.jsonl``, for ``dvc plots``) beside ``runs.csv``.
+
+The helpers at the bottom (:func:`read_summary`, :func:`base_run`, :func:`table_runs`, :func:`seed_mean`)
+are what the tables, figures and claims read the summary with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from mae.errors import UserError
+from mae.report.paper import KNOBS
+from mae.utils.io import atomic_path, atomic_write_json
+
+log = logging.getLogger("mae.report.summary")
+
+ID_COLUMNS = ("run", "eval", "eval_setting", "init")
+METRICS = (
+    "top1",
+    "top5",
+    "loss",
+    "train_loss",
+    "ap_box",
+    "ap50_box",
+    "ap75_box",
+    "ap_mask",
+    "ap50_mask",
+    "ap75_mask",
+    "miou",
+    "epochs",
+    "wall_s",
+    "img_s",
+    "params",
+)
+COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS)
+#: the evaluations that are part of an evaluation folder's name: ``partial_ft-4`` -> (partial_ft, "4")
+EVALS = ("pretrain", "finetune", "linprobe", "knn", "partial_ft", "transfer_det", "transfer_seg", "transfer_cls")
+#: runs whose folder name says how the encoder was initialised (no pretraining of ours)
+BASELINE_INITS = ("scratch", "supervised")
+#: knob aliases accepted in settings.json / STUDY.json
+ALIASES = {"epochs": "pretrain_epochs", "decoder_embed_dim": "decoder_width"}
+
+INT_KNOBS = ("img_size", "patch_size", "decoder_depth", "decoder_width", "pretrain_epochs", "seed")
+FLOAT_KNOBS = ("mask_ratio",)
+BOOL_KNOBS = ("mask_token_in_encoder",)
+STR_KNOBS = ("model", "dataset", "target", "aug", "sampling")
+
+
+# --------------------------------------------------------------------------------------------- collecting
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _knobs(settings: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in (settings or {}).items():
+        key = ALIASES.get(key, key)
+        if key in KNOBS:
+            out[key] = value
+    return out
+
+
+def load_study(path: str | Path | None) -> dict[str, Any]:
+    """STUDY.json written by the Snakefile: ``{"base": {...}, "runs": {name: {settings, tables}}, "scale"}``."""
+    if path is None:
+        return {"base": {}, "runs": {}, "scale": {}}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"study file not found: {path}")
+    study = _read_json(path)
+    if not isinstance(study, dict) or not isinstance(study.get("runs", {}), dict):
+        raise UserError(f"{path}: expected an object with 'base', 'runs' and 'scale'")
+    study.setdefault("base", {})
+    study.setdefault("runs", {})
+    study.setdefault("scale", {})
+    return study
+
+
+def parse_eval_dir(name: str) -> tuple[str, str] | None:
+    """``partial_ft-4`` -> ('partial_ft', '4'); ``transfer_cls-digits`` -> ('transfer_cls', 'digits')."""
+    for ev in EVALS:
+        if name == ev:
+            return ev, ""
+        if name.startswith(ev + "-") and len(name) > len(ev) + 1:
+            return ev, name[len(ev) + 1:]
+    return None
+
+
+def _metric_values(metrics: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = float("nan")
+            continue
+        out[key] = value
+    return out
+
+
+def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Walk ``runs_dir`` and return the summary DataFrame (columns :data:`COLUMNS` + any extra metrics)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"runs folder not found: {runs_dir}")
+    study = study or {"base": {}, "runs": {}, "scale": {}}
+    base = _knobs(study.get("base", {}))
+    scale = study.get("scale", {}) or {}
+    if "dataset" not in base and scale.get("dataset"):
+        base["dataset"] = scale["dataset"]
+    rows: list[dict[str, Any]] = []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = run_dir.name
+        entry = study.get("runs", {}).get(name, {}) or {}
+        settings_path = run_dir / "settings.json"
+        own = _read_json(settings_path) if settings_path.is_file() else {}
+        init = str(own.get("init") or entry.get("settings", {}).get("init")
+                   or (name if name in BASELINE_INITS else "mae"))
+        if init in BASELINE_INITS and not own:
+            # no pretraining of ours: only the architecture/data knobs of the base apply
+            knobs = {k: base[k] for k in ("model", "dataset", "img_size", "patch_size", "seed") if k in base}
+            knobs.update(_knobs(entry.get("settings", {})))
+        else:
+            knobs = {**base, **_knobs(entry.get("settings", {})), **_knobs(own)}
+        tables = ";".join(str(t) for t in entry.get("tables", []) or [])
+        found = False
+        for eval_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+            parsed = parse_eval_dir(eval_dir.name)
+            metrics_path = eval_dir / "metrics.json"
+            if parsed is None or not metrics_path.is_file():
+                continue
+            metrics = _read_json(metrics_path)
+            if not isinstance(metrics, dict):
+                raise UserError(f"{metrics_path}: expected a JSON object of metrics")
+            ev, setting = parsed
+            rows.append({"run": name, "eval": ev, "eval_setting": setting, "init": init, **knobs,
+                         "tables": tables, **_metric_values(metrics)})
+            found = True
+        if not found:
+            log.info("run %s: no evaluation with metrics.json yet", name)
+    frame = pd.DataFrame(rows)
+    extra = sorted(c for c in frame.columns if c not in COLUMNS)
+    frame = frame.reindex(columns=[*COLUMNS, *extra])
+    frame = normalise(frame)
+    order = {ev: i for i, ev in enumerate(EVALS)}
+    if len(frame):
+        frame = frame.assign(_o=frame["eval"].map(order)).sort_values(
+            ["run", "_o", "eval_setting"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return frame
+
+
+def loss_curves(runs_dir: str | Path) -> pd.DataFrame:
+    """Pretraining log of every run (``pretrain/log.jsonl``): run, epoch, step, loss, lr, img_s."""
+    frames = []
+    for log_path in sorted(Path(runs_dir).glob("*/pretrain/log.jsonl")):
+        records = []
+        for i, line in enumerate(log_path.read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{log_path}: line {i + 1} is not valid JSON") from None
+            if isinstance(rec, dict) and "loss" in rec:
+                records.append(rec)
+        if records:
+            frame = pd.DataFrame(records).reindex(columns=["epoch", "step", "loss", "lr", "img_s"])
+            frame.insert(0, "run", log_path.parent.parent.name)
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run", "epoch", "step", "loss", "lr", "img_s"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def headline_metrics(frame: pd.DataFrame) -> dict[str, Any]:
+    """A few numbers of the base run for ``dvc metrics``: fine-tune/linear/kNN top-1, transfer, speed."""
+    out: dict[str, Any] = {"runs": int(frame["run"].nunique()) if len(frame) else 0}
+    base = base_run(frame)
+    if base is None:
+        return out
+    out["base_run"] = base
+    rows = frame[frame["run"] == base]
+    picks = {
+        "finetune_top1": ("finetune", "", "top1"),
+        "linprobe_top1": ("linprobe", "", "top1"),
+        "knn_top1": ("knn", "", "top1"),
+        "pretrain_loss": ("pretrain", "", "train_loss"),
+        "pretrain_img_s": ("pretrain", "", "img_s"),
+        "det_ap_box": ("transfer_det", "", "ap_box"),
+        "det_ap_mask": ("transfer_det", "", "ap_mask"),
+        "seg_miou": ("transfer_seg", "", "miou"),
+    }
+    for key, (ev, setting, metric) in picks.items():
+        sel = rows[(rows["eval"] == ev) & (rows["eval_setting"].fillna("") == setting)]
+        if metric in sel and sel[metric].notna().any():
+            out[key] = round(float(sel[metric].dropna().iloc[0]), 4)
+    scratch = frame[(frame["init"] == "scratch") & (frame["eval"] == "finetune")]
+    if "top1" in scratch and scratch["top1"].notna().any():
+        out["scratch_finetune_top1"] = round(float(scratch["top1"].dropna().mean()), 4)
+    return out
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+# --------------------------------------------------------------------------------------------- reading
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give knob columns stable dtypes (nullable ints/floats/bools, strings) so that equality works."""
+    frame = frame.copy()
+    for col in INT_KNOBS:
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
+    for col in FLOAT_KNOBS:
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Float64")
+    for col in BOOL_KNOBS:
+        if col in frame:
+            frame[col] = frame[col].map(_to_bool).astype("boolean")
+    for col in (*STR_KNOBS, "run", "eval", "eval_setting", "init", "tables"):
+        if col in frame:
+            frame[col] = frame[col].map(lambda v: None if _missing(v) else str(v)).astype("string")
+    frame["eval_setting"] = frame["eval_setting"].fillna("")
+    frame["tables"] = frame["tables"].fillna("")
+    for col in frame.columns:
+        if col not in COLUMNS[: len(ID_COLUMNS) + len(KNOBS) + 1]:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    return frame
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _to_bool(value: Any) -> Any:
+    if _missing(value):
+        return pd.NA
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        return pd.NA
+    return bool(value)
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """Read runs.csv (written by :func:`collect`) with normalised dtypes; UserError if missing/malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"summary not found: {path}")
+    try:
+        frame = pd.read_csv(path, dtype={"eval_setting": str, "tables": str})
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame(columns=list(COLUMNS))
+    missing = [c for c in ("run", "eval", "init") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    frame = frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
+    return normalise(frame)
+
+
+def pretraining_knobs() -> tuple[str, ...]:
+    """Knobs that define a pretraining setting apart from the seed."""
+    return tuple(k for k in KNOBS if k != "seed")
+
+
+def base_run(frame: pd.DataFrame) -> str | None:
+    """The base run: the run named ``base``; else the MAE run tagged with the most tables; else the run
+    whose knobs equal the most common value of every knob."""
+    mae = frame[frame["init"] == "mae"] if len(frame) else frame
+    if not len(mae):
+        return None
+    names = list(dict.fromkeys(mae["run"]))
+    if "base" in names:
+        return "base"
+    ntab = {r: len([t for t in str(t_).split(";") if t]) for r, t_ in zip(mae["run"], mae["tables"])}
+    best = max(names, key=lambda r: ntab.get(r, 0))
+    if ntab.get(best, 0) > 0:
+        return best
+    knobs = base_knobs(frame)
+    for name in names:
+        row = mae[mae["run"] == name].iloc[0]
+        if all(_same(row[k], v) for k, v in knobs.items()):
+            return name
+    return names[0]
+
+
+def base_knobs(frame: pd.DataFrame) -> dict[str, Any]:
+    """The base setting: the knobs of the run named ``base`` or, without one, the most common value of every
+    knob over the MAE runs (one vote per run)."""
+    mae = frame[frame["init"] == "mae"].drop_duplicates("run") if len(frame) else frame
+    if not len(mae):
+        return {}
+    if "base" in set(mae["run"]):
+        row = mae[mae["run"] == "base"].iloc[0]
+        return {k: row[k] for k in pretraining_knobs()}
+    out = {}
+    for k in pretraining_knobs():
+        values = mae[k].dropna()
+        out[k] = values.mode().iloc[0] if len(values) else pd.NA
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _missing(a) and _missing(b):
+        return True
+    if _missing(a) or _missing(b):
+        return False
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) < 1e-9
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def differs_only_in(frame: pd.DataFrame, knobs: Iterable[str], base: dict[str, Any] | None = None) -> pd.Series:
+    """Boolean mask: MAE rows whose pretraining knobs equal the base except (possibly) ``knobs``."""
+    base = base_knobs(frame) if base is None else base
+    knobs = set(knobs)
+    mask = pd.Series(frame["init"].eq("mae").fillna(False).to_numpy(dtype=bool), index=frame.index)
+    for k in pretraining_knobs():
+        if k in knobs or k not in base:
+            continue
+        mask &= frame[k].map(lambda v, b=base[k]: _same(v, b)).astype(bool)
+    return mask
+
+
+def table_runs(frame: pd.DataFrame, table_id: str, knobs: Iterable[str]) -> pd.DataFrame:
+    """Rows of the MAE runs that serve table ``table_id`` (``1a``, ``fig5`` …).
+
+    Runs tagged with the table id in the ``tables`` column plus the base run; when no run is tagged (a
+    summary without a study file), the runs that differ from the base only in ``knobs``.
+    """
+    if not len(frame):
+        return frame
+    tagged = frame["tables"].fillna("").map(lambda t: table_id in str(t).split(";"))
+    base = base_run(frame)
+    if tagged.any():
+        sel = tagged | (frame["run"] == base)
+        return frame[sel & frame["init"].eq("mae").fillna(False)]
+    return frame[differs_only_in(frame, knobs)]
+
+
+def seed_mean(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Mean, standard deviation and number of seeds of ``metric`` per group ``by`` (groups with no value
+    are dropped)."""
+    cols = [*by, "mean", "std", "n"]
+    if not len(frame) or metric not in frame:
+        return pd.DataFrame(columns=cols)
+    data = frame[frame[metric].notna()]
+    if not len(data):
+        return pd.DataFrame(columns=cols)
+    grouped = data.groupby(by, dropna=False, sort=False)[metric]
+    out = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    return out[cols]
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", required=True, help="results/runs folder (one sub-folder per run)")
+    parser.add_argument("--study", default=None, help="STUDY.json written by the Snakefile (base, runs, scale)")
+    parser.add_argument("--out", required=True, help="output runs.csv")
+    parser.add_argument("--metrics", default=None,
+                        help="headline metrics JSON for `dvc metrics` (default: metrics.json beside --out)")
+    parser.add_argument("--loss-curves", default=None,
+                        help="pretraining loss curves CSV for `dvc plots` (default: loss_curves.csv beside --out)")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    study = load_study(args.study)
+    frame = collect(args.runs, study)
+    out = Path(args.out)
+    write_csv(frame, out)
+    atomic_write_json(args.metrics or out.with_name("metrics.json"), headline_metrics(frame))
+    write_csv(loss_curves(args.runs), args.loss_curves or out.with_name("loss_curves.csv"))
+    log.info("summary: %d rows from %d runs -> %s", len(frame), frame["run"].nunique() if len(frame) else 0, out)
+    return 0

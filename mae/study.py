@@ -1,0 +1,177 @@
+"""Plan a study: expand the ablation grid of a config into deduplicated, stably named runs.
+
+The Snakefile imports this module (so the planning logic is tested by pytest, not buried in the DAG). A *run* is
+one pretraining setting: the base setting plus the knobs that differ. Every table/figure lists the settings it
+needs; identical settings are trained once and the run records every table it serves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from mae.errors import UserError
+
+# Pretraining knobs that define a run, in naming order.
+KNOBS = (
+    "model",
+    "mask_ratio",
+    "decoder_depth",
+    "decoder_width",
+    "mask_token_in_encoder",
+    "target",
+    "aug",
+    "sampling",
+    "epochs",
+    "seed",
+)
+
+# Knobs allowed in an ablation entry, with the type each value must have.
+KNOB_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "mask_ratio": (float, int),
+    "decoder_depth": (int,),
+    "decoder_width": (int,),
+    "mask_token_in_encoder": (bool,),
+    "target": (str,),
+    "aug": (str,),
+    "sampling": (str,),
+    "epochs": (int,),
+    "seed": (int,),
+}
+CHOICES = {
+    "target": ("pixel", "norm_pixel", "pca", "token"),
+    "aug": ("none", "crop_fixed", "crop_rand", "crop_rand_jitter"),
+    "sampling": ("random", "block", "grid"),
+}
+
+
+@dataclass
+class Run:
+    name: str
+    settings: dict[str, Any]
+    tables: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "tables": self.tables}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = f"{value:g}"
+        return text
+    return str(value)
+
+
+def run_name(settings: dict[str, Any], base: dict[str, Any]) -> str:
+    """Readable, stable name: the knobs that differ from the base, in KNOBS order; ``base`` when none."""
+    parts = [f"{k}-{_fmt(settings[k])}" for k in KNOBS if settings[k] != base[k]]
+    return "_".join(parts) if parts else "base"
+
+
+def _check_knobs(where: str, setting: dict[str, Any]) -> None:
+    for key, value in setting.items():
+        if key not in KNOB_TYPES:
+            raise UserError(f"{where}: unknown knob '{key}' (valid: {', '.join(KNOBS)})")
+        types = KNOB_TYPES[key]
+        if isinstance(value, bool) and bool not in types:
+            raise UserError(f"{where}: bad value {value!r} for '{key}'")
+        if not isinstance(value, types):
+            raise UserError(f"{where}: bad value {value!r} for '{key}' (expected {types[0].__name__})")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"{where}: bad value {value!r} for '{key}' (choose from {', '.join(CHOICES[key])})")
+        if key == "mask_ratio" and not 0.0 < float(value) < 1.0:
+            raise UserError(f"{where}: bad value {value!r} for 'mask_ratio' (must be in (0, 1))")
+
+
+def _table_settings(table: str, spec: Any) -> list[dict[str, Any]]:
+    """A table spec is a one-factor sweep ``{knob: [values]}`` or an explicit list of setting dicts."""
+    where = f"ablations.{table}"
+    if isinstance(spec, dict):
+        if len(spec) != 1:
+            raise UserError(f"{where}: a sweep names exactly one knob (got {', '.join(spec) or 'none'})")
+        (knob, values), = spec.items()
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}.{knob}: expected a non-empty list of values")
+        settings = [{knob: v} for v in values]
+    elif isinstance(spec, list) and spec and all(isinstance(s, dict) for s in spec):
+        settings = spec
+    else:
+        raise UserError(f"{where}: expected {{knob: [values]}} or a list of settings")
+    for setting in settings:
+        _check_knobs(where, setting)
+    return settings
+
+
+def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
+    """All pretraining runs of a study, deduplicated, keyed by name (base first, then in table order)."""
+    base = dict(config["base"])
+    _check_knobs("base", base)
+    missing = [k for k in KNOBS if k not in base]
+    if missing:
+        raise UserError(f"base: missing knob(s) {', '.join(missing)}")
+    seeds = list(config.get("seeds") or [base["seed"]])
+    runs: dict[str, Run] = {}
+
+    def add(setting: dict[str, Any], table: str | None) -> None:
+        for seed in seeds if "seed" not in setting else [setting["seed"]]:
+            full = {**base, **setting, "seed": seed}
+            name = run_name(full, base)
+            run = runs.setdefault(name, Run(name, full))
+            if table and table not in run.tables:
+                run.tables.append(table)
+
+    add({}, None)
+    for table, spec in (config.get("ablations") or {}).items():
+        if spec is None:  # a table switched off (e.g. by an overriding config file)
+            continue
+        for setting in _table_settings(str(table), spec):
+            add(setting, str(table))
+    return runs
+
+
+def needs_target_file(run: Run) -> str | None:
+    """'pca' or 'token' when the run's target needs a fitted file, else None."""
+    return run.settings["target"] if run.settings["target"] in ("pca", "token") else None
+
+
+def write_plan(config: dict[str, Any], path: str | Path) -> None:
+    """The study manifest that the summary reads: base, runs (settings + tables), scale."""
+    from mae.utils.io import atomic_write_json
+
+    runs = plan_runs(config)
+    atomic_write_json(
+        path,
+        {
+            "base": config["base"],
+            "runs": {name: run.to_dict() for name, run in runs.items()},
+            "scale": {
+                "model": config["base"]["model"],
+                "dataset": config["pretrain_dataset"],
+                "epochs": config["base"]["epochs"],
+                "name": config.get("scale", ""),
+            },
+        },
+    )
+
+
+def cli_overrides(section: dict[str, Any] | None) -> str:
+    """Render a config section as ``--set key=value`` flags (values as JSON, which YAML parses back)."""
+    flags: list[str] = []
+    for key, value in (section or {}).items():
+        flags.append(f"--set {key}={_shell_quote(json.dumps(value))}")
+    return " ".join(flags)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def unique(items: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(items))

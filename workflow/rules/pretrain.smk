@@ -1,0 +1,32 @@
+# MAE pretraining, one job per run. The declared output is metrics.json (written last); checkpoint.pt is
+# rewritten every epoch and is deliberately *not* an output, so that a killed job keeps it and the rerun
+# resumes from it instead of being deleted by --rerun-incomplete.
+
+
+rule pretrain:
+    input:
+        data=data_dir(PRETRAIN_DATA),
+        target=lambda wc: [target_file(wc.run)] if target_file(wc.run) else [],
+    output:
+        metrics=f"{R}/runs/{{run}}/pretrain/metrics.json",
+    params:
+        out=lambda wc: f"{R}/runs/{wc.run}/pretrain",
+        knobs=lambda wc: run_flags(wc.run),
+        stage=stage_flags("pretrain"),
+        target=lambda wc, input: f"--set target_path={input.target[0]}" if input.target else "",
+        launcher=lambda wc, resources: (
+            f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}"
+            if int(getattr(resources, "gpu", 0) or 0) > 1
+            else f"{sys.executable}"
+        ),
+    log:
+        f"logs/pretrain/{{run}}.log",
+    benchmark:
+        f"benchmarks/pretrain/{{run}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} -m mae pretrain --data {input.data} --out {params.out}"
+        " --device {config[device]} {params.stage} {params.knobs} {params.target} > {log} 2>&1"

@@ -1,0 +1,71 @@
+# Transfer of an encoder (MAE run, "scratch" = random init, "supervised" = from-scratch fine-tuned encoder):
+# COCO-style detection/instance segmentation, semantic segmentation, classification on other datasets.
+
+
+rule transfer_det:
+    input:
+        data=data_dir(config["transfer_det"].get("dataset", PRETRAIN_DATA)),
+        init=init_input,
+    output:
+        metrics=f"{R}/runs/{{any_run}}/transfer_det/metrics.json",
+    params:
+        out=lambda wc: f"{R}/runs/{wc.any_run}/transfer_det",
+        init=init_flag,
+        stage=stage_flags("transfer_det", drop=("dataset",)),
+    log:
+        f"logs/transfer_det/{{any_run}}.log",
+    benchmark:
+        f"benchmarks/transfer_det/{{any_run}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} {MAE} transfer-det --data {input.data} --out {params.out} {params.init}"
+        " --device {config[device]} {params.stage} > {log} 2>&1"
+
+
+rule transfer_seg:
+    input:
+        data=data_dir(config["transfer_seg"].get("dataset", PRETRAIN_DATA)),
+        init=init_input,
+    output:
+        metrics=f"{R}/runs/{{any_run}}/transfer_seg/metrics.json",
+    params:
+        out=lambda wc: f"{R}/runs/{wc.any_run}/transfer_seg",
+        init=init_flag,
+        stage=stage_flags("transfer_seg", drop=("dataset",)),
+    log:
+        f"logs/transfer_seg/{{any_run}}.log",
+    benchmark:
+        f"benchmarks/transfer_seg/{{any_run}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} {MAE} transfer-seg --data {input.data} --out {params.out} {params.init}"
+        " --device {config[device]} {params.stage} > {log} 2>&1"
+
+
+rule transfer_cls:
+    input:
+        data=lambda wc: data_dir(wc.dataset),
+        init=init_input,
+    output:
+        metrics=f"{R}/runs/{{any_run}}/transfer_cls-{{dataset}}/metrics.json",
+    params:
+        out=lambda wc: f"{R}/runs/{wc.any_run}/transfer_cls-{wc.dataset}",
+        init=init_flag,
+        stage=stage_flags("transfer_cls", drop=("datasets",)),
+    log:
+        f"logs/transfer_cls/{{any_run}}-{{dataset}}.log",
+    benchmark:
+        f"benchmarks/transfer_cls/{{any_run}}-{{dataset}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "OMP_NUM_THREADS={threads} {MAE} transfer-cls --data {input.data} --out {params.out} {params.init}"
+        " --device {config[device]} {params.stage} > {log} 2>&1"
