@@ -354,16 +354,15 @@ def differs_only_in(frame: pd.DataFrame, knobs: Iterable[str], base: dict[str, A
 def table_runs(frame: pd.DataFrame, table_id: str, knobs: Iterable[str]) -> pd.DataFrame:
     """Rows of the MAE runs that serve table ``table_id`` (``1a``, ``fig5`` …).
 
-    Runs tagged with the table id in the ``tables`` column plus the base run; when no run is tagged (a
-    summary without a study file), the runs that differ from the base only in ``knobs``.
+    Runs tagged with the table id in the ``tables`` column plus the base setting (every seed); when no run
+    is tagged (a summary without a study file), the runs that differ from the base only in ``knobs``.
     """
     if not len(frame):
         return frame
-    tagged = frame["tables"].fillna("").map(lambda t: table_id in str(t).split(";"))
-    base = base_run(frame)
+    tagged = frame["tables"].fillna("").map(lambda t: table_id in str(t).split(";")).astype(bool)
     if tagged.any():
-        sel = tagged | (frame["run"] == base)
-        return frame[sel & frame["init"].eq("mae").fillna(False)]
+        is_mae = frame["init"].eq("mae").fillna(False).astype(bool)
+        return frame[(tagged & is_mae) | differs_only_in(frame, [])]
     return frame[differs_only_in(frame, knobs)]
 
 

@@ -1,0 +1,418 @@
+"""Shared pieces of every evaluation: the encoder (from a checkpoint or random init), the classification task
+with top-1/top-5 evaluation, feature extraction, freezing, weighted k-NN, and the metrics file.
+
+The per-evaluation modules (:mod:`finetune`, :mod:`linprobe`, :mod:`partial_ft`, :mod:`knn`) are thin: they pick
+the head, the trainable parameters, the optimizer and the transforms, and hand a :class:`ClassificationTask`
+to the engine's ``fit()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from mae.errors import UserError
+
+DEFAULT_MODEL = "mae_vit_micro_patch4"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt"
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_init_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--init CKPT`` or ``--scratch`` (exactly one)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="encoder weights: our pretrain checkpoint.pt, a fine-tuned model.pt, or a reference "
+        "{'model': state_dict} file (decoder keys are ignored, pos_embed is interpolated)",
+    )
+    group.add_argument("--scratch", action="store_true", help="random initialisation (the from-scratch baseline)")
+
+
+def init_label(args: argparse.Namespace) -> str:
+    return "scratch" if getattr(args, "scratch", False) else "mae"
+
+
+# ------------------------------------------------------------------------------------------------ device
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"device: invalid value '{name}' (use cpu, cuda or auto)") from err
+
+
+def autocast(device: torch.device, amp: str | None):
+    """Autocast context for inference (training autocast is owned by the engine)."""
+    if amp in (None, "none", False):
+        return contextlib.nullcontext()
+    if amp == "bf16" or device.type == "cpu":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if amp == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    raise UserError(f"amp: invalid value '{amp}' (valid: bf16, fp16, none)")
+
+
+# ----------------------------------------------------------------------------------------------- encoder
+
+
+def _load_file(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--init: checkpoint file '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
+        raise UserError(f"--init: cannot read checkpoint '{path}': {err}") from err
+
+
+def checkpoint_model_name(path: str | Path) -> str | None:
+    """The model name stored in one of our checkpoints (pretrain ``config`` or fine-tune ``model.pt``)."""
+    obj = _load_file(path)
+    if not isinstance(obj, dict):
+        return None
+    for key in ("config", "args", "meta"):
+        section = obj.get(key)
+        if isinstance(section, dict) and isinstance(section.get("model"), str):
+            return section["model"]
+        if section is not None and isinstance(getattr(section, "model", None), str):
+            return section.model
+    return None
+
+
+def resolve_model_name(configured: str | None, init: str | None) -> str:
+    """The configured ``model`` key wins; else the name stored in the checkpoint; else the study default."""
+    if configured:
+        return configured
+    if init:
+        name = checkpoint_model_name(init)
+        if name:
+            return name
+        raise UserError(f"model: checkpoint '{init}' does not record its model name; pass --set model=NAME")
+    return DEFAULT_MODEL
+
+
+def build_encoder(
+    model_name: str,
+    num_classes: int,
+    *,
+    global_pool: str = "avg",
+    drop_path: float = 0.0,
+    img_size: int | None = None,
+    init: str | None = None,
+) -> tuple[nn.Module, Any]:
+    """A timm ``VisionTransformer`` with the MAE encoder architecture, loaded from ``init`` when given.
+
+    Returns ``(model, load_report)``; the report is ``None`` for a random init.
+    """
+    from mae.models import create_encoder, load_encoder_checkpoint
+
+    if global_pool not in ("avg", "token"):
+        raise UserError(f"global_pool: invalid value '{global_pool}' (valid: avg, token)")
+    model = create_encoder(
+        model_name, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path, img_size=img_size
+    )
+    report = None
+    if init:
+        if not Path(init).is_file():
+            raise UserError(f"--init: checkpoint file '{init}' does not exist")
+        report = load_encoder_checkpoint(model, init)
+    return model, report
+
+
+def init_head(head: nn.Linear, std: float) -> None:
+    nn.init.trunc_normal_(head.weight, std=std)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+
+
+def features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pooled representation a timm ViT feeds its head (cls after the final norm, or avg + fc_norm)."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+# ----------------------------------------------------------------------------------------------- freezing
+
+
+def freeze_all_but(model: nn.Module, trainable: Callable[[str], bool]) -> None:
+    """``requires_grad`` True exactly for the parameters whose name satisfies ``trainable``."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(bool(trainable(name)))
+
+
+def trainable_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable_named_params(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def dataset_info(data_dir: str | Path) -> dict:
+    from mae.data import load_meta
+
+    path = Path(data_dir)
+    if not (path / "meta.json").is_file():
+        raise UserError(f"--data: '{path}' is not a prepared dataset (no meta.json)")
+    meta = load_meta(path)
+    for key in ("num_classes", "img_size"):
+        if key not in meta:
+            raise UserError(f"--data: {path / 'meta.json'} has no '{key}'")
+    return meta
+
+
+def _sampler(dataset: Dataset, shuffle: bool, seed: int):
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    return None
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    even: bool = False,
+) -> DataLoader:
+    """Training loaders shuffle and drop the last partial batch (the batch shrinks to the dataset size for tiny
+    sets so that an epoch always has one step; ``even`` keeps it even, as mixup needs)."""
+    n = len(dataset)
+    if n == 0:
+        raise UserError("--data: the split is empty")
+    if train:
+        batch_size = min(batch_size, n)
+        if even and batch_size % 2 and batch_size > 1:
+            batch_size -= 1
+    sampler = _sampler(dataset, shuffle=train, seed=seed)
+    generator = torch.Generator().manual_seed(seed) if train and sampler is None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, int]:
+    """Number of samples whose target is among the ``k`` highest scores (``k`` capped at the class count)."""
+    ks = tuple(ks)
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices
+    hit = top.eq(target.view(-1, 1))
+    return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
+
+
+class ClassificationTask:
+    """A classifier trained by the engine's ``fit()``: mixup/cutmix + label smoothing, top-1/top-5 eval.
+
+    ``model`` maps a batch of inputs (images, or cached features for the fast linear probe) to logits.
+    Subclasses choose ``param_groups`` and ``optimizer``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Any,
+        train_set: Dataset,
+        val_set: Dataset,
+        device: torch.device,
+        *,
+        mixup: Callable | None = None,
+        smoothing: float = 0.0,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        self.model = model
+        self.cfg = cfg
+        self.train_set = train_set
+        self.val_set = val_set
+        self.device = device
+        self.mixup = mixup
+        if mixup is not None:
+            self.criterion: nn.Module = SoftTargetCrossEntropy()  # smoothing is inside the mixed targets
+        elif smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.eval_batch_size = eval_batch_size or max(int(cfg.batch_size), 1)
+        self.history: list[float] = []
+
+    # ---- engine interface
+    def train_loader(self) -> DataLoader:
+        return make_loader(
+            self.train_set,
+            int(self.cfg.batch_size),
+            train=True,
+            num_workers=int(getattr(self.cfg, "num_workers", 0) or 0),
+            seed=int(getattr(self.cfg, "seed", 0) or 0),
+            even=self.mixup is not None,
+        )
+
+    def train_step(self, batch) -> tuple[torch.Tensor, int, dict]:
+        inputs, target = batch[0], batch[1]
+        inputs = inputs.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            inputs, target = self.mixup(inputs, target)
+        logits = self.model(inputs)
+        loss = self.criterion(logits.float(), target)
+        return loss, int(inputs.shape[0]), {}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loader = make_loader(self.val_set, self.eval_batch_size, train=False,
+                             num_workers=int(getattr(self.cfg, "num_workers", 0) or 0))
+        n, loss_sum, hits = 0, 0.0, {1: 0, 5: 0}
+        for batch in loader:
+            inputs = batch[0].to(self.device, non_blocking=True)
+            target = batch[1].to(self.device, non_blocking=True)
+            with autocast(self.device, getattr(self.cfg, "amp", "none")):
+                logits = model(inputs)
+            logits = logits.float()
+            loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+            for k, v in topk_correct(logits, target).items():
+                hits[k] += v
+            n += int(target.shape[0])
+        model.train(was_training)
+        top1 = 100.0 * hits[1] / max(n, 1)
+        self.history.append(top1)
+        return {
+            "top1": top1,
+            "top5": 100.0 * hits[5] / max(n, 1),
+            "loss": loss_sum / max(n, 1),
+            "best_top1": max(self.history),
+            "n_val": n,
+        }
+
+
+# ---------------------------------------------------------------------------------------- frozen features
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+    amp: str | None = "bf16",
+    num_workers: int = 0,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Pooled features of every sample of ``dataset`` (float32, on CPU), their labels, and images/s."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
+    feats, labels = [], []
+    start, n = time.perf_counter(), 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    for batch in bar:
+        images = batch[0].to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = features(model, images)
+        feats.append(out.float().cpu())
+        labels.append(torch.as_tensor(batch[1]).long().cpu())
+        n += int(images.shape[0])
+        bar.set_postfix(img_s=f"{n / max(time.perf_counter() - start, 1e-9):.0f}")
+    model.train(was_training)
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    return torch.cat(feats), torch.cat(labels), n / elapsed
+
+
+def knn_scores(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_feats: torch.Tensor,
+    num_classes: int,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Weighted k-NN class scores: cosine similarity, the ``k`` nearest training samples vote for their class
+    with weight ``exp(sim / temperature)``. Returns ``(N_query, num_classes)``."""
+    if k < 1:
+        raise UserError(f"k: must be >= 1, got {k}")
+    if temperature <= 0:
+        raise UserError(f"temperature: must be > 0, got {temperature}")
+    bank = F.normalize(train_feats.float(), dim=1)
+    k = min(k, bank.shape[0])
+    out = []
+    for start in range(0, query_feats.shape[0], chunk):
+        q = F.normalize(query_feats[start : start + chunk].float(), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        weight = (sim / temperature).exp()
+        votes = torch.zeros(q.shape[0], num_classes, dtype=weight.dtype)
+        votes.scatter_add_(1, train_labels[idx], weight)
+        out.append(votes)
+    return torch.cat(out)
+
+
+# -------------------------------------------------------------------------------------------- outputs
+
+
+def write_metrics(out_dir: str | Path, metrics: dict) -> dict:
+    from mae.utils.io import atomic_write_json
+
+    atomic_write_json(Path(out_dir) / METRICS_FILE, metrics)
+    return metrics
+
+
+def finish_metrics(out_dir: str | Path, metrics: dict, **extra: Any) -> dict:
+    """Add the evaluation's own keys to the metrics ``fit()`` returned and rewrite ``metrics.json``."""
+    merged = dict(metrics)
+    merged.update(extra)
+    return write_metrics(out_dir, merged)
+
+
+def save_model(model: nn.Module, out_dir: str | Path, **meta: Any) -> Path:
+    """The trained ``VisionTransformer`` as ``out_dir/model.pt`` in the reference ``{'model': state_dict}`` format
+    (loadable with ``timm.create_model``; ``meta`` lands beside it under ``'config'``)."""
+    from mae.utils.io import atomic_torch_save
+
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    path = Path(out_dir) / MODEL_FILE
+    atomic_torch_save({"model": state, "config": meta}, path)
+    return path
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)

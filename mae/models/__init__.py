@@ -1,0 +1,56 @@
+"""MAE models: the masked autoencoder, its downstream encoder, position tables and checkpoints.
+
+``create_mae(name, **overrides)`` builds a named :class:`MaskedAutoencoderViT`; ``create_encoder`` the
+matching timm ``VisionTransformer`` for fine-tuning / probing; ``load_encoder_checkpoint`` loads a MAE
+checkpoint into it.
+"""
+
+from __future__ import annotations
+
+from mae.errors import UserError
+from mae.models.checkpoint import load_mae_checkpoint, save_mae_checkpoint
+from mae.models.mae import MaskedAutoencoderViT
+
+# architecture of each named model (encoder + decoder); create_encoder uses the encoder part
+MODEL_SPECS: dict[str, dict] = {
+    "mae_vit_base_patch16": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0),
+    "mae_vit_large_patch16": dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0),
+    "mae_vit_huge_patch14": dict(img_size=224, patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0),
+    # CPU study models (32 px images, 4 px patches -> 8x8 grid)
+    "mae_vit_tiny_patch4": dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3,
+                                decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, mlp_ratio=4.0),
+    "mae_vit_micro_patch4": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                                 decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0),
+}
+ENCODER_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def model_spec(name: str) -> dict:
+    if name not in MODEL_SPECS:
+        raise UserError(f"unknown model '{name}' (valid: {', '.join(MODEL_SPECS)})")
+    return dict(MODEL_SPECS[name])
+
+
+def create_mae(name: str, **overrides) -> MaskedAutoencoderViT:
+    """Named MAE with constructor keywords overridden (e.g. ``decoder_depth=1, target='pca'``)."""
+    kwargs = model_spec(name)
+    kwargs.update(overrides)
+    try:
+        return MaskedAutoencoderViT(**kwargs)
+    except TypeError as err:
+        raise UserError(f"bad model option for {name}: {err}") from err
+
+
+def list_models() -> list[str]:
+    return list(MODEL_SPECS)
+
+
+from mae.models.encoder import create_encoder, encoder_kwargs, load_encoder_checkpoint  # noqa: E402
+
+__all__ = [
+    "MaskedAutoencoderViT", "create_mae", "create_encoder", "encoder_kwargs", "load_encoder_checkpoint",
+    "load_mae_checkpoint", "save_mae_checkpoint", "model_spec", "list_models", "MODEL_SPECS",
+]

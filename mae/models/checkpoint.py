@@ -1,0 +1,86 @@
+"""Reading and writing MAE checkpoints in the reference format: ``{'model': state_dict, ...}``.
+
+Keys follow the original implementation (DESIGN §4), so original pretrain checkpoints (full model) load
+into :class:`~mae.models.MaskedAutoencoderViT` with ``strict=True``, and ours load into the original code.
+Released pretrain files hold the encoder only; :func:`split_encoder_keys` separates the two halves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from mae.errors import UserError
+
+DECODER_PREFIXES = ("decoder_", "mask_token", "encoder_mask_token")
+
+
+def is_decoder_key(key: str) -> bool:
+    """Keys used only in pretraining (decoder, mask tokens) — ignored when loading an encoder."""
+    return key.startswith(DECODER_PREFIXES)
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # our training checkpoints also carry config/RNG objects
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise UserError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model state dict inside a checkpoint object: ``obj['model']``, ``obj['state_dict']`` or ``obj``."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+        if sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
+            return sd
+    raise UserError(f"{source}: no model state dict found (expected {{'model': state_dict}})")
+
+
+def load_state(path_or_state: str | Path | Mapping) -> tuple[dict[str, torch.Tensor], str]:
+    if isinstance(path_or_state, (str, Path)):
+        return extract_state_dict(read_checkpoint(path_or_state), str(path_or_state)), str(path_or_state)
+    return extract_state_dict(path_or_state, "state dict"), "state dict"
+
+
+def load_mae_checkpoint(model: nn.Module, path_or_state: str | Path | Mapping, strict: bool = True):
+    """Load a full MAE checkpoint (encoder + decoder); with ``strict`` every key must match exactly."""
+    sd, source = load_state(path_or_state)
+    if strict:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        if missing or unexpected:
+            raise UserError(f"{source}: keys do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        bad = [k for k in own if own[k].shape != sd[k].shape]
+        if bad:
+            raise UserError(f"{source}: shape mismatch for {bad[0]}: {tuple(sd[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}")
+    return model.load_state_dict(sd, strict=strict)
+
+
+def save_mae_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> None:
+    """Write ``{'model': state_dict, **extra}`` atomically (reference format)."""
+    from mae.utils.io import atomic_torch_save
+
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    atomic_torch_save({"model": model.state_dict(), **extra}, path)
+
+
+def split_encoder_keys(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(encoder part, pretraining-only part) of a MAE state dict."""
+    enc = {k: v for k, v in sd.items() if not is_decoder_key(k)}
+    dec = {k: v for k, v in sd.items() if is_decoder_key(k)}
+    return enc, dec

@@ -1,0 +1,438 @@
+"""The paper's tables with our numbers beside the paper's (``mae tables``).
+
+Every table is written as CSV, Markdown and LaTeX (booktabs) under ``--out``; each metric has an ``ours``
+column and, adjacent to it, a ``paper`` column. Rows: our settings mapped to the paper's setting labels
+(``decoder_depth=8`` ↔ ``depth=8``), our settings the paper did not test (``not in paper``) and the paper's
+settings we did not run (``paper only``). A table whose runs are absent from the summary is still written,
+with the paper's rows and a note naming what is missing. The caption states the scale of our runs.
+
+Files (stems): table1a_decoder_depth, table1b_decoder_width, table1c_mask_token, table1d_target,
+table1e_augmentation, table1f_mask_sampling, table2_wall_clock, table3_scratch_vs_mae, table4_detection,
+table5_segmentation, table6_classification — plus ``tables.md`` with all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from mae.report import paper as P
+from mae.report.summary import base_knobs, base_run, differs_only_in, read_summary, seed_mean, table_runs
+from mae.utils.io import atomic_path, atomic_write_text
+
+log = logging.getLogger("mae.report.tables")
+
+PAPER_SCALE = "ImageNet-1K, {epochs} pretraining epochs"
+
+
+@dataclass
+class Table:
+    """One rendered table: the data (numbers), its caption, and what is missing."""
+
+    id: str
+    stem: str
+    title: str
+    data: pd.DataFrame
+    caption: str
+    missing: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}.** {self.caption}", "", to_markdown(self.data)]
+        return "\n".join(lines) + "\n"
+
+    def latex(self) -> str:
+        return self.data.to_latex(index=False, na_rep="--", escape=True,
+                                  float_format=_latex_float, caption=_tex_escape(f"{self.title}. {self.caption}"),
+                                  label=f"tab:{self.stem}", position="t")
+
+
+# --------------------------------------------------------------------------------------------- formatting
+def _fmt_cell(value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 0.1:
+            return f"{value:.3g}"
+        return f"{value:.1f}" if abs(value) < 1e5 else f"{value:.3g}"
+    return str(value)
+
+
+def _latex_float(value: float) -> str:
+    return _fmt_cell(value)
+
+
+def _tex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(repl.get(ch, ch) for ch in text)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """GitHub Markdown table (numbers with one decimal, missing as an en dash)."""
+    header = [str(c) for c in frame.columns]
+    rows = [[_fmt_cell(v).replace("|", "\\|") for v in row] for row in frame.itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+               for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- scale
+def our_scale(frame: pd.DataFrame) -> dict[str, Any]:
+    knobs = base_knobs(frame)
+    seeds = frame.loc[differs_only_in(frame, []), "seed"].dropna().nunique() if len(frame) else 0
+    return {"model": knobs.get("model", "?"), "dataset": knobs.get("dataset", "?"),
+            "epochs": knobs.get("pretrain_epochs", "?"), "seeds": int(seeds)}
+
+
+def scale_text(scale: dict[str, Any], paper_model: str, paper_epochs: int | str = 800) -> str:
+    def show(v: Any) -> str:
+        return "?" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+    seeds = f", {scale['seeds']} seed(s)" if scale.get("seeds") else ""
+    return (f"Ours: {show(scale['model'])}, data {show(scale['dataset'])}, {show(scale['epochs'])} pretraining "
+            f"epochs{seeds}. Paper: {paper_model}, {PAPER_SCALE.format(epochs=paper_epochs)}.")
+
+
+# --------------------------------------------------------------------------------------------- ablations
+@dataclass
+class Ablation:
+    id: str
+    stem: str
+    title: str
+    paper_table: str
+    knobs: tuple[str, ...]
+    headers: tuple[str, ...]
+    to_paper: Callable[..., str | None]
+    metrics: tuple[tuple[str, str, str, str], ...] = (
+        ("finetune", "top1", "ft_top1", "ft top-1"),
+        ("linprobe", "top1", "lin_top1", "lin top-1"),
+    )
+    show: Callable[..., tuple] | None = None
+
+
+ABLATIONS = (
+    Ablation("1a", "table1a_decoder_depth", "Table 1a: decoder depth", "Table 1a", ("decoder_depth",),
+             ("decoder depth",), lambda d: f"depth={int(d)}"),
+    Ablation("1b", "table1b_decoder_width", "Table 1b: decoder width", "Table 1b", ("decoder_width",),
+             ("decoder width",), lambda w: f"width={int(w)}"),
+    Ablation("1c", "table1c_mask_token", "Table 1c: mask token in the encoder", "Table 1c",
+             ("mask_token_in_encoder",), ("case",), lambda m: P.MASK_TOKEN_LABELS.get(bool(m)),
+             show=lambda m: (P.MASK_TOKEN_LABELS.get(bool(m)),)),
+    Ablation("1d", "table1d_target", "Table 1d: reconstruction target", "Table 1d", ("target",),
+             ("target",), lambda t: P.TARGET_LABELS.get(str(t))),
+    Ablation("1e", "table1e_augmentation", "Table 1e: data augmentation", "Table 1e", ("aug",),
+             ("augmentation",), lambda a: P.AUG_LABELS.get(str(a))),
+    Ablation("1f", "table1f_mask_sampling", "Table 1f: mask sampling", "Table 1f", ("sampling", "mask_ratio"),
+             ("sampling", "ratio %"), lambda s, r: f"{s} {P.pct(r)}", show=lambda s, r: (str(s), P.pct(r))),
+)
+
+
+def _metric_frame(rows: pd.DataFrame, ev: str, metric: str, knobs: list[str], setting: str = "") -> pd.DataFrame:
+    sel = rows[(rows["eval"] == ev) & (rows["eval_setting"].fillna("") == setting)]
+    return seed_mean(sel, knobs, metric)
+
+
+def _paper_pivot(table: str, model: str, metrics: list[str]) -> pd.DataFrame:
+    rows = P.paper_rows(table, model=model)
+    rows = rows[rows["metric"].isin(metrics)]
+    if not len(rows):
+        return pd.DataFrame(columns=["setting", *metrics])
+    order = list(dict.fromkeys(rows["setting"]))
+    piv = rows.pivot_table(index="setting", columns="metric", values="value", aggfunc="first")
+    piv = piv.reindex(index=order, columns=metrics).reset_index()
+    piv.columns.name = None
+    return piv
+
+
+def ablation_table(frame: pd.DataFrame, spec: Ablation, paper_model: str, scale: dict[str, Any]) -> Table:
+    knobs = list(spec.knobs)
+    rows = table_runs(frame, spec.id, knobs) if len(frame) else frame
+    ours: pd.DataFrame | None = None
+    n_seeds = None
+    for ev, metric, paper_metric, label in spec.metrics:
+        m = _metric_frame(rows, ev, metric, knobs) if len(rows) else pd.DataFrame(columns=[*knobs, "mean", "n"])
+        m = m.rename(columns={"mean": f"{label} ours", "n": f"_n_{label}"}).drop(columns=["std"], errors="ignore")
+        ours = m if ours is None else ours.merge(m, on=knobs, how="outer")
+    assert ours is not None
+    ncols = [c for c in ours.columns if c.startswith("_n_")]
+    ours["seeds"] = ours[ncols].max(axis=1) if ncols and len(ours) else pd.Series(dtype="float64")
+    ours = ours.drop(columns=ncols)
+    ours["paper setting"] = [spec.to_paper(*vals) for vals in ours[knobs].itertuples(index=False)] if len(ours) \
+        else pd.Series(dtype="object")
+    paper_metrics = [pm for _, _, pm, _ in spec.metrics]
+    pp = _paper_pivot(spec.paper_table, paper_model, paper_metrics)
+    pp = pp.rename(columns={pm: f"{label} paper" for _, _, pm, label in spec.metrics}).rename(
+        columns={"setting": "paper setting"})
+    merged = ours.merge(pp, on="paper setting", how="outer", indicator=True) if len(ours) else \
+        pp.assign(_merge="right_only")
+    # order: paper order first (our rows at the paper's position), then ours that are not in the paper
+    paper_order = {s: i for i, s in enumerate(pp["paper setting"])}
+    merged["_order"] = merged["paper setting"].map(lambda s: paper_order.get(s, len(paper_order)))
+    sort_cols = ["_order", *[k for k in knobs if k in merged]]
+    merged = merged.sort_values(sort_cols, kind="stable", na_position="last")
+    merged["note"] = merged["_merge"].map({"both": "", "left_only": "not in paper", "right_only": "paper only"})
+    # display columns for our setting
+    display = []
+    for vals in merged[knobs].itertuples(index=False) if all(k in merged for k in knobs) else []:
+        if any(v is pd.NA or (isinstance(v, float) and math.isnan(v)) for v in vals):
+            display.append(tuple("" for _ in knobs))
+        else:
+            display.append(spec.show(*vals) if spec.show else tuple(vals))
+    out = pd.DataFrame(display, columns=list(spec.headers), index=merged.index) if display else \
+        pd.DataFrame({h: [""] * len(merged) for h in spec.headers}, index=merged.index)
+    out["paper setting"] = merged["paper setting"]
+    for _, _, _, label in spec.metrics:
+        for side in ("ours", "paper"):
+            col = f"{label} {side}"
+            out[col] = pd.to_numeric(merged[col], errors="coerce") if col in merged else float("nan")
+    out["seeds"] = pd.to_numeric(merged.get("seeds"), errors="coerce") if "seeds" in merged else float("nan")
+    out["note"] = merged["note"]
+    out = out.reset_index(drop=True)
+    if spec.id == "1c":
+        out = _add_time_rel(out, frame, rows)
+    missing = [s for s in out.loc[out["note"] == "paper only", "paper setting"].astype(str)]
+    no_values = [f"{label} ({ev})" for ev, _, _, label in spec.metrics if out[f"{label} ours"].isna().all()]
+    caption = scale_text(scale, paper_model)
+    if missing:
+        caption += " Paper settings not run: " + ", ".join(missing) + "."
+    if no_values:
+        caption += " No results of ours yet for: " + ", ".join(no_values) + "."
+    return Table(spec.id, spec.stem, spec.title, out, caption, missing + no_values)
+
+
+def _add_time_rel(out: pd.DataFrame, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 1c: pretraining time per image relative to the encoder without mask tokens (ours) beside the
+    paper's relative FLOPs."""
+    pre = rows[(rows["eval"] == "pretrain")] if len(rows) else rows
+    sp = seed_mean(pre, ["mask_token_in_encoder"], "img_s") if len(pre) else pd.DataFrame()
+    ours = {}
+    if len(sp):
+        ref = sp.loc[sp["mask_token_in_encoder"] == False, "mean"]  # noqa: E712
+        if len(ref) and ref.iloc[0] > 0:
+            for flag, speed in zip(sp["mask_token_in_encoder"], sp["mean"]):
+                ours[P.MASK_TOKEN_LABELS[bool(flag)]] = float(ref.iloc[0]) / float(speed) if speed > 0 else math.nan
+    pp = _paper_pivot("Table 1c", P.DEFAULT_PAPER_MODEL, ["flops_rel"])
+    paper_flops = dict(zip(pp["paper setting"] if "paper setting" in pp else pp["setting"], pp["flops_rel"]))
+    pos = out.columns.get_loc("seeds")
+    out.insert(pos, "time rel. ours", out["paper setting"].map(lambda s: ours.get(s, math.nan)).astype(float))
+    out.insert(pos + 1, "FLOPs rel. paper", out["paper setting"].map(lambda s: paper_flops.get(s, math.nan)).astype(float))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- Table 2
+def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Table:
+    """Pretraining wall-clock: encoder with/without mask tokens, decoder depth base vs 1 (ours: pretrain
+    wall_s and img_s; speedup = img/s relative to the encoder with mask tokens)."""
+    base = base_knobs(frame)
+    enc = paper_model.split("/")[0]
+    labels = {"wM": f"encoder={enc}, w/ [M]; dec_depth=8", "base": f"encoder={enc}; dec_depth=8",
+              "d1": f"encoder={enc}; dec_depth=1"}
+    cases = []
+    if len(frame) and base:
+        rel = differs_only_in(frame, ["mask_token_in_encoder", "decoder_depth"], base)
+        sub = frame[rel]
+        bd = base.get("decoder_depth")
+        for key, flag, depth in (("wM", True, bd), ("base", False, bd), ("d1", False, 1)):
+            if key == "d1" and bd == 1:
+                continue
+            sel = sub[(sub["mask_token_in_encoder"] == flag) & (sub["decoder_depth"] == depth)]
+            cases.append((key, flag, depth, sel))
+    paper = _paper_pivot("Table 2", paper_model, ["ft_top1", "hours", "speedup"])
+    pmap = {s: r for s, r in zip(paper["setting"], paper.to_dict("records"))}
+    records = []
+    ref_speed = None
+    for key, flag, depth, sel in cases:
+        pre = sel[sel["eval"] == "pretrain"]
+        ft = sel[sel["eval"] == "finetune"]
+        speed = pre["img_s"].mean() if len(pre) else math.nan
+        if key == "wM":
+            ref_speed = speed
+        records.append({"case": ("w/ [M]" if flag else "w/o [M]") + f", decoder depth {int(depth)}",
+                        "paper setting": labels[key],
+                        "ft top-1 ours": ft["top1"].mean() if len(ft) else math.nan,
+                        "ft top-1 paper": pmap.get(labels[key], {}).get("ft_top1", math.nan),
+                        "pretrain wall-clock ours [s]": pre["wall_s"].mean() if len(pre) else math.nan,
+                        "pretrain wall-clock paper [h]": pmap.get(labels[key], {}).get("hours", math.nan),
+                        "img/s ours": speed, "_speed": speed,
+                        "speedup paper": pmap.get(labels[key], {}).get("speedup", math.nan),
+                        "seeds": float(pre["seed"].nunique()) if len(pre) else math.nan})
+    for r in records:
+        r["speedup ours"] = (r.pop("_speed") / ref_speed) if ref_speed and ref_speed > 0 else math.nan
+    done = {r["paper setting"] for r in records if not math.isnan(r["pretrain wall-clock ours [s]"])}
+    for s in paper["setting"]:
+        if s not in {r["paper setting"] for r in records}:
+            rec = pmap[s]
+            records.append({"case": "", "paper setting": s, "ft top-1 paper": rec.get("ft_top1"),
+                            "pretrain wall-clock paper [h]": rec.get("hours"), "speedup paper": rec.get("speedup")})
+    cols = ["case", "paper setting", "ft top-1 ours", "ft top-1 paper", "pretrain wall-clock ours [s]",
+            "pretrain wall-clock paper [h]", "img/s ours", "speedup ours", "speedup paper", "seeds"]
+    data = pd.DataFrame(records).reindex(columns=cols)
+    for c in cols[2:]:
+        data[c] = pd.to_numeric(data[c], errors="coerce")
+    data["note"] = ["" if s in done else ("paper only" if not c else "not run")
+                    for s, c in zip(data["paper setting"], data["case"])]
+    missing = [s for s in labels.values() if s not in done]
+    caption = scale_text(scale, paper_model) + (
+        " Paper: 128 TPU-v3 cores; ours: wall-clock of our pretraining run, speedup from images/s relative to "
+        "the encoder with mask tokens. The paper's dec_depth=8 is our base decoder depth "
+        f"({base.get('decoder_depth', '?')}).")
+    if missing:
+        caption += " Not run: " + ", ".join(missing) + "."
+    return Table("2", "table2_wall_clock", "Table 2: pretraining wall-clock", data, caption, missing)
+
+
+# --------------------------------------------------------------------------------------------- inits
+INIT_LABELS = {"mae": "MAE (ours, base run)", "scratch": "scratch", "supervised": "supervised"}
+PAPER_METHOD = {"mae": "method=MAE", "scratch": "method=scratch", "supervised": "method=supervised"}
+
+
+def init_table(frame: pd.DataFrame, *, id_: str, stem: str, title: str, paper_table: str, ev: str,
+               metrics: list[tuple[str, str, str]], inits: tuple[str, ...], paper_model: str,
+               scale: dict[str, Any], paper_epochs: int | str = 1600) -> Table:
+    """MAE (base run) vs other inits on one evaluation; the paper's methods beside ours."""
+    base = base_run(frame)
+    records = []
+    paper = P.paper_rows(paper_table, model=paper_model)
+    settings = list(dict.fromkeys(paper["setting"]))
+    used: set[str] = set()
+    missing = []
+    for init in inits:
+        if not len(frame):
+            sel = frame
+        elif init == "mae":
+            sel = frame[differs_only_in(frame, [])] if base is not None else frame.iloc[0:0]
+        else:
+            sel = frame[frame["init"] == init]
+        sel = sel[sel["eval"] == ev] if len(sel) else sel
+        psetting = next((s for s in settings if s.split(";")[0].startswith(PAPER_METHOD[init])), None)
+        rec: dict[str, Any] = {"init": INIT_LABELS[init], "paper setting": psetting or ""}
+        for metric, paper_metric, label in metrics:
+            vals = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
+            rec[f"{label} ours"] = float(vals.mean()) if len(vals) else math.nan
+            pv = paper[(paper["setting"] == psetting) & (paper["metric"] == paper_metric)]["value"]
+            rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
+        rec["seeds"] = float(sel["seed"].nunique()) if len(sel) and sel["seed"].notna().any() else math.nan
+        has = any(not math.isnan(rec[f"{label} ours"]) for _, _, label in metrics)
+        rec["note"] = ("" if psetting else "not in paper") if has else "not run"
+        if not has:
+            missing.append(INIT_LABELS[init])
+        if psetting:
+            used.add(psetting)
+        records.append(rec)
+    for s in settings:
+        if s in used:
+            continue
+        rec = {"init": "", "paper setting": s, "note": "paper only"}
+        for metric, paper_metric, label in metrics:
+            pv = paper[(paper["setting"] == s) & (paper["metric"] == paper_metric)]["value"]
+            rec[f"{label} ours"] = math.nan
+            rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
+        records.append(rec)
+    cols = ["init", "paper setting", *[f"{label} {side}" for _, _, label in metrics for side in ("ours", "paper")],
+            "seeds", "note"]
+    data = pd.DataFrame(records).reindex(columns=cols)
+    for c in cols[2:-1]:
+        data[c] = pd.to_numeric(data[c], errors="coerce")
+    caption = scale_text(scale, paper_model, paper_epochs)
+    if missing:
+        caption += " Missing from our summary: " + ", ".join(missing) + "."
+    return Table(id_, stem, title, data, caption, missing)
+
+
+def table6(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Table:
+    """Classification transfer: our transfer datasets (per init) and the paper's datasets (paper only)."""
+    records = []
+    sub = frame[frame["eval"] == "transfer_cls"] if len(frame) else frame
+    base = base_run(frame)
+    if len(sub):
+        mae_rows = sub[differs_only_in(sub, [])] if base is not None else sub.iloc[0:0]
+        other = sub[sub["init"] != "mae"]
+        for part in (mae_rows, other):
+            for (init, ds), g in part.groupby(["init", "eval_setting"], sort=True):
+                records.append({"dataset": ds, "init": INIT_LABELS.get(init, init), "paper setting": "",
+                                "top-1 ours": g["top1"].mean(), "top-1 paper": math.nan,
+                                "seeds": float(g["seed"].nunique()), "note": "not in paper"})
+    paper = P.paper_rows("Table 6", model=paper_model, metric="top1")
+    for s, v in zip(paper["setting"], paper["value"]):
+        records.append({"dataset": "", "init": "", "paper setting": s, "top-1 ours": math.nan,
+                        "top-1 paper": v, "seeds": math.nan, "note": "paper only"})
+    cols = ["dataset", "init", "paper setting", "top-1 ours", "top-1 paper", "seeds", "note"]
+    data = pd.DataFrame(records).reindex(columns=cols)
+    for c in ("top-1 ours", "top-1 paper", "seeds"):
+        data[c] = pd.to_numeric(data[c], errors="coerce")
+    missing = [] if len(sub) else ["classification transfer (transfer_cls)"]
+    caption = scale_text(scale, paper_model, 1600) + (
+        " Our transfer datasets differ from the paper's (iNaturalist, Places), so the two sides are listed "
+        "separately.")
+    if missing:
+        caption += " Missing from our summary: " + ", ".join(missing) + "."
+    return Table("6", "table6_classification", "Table 6: classification transfer", data, caption, missing)
+
+
+# --------------------------------------------------------------------------------------------- all
+def build_tables(frame: pd.DataFrame, paper_model: str | None = None) -> list[Table]:
+    """Every table of the report, in paper order."""
+    scale = our_scale(frame)
+    paper_model = paper_model or P.paper_model_for(scale["model"])
+    abl_model = P.DEFAULT_PAPER_MODEL if not len(P.paper_rows("Table 1a", model=paper_model)) else paper_model
+    tables = [ablation_table(frame, spec, abl_model, scale) for spec in ABLATIONS]
+    t2_model = paper_model if len(P.paper_rows("Table 2", model=paper_model)) else P.DEFAULT_PAPER_MODEL
+    tables.append(table2(frame, t2_model, scale))
+    tables.append(init_table(frame, id_="3", stem="table3_scratch_vs_mae", title="Table 3: MAE vs scratch fine-tuning",
+                             paper_table="Table 3", ev="finetune", metrics=[("top1", "ft_top1", "ft top-1")],
+                             inits=("scratch", "mae"), paper_model=paper_model, scale=scale))
+    tables.append(init_table(frame, id_="4", stem="table4_detection", title="Table 4: detection transfer (Mask R-CNN)",
+                             paper_table="Table 4", ev="transfer_det",
+                             metrics=[("ap_box", "ap_box", "AP box"), ("ap_mask", "ap_mask", "AP mask")],
+                             inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
+    tables.append(init_table(frame, id_="5", stem="table5_segmentation", title="Table 5: semantic segmentation transfer",
+                             paper_table="Table 5", ev="transfer_seg", metrics=[("miou", "miou", "mIoU")],
+                             inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
+    tables.append(table6(frame, paper_model, scale))
+    return tables
+
+
+def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in tables:
+        with atomic_path(out_dir / f"{t.stem}.csv", suffix=".csv") as tmp:
+            t.data.to_csv(tmp, index=False)
+        atomic_write_text(out_dir / f"{t.stem}.md", t.markdown())
+        atomic_write_text(out_dir / f"{t.stem}.tex", t.latex())
+        written += [out_dir / f"{t.stem}.{ext}" for ext in ("csv", "md", "tex")]
+        if t.missing:
+            log.info("%s: missing %s", t.stem, ", ".join(t.missing))
+    atomic_write_text(out_dir / "tables.md", "\n".join(t.markdown() for t in tables))
+    written.append(out_dir / "tables.md")
+    return written
+
+
+TABLE_STEMS = tuple([s.stem for s in ABLATIONS] + ["table2_wall_clock", "table3_scratch_vs_mae", "table4_detection",
+                                                     "table5_segmentation", "table6_classification"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", required=True, help="results/summary/runs.csv")
+    parser.add_argument("--out", required=True, help="output folder (results/tables)")
+    parser.add_argument("--paper-model", default=None,
+                        help="paper model row to compare with (default: from our model; ViT-L/16 for small models)")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    frame = read_summary(args.summary)
+    tables = build_tables(frame, args.paper_model)
+    write_tables(tables, args.out)
+    log.info("tables: %d written to %s", len(tables), args.out)
+    return 0

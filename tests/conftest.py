@@ -1,0 +1,14 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests share 2 cores with each other: keep torch single-threaded unless a test says otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO

@@ -1,0 +1,92 @@
+"""The Snakemake DAG: shape of the smoke/default/paper studies, config validation, and a real smoke run."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def dry_run(repo_root, *args, cwd=None):
+    proc = subprocess.run(
+        [*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *args],
+        cwd=cwd or repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    for line in output.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m:
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_smoke_dag_shape(repo_root):
+    proc = dry_run(repo_root, "--configfile", "config/smoke.yaml")
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout + proc.stderr)
+    # base, 1a depth 2, 1c mask token, 1d pca/token, 1e none, 1f grid, fig5 0.5, fig7 2 epochs: 9 runs, each once.
+    assert counts["pretrain"] == 9
+    assert counts["linprobe"] == counts["knn"] == 9
+    assert counts["finetune"] == 10  # every run + the from-scratch baseline
+    assert counts["partial_ft"] == 2
+    assert counts["transfer_det"] == counts["transfer_seg"] == 3  # MAE, scratch, supervised
+    assert counts["fit_pca"] == counts["train_tokenizer"] == 1
+    for rule in ("summary", "tables", "figures", "claims", "study_plan"):
+        assert counts[rule] == 1
+
+
+def test_default_and_paper_dag_shapes(repo_root):
+    default = job_counts((p := dry_run(repo_root)).stdout + p.stderr)
+    assert default["pretrain"] == 20, p.stderr
+    paper = job_counts((p := dry_run(repo_root, "--configfile", "config/paper.yaml")).stdout + p.stderr)
+    assert p.returncode == 0, p.stderr
+    assert paper["pretrain"] == 32
+    assert paper["partial_ft"] == 8
+    assert paper["prepare_data"] == 5  # ImageNet, COCO, ADE20K, iNat, Places described by path
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"pretrain_dataste": "shapes"}, "pretrain_dataste"),
+        ({"base": {"mask_ratio": 1.5}}, "mask_ratio"),
+        ({"ablations": {"1z": {"decoder_depth": [1]}}}, "1z"),
+        ({"evaluations": {"every_run": ["linprobe", "knearest"]}}, "knearest"),
+        ({"device": "tpu"}, "tpu"),
+    ],
+)
+def test_bad_config_fails_at_once_naming_the_key(repo_root, tmp_path, patch, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(patch))
+    proc = dry_run(repo_root, "--configfile", str(bad))
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(repo_root, tmp_path):
+    """The real smoke study, then a second invocation that has nothing to do."""
+    work = tmp_path / "study"
+    shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs",
+                                                                      "benchmarks", "__pycache__", ".dvc"))
+    run = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/smoke.yaml"]
+    proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (work / "results/summary/runs.csv").stat().st_size > 0
+    for table in ("table1a", "table3"):
+        assert any(p.name.startswith(table) for p in (work / "results/tables").iterdir())
+    assert any((work / "results/figures").glob("*.png"))
+    again = subprocess.run([*run, "-n"], cwd=work, capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in again.stdout + again.stderr
