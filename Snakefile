@@ -20,8 +20,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.tables.output,
         rules.figures.output,
         rules.claims.output,
-    default_target: True

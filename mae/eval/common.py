@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -48,15 +49,15 @@ def init_label(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------------------------ device
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"device: invalid value '{name}' (use cpu, cuda or auto)") from err
+def engine_device(cfg: Any) -> torch.device:
+    """The device ``fit()`` trains on for this process (``cfg.device``; the local rank's GPU under torchrun)."""
+    from mae.engine.distributed import resolve_device
+
+    return resolve_device(getattr(cfg, "device", "auto") or "auto", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def autocast(device: torch.device, amp: str | None):
@@ -416,3 +417,50 @@ def save_model(model: nn.Module, out_dir: str | Path, **meta: Any) -> Path:
 
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
+
+
+def run_task(
+    task: ClassificationTask,
+    cfg: Any,
+    out_dir: str | Path,
+    *,
+    evaluation: str,
+    init: str,
+    init_path: str | None = None,
+    model_name: str | None = None,
+    load_report: Any = None,
+    save_weights: bool = False,
+    model_meta: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Train ``task`` with the engine's ``fit()`` and complete ``metrics.json`` with the evaluation's keys:
+    ``params`` (trainable), ``best_top1``, ``init``, ``model``; with ``save_weights`` also ``out/model.pt``."""
+    from mae.engine import fit
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = trainable_params(task.model)
+    metrics = fit(task, cfg, out)
+    if not is_main_process():
+        return metrics
+    if save_weights:
+        save_model(task.model, out, **(model_meta or {}))
+    added: dict[str, Any] = {
+        "eval": evaluation,
+        "init": init,
+        "init_path": str(init_path) if init_path else None,
+        "model": model_name,
+        "params": params,
+        "epochs": metrics.get("epochs", getattr(cfg, "epochs", None)),
+    }
+    if task.history:
+        added["best_top1"] = max(task.history)
+    if load_report is not None:
+        added["init_report"] = {
+            "loaded": load_report.get("loaded"),
+            "ignored": len(load_report.get("ignored", [])),
+            "missing": list(load_report.get("missing", [])),
+            "pos_embed_resampled": load_report.get("pos_embed_resampled"),
+        } if isinstance(load_report, dict) else str(load_report)
+    added.update(extra or {})
+    return finish_metrics(out, metrics, **added)

@@ -1,10 +1,9 @@
 # Shared helpers of the DAG: the run plan (mae.study), paths, and how a rule calls the `mae` CLI.
-import sys
+import os
 
 from mae.study import cli_overrides, needs_target_file, plan_runs
 
 R = config["results"]
-MAE = f"{sys.executable} -m mae"
 RUNS = plan_runs(config)
 BASE = "base"
 PRETRAIN_DATA = config["pretrain_dataset"]
@@ -28,9 +27,10 @@ def data_dir(name):
 
 
 def stage_flags(section, drop=()):
-    """The config section of a stage as `--set key=value` flags (keys the DAG itself uses are dropped)."""
+    """`--device` and the config section of a stage as `--set key=value` flags (keys the DAG itself uses
+    are dropped)."""
     values = {k: v for k, v in (config.get(section) or {}).items() if k not in drop}
-    return cli_overrides(values)
+    return f"--device {config['device']} {cli_overrides(values)}"
 
 
 def run_flags(run):
@@ -54,7 +54,8 @@ def pretrain_done(run):
 
 def init_input(wildcards):
     """What an evaluation/transfer of `any_run` starts from: a pretrain run, nothing (scratch) or the
-    supervised encoder (the from-scratch fine-tuned model, the paper's supervised baseline)."""
+    supervised encoder (the from-scratch fine-tuned model, the paper's supervised baseline).
+    """
     run = wildcards.any_run
     if run == "scratch":
         return []
@@ -84,9 +85,15 @@ def all_metrics():
         files += [f"{R}/runs/{run}/{ev}/metrics.json" for ev in EVERY_RUN]
     for ev in BASE_RUN:
         if ev == "partial_ft":
-            files += [f"{R}/runs/{BASE}/partial_ft-{k}/metrics.json" for k in config["partial_ft"]["blocks"]]
+            files += [
+                f"{R}/runs/{BASE}/partial_ft-{k}/metrics.json"
+                for k in config["partial_ft"]["blocks"]
+            ]
         elif ev == "transfer_cls":
-            files += [f"{R}/runs/{BASE}/transfer_cls-{d}/metrics.json" for d in config["transfer_cls"]["datasets"]]
+            files += [
+                f"{R}/runs/{BASE}/transfer_cls-{d}/metrics.json"
+                for d in config["transfer_cls"]["datasets"]
+            ]
         else:
             files.append(f"{R}/runs/{BASE}/{ev}/metrics.json")
     for ev in SCRATCH:
@@ -94,3 +101,16 @@ def all_metrics():
         if ev.startswith("transfer_") and "finetune" in SCRATCH:
             files.append(f"{R}/runs/supervised/{ev}/metrics.json")
     return files
+
+
+def finetune_flags(wildcards):
+    """Fine-tuning settings; the from-scratch baseline adds its own overrides (`scratch_finetune`)."""
+    flags = stage_flags("finetune")
+    if wildcards.any_run == "scratch":
+        flags = f"{flags} {cli_overrides(config.get('scratch_finetune'))}"
+    return flags
+
+
+def runs_dir(wildcards, input):
+    """results/runs, found from the summary's study plan (results/summary/study.json)."""
+    return os.path.join(os.path.dirname(os.path.dirname(input.plan[0])), "runs")

@@ -4,18 +4,20 @@
 rule prepare_data:
     output:
         directory(f"{R}/data/{{dataset}}"),
-    params:
-        flags=lambda wc: cli_overrides(config["datasets"][wc.dataset]),
     log:
         f"logs/prepare_data/{{dataset}}.log",
     benchmark:
         f"benchmarks/prepare_data/{{dataset}}.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        flags=lambda wc: cli_overrides(config["datasets"][wc.dataset]),
     shell:
-        "{MAE} prepare-data --out {output} {params.flags} > {log} 2>&1"
+        "mae prepare-data --out {output} {params.flags} > {log} 2>&1"
 
 
 rule fit_pca:
@@ -23,19 +25,21 @@ rule fit_pca:
         data_dir(PRETRAIN_DATA),
     output:
         f"{R}/targets/{PRETRAIN_DATA}/pca.pt",
-    params:
-        flags=stage_flags("fit_pca"),
-        patch=lambda wc: config.get("patch_size", 4),
     log:
         "logs/fit_pca.log",
     benchmark:
         "benchmarks/fit_pca.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        flags=stage_flags("fit_pca"),
+        patch=lambda wc: config.get("patch_size", 4),
     shell:
-        "{MAE} fit-pca --data {input} --out {output} --patch-size {params.patch} {params.flags} > {log} 2>&1"
+        "mae fit-pca --data {input} --out {output} --patch-size {params.patch} {params.flags} > {log} 2>&1"
 
 
 rule train_tokenizer:
@@ -43,17 +47,19 @@ rule train_tokenizer:
         data_dir(PRETRAIN_DATA),
     output:
         f"{R}/targets/{PRETRAIN_DATA}/tokenizer.pt",
-    params:
-        flags=stage_flags("train_tokenizer"),
-        patch=lambda wc: config.get("patch_size", 4),
     log:
         "logs/train_tokenizer.log",
     benchmark:
         "benchmarks/train_tokenizer.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        flags=stage_flags("train_tokenizer"),
+        patch=lambda wc: config.get("patch_size", 4),
     shell:
-        "OMP_NUM_THREADS={threads} {MAE} train-tokenizer --data {input} --out {output}"
+        "OMP_NUM_THREADS={threads} mae train-tokenizer --data {input} --out {output}"
         " --patch-size {params.patch} {params.flags} > {log} 2>&1"

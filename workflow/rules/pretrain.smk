@@ -9,24 +9,28 @@ rule pretrain:
         target=lambda wc: [target_file(wc.run)] if target_file(wc.run) else [],
     output:
         metrics=f"{R}/runs/{{run}}/pretrain/metrics.json",
-    params:
-        out=lambda wc: f"{R}/runs/{wc.run}/pretrain",
-        knobs=lambda wc: run_flags(wc.run),
-        stage=stage_flags("pretrain"),
-        target=lambda wc, input: f"--set target_path={input.target[0]}" if input.target else "",
-        launcher=lambda wc, resources: (
-            f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}"
-            if int(getattr(resources, "gpu", 0) or 0) > 1
-            else f"{sys.executable}"
-        ),
     log:
         f"logs/pretrain/{{run}}.log",
     benchmark:
         f"benchmarks/pretrain/{{run}}.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: config["threads"]
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        knobs=lambda wc: run_flags(wc.run),
+        stage=stage_flags("pretrain"),
+        target=lambda wc, input: (
+            f"--set target_path={input.target[0]}" if input.target else ""
+        ),
+        launcher=lambda wc, resources: (
+            f"torchrun --standalone --nproc_per_node {resources.gpu} -m mae"
+            if int(getattr(resources, "gpu", 0) or 0) > 1
+            else "mae"
+        ),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m mae pretrain --data {input.data} --out {params.out}"
-        " --device {config[device]} {params.stage} {params.knobs} {params.target} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} pretrain --data {input.data} --out {params.out}"
+        " {params.stage} {params.knobs} {params.target} > {log} 2>&1"

@@ -4,16 +4,18 @@
 rule study_plan:
     output:
         f"{R}/summary/study.json",
-    params:
-        plan=lambda wc: {k: v for k, v in config.items()},
     log:
         "logs/study_plan.log",
     benchmark:
         "benchmarks/study_plan.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        plan=lambda wc: {k: v for k, v in config.items()},
     run:
         from mae.study import write_plan
 
@@ -32,12 +34,16 @@ rule summary:
         "logs/summary.log",
     benchmark:
         "benchmarks/summary.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        runs=runs_dir,
     shell:
-        "{MAE} summarize --runs {R}/runs --study {input.plan} --out {output.csv} > {log} 2>&1"
+        "mae summarize --runs {params.runs} --study {input.plan} --out {output.csv} > {log} 2>&1"
 
 
 rule tables:
@@ -54,35 +60,44 @@ rule tables:
         "logs/tables.log",
     benchmark:
         "benchmarks/tables.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{MAE} tables --summary {input} --out {output} > {log} 2>&1"
+        "mae tables --summary {input} --out {output} > {log} 2>&1"
 
 
 rule claims:
     input:
         rules.summary.output.csv,
     output:
-        csv=report(f"{R}/claims/claims.csv", caption="../report/claims.rst", category="Claims"),
+        csv=report(
+            f"{R}/claims/claims.csv", caption="../report/claims.rst", category="Claims"
+        ),
         md=f"{R}/claims/claims.md",
     log:
         "logs/claims.log",
     benchmark:
         "benchmarks/claims.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        out=lambda wc, output: os.path.dirname(output.csv),
     shell:
-        "{MAE} claims --summary {input} --out {R}/claims > {log} 2>&1"
+        "mae claims --summary {input} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
     input:
         csv=rules.summary.output.csv,
+        plan=rules.study_plan.output,
         data=data_dir(PRETRAIN_DATA),
     output:
         report(
@@ -95,9 +110,13 @@ rule figures:
         "logs/figures.log",
     benchmark:
         "benchmarks/figures.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        runs=runs_dir,
     shell:
-        "{MAE} figures --summary {input.csv} --runs {R}/runs --data {input.data} --out {output} > {log} 2>&1"
+        "mae figures --summary {input.csv} --runs {params.runs} --data {input.data} --out {output} > {log} 2>&1"

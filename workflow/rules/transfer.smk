@@ -8,21 +8,23 @@ rule transfer_det:
         init=init_input,
     output:
         metrics=f"{R}/runs/{{any_run}}/transfer_det/metrics.json",
-    params:
-        out=lambda wc: f"{R}/runs/{wc.any_run}/transfer_det",
-        init=init_flag,
-        stage=stage_flags("transfer_det", drop=("dataset",)),
     log:
         f"logs/transfer_det/{{any_run}}.log",
     benchmark:
         f"benchmarks/transfer_det/{{any_run}}.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: config["threads"]
     resources:
         mem_mb=6000,
         runtime=240,
+    params:
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        init=init_flag,
+        stage=stage_flags("transfer_det", drop=("dataset",)),
     shell:
-        "OMP_NUM_THREADS={threads} {MAE} transfer-det --data {input.data} --out {params.out} {params.init}"
-        " --device {config[device]} {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mae transfer-det --data {input.data} --out {params.out} {params.init}"
+        " {params.stage} > {log} 2>&1"
 
 
 rule transfer_seg:
@@ -31,21 +33,23 @@ rule transfer_seg:
         init=init_input,
     output:
         metrics=f"{R}/runs/{{any_run}}/transfer_seg/metrics.json",
-    params:
-        out=lambda wc: f"{R}/runs/{wc.any_run}/transfer_seg",
-        init=init_flag,
-        stage=stage_flags("transfer_seg", drop=("dataset",)),
     log:
         f"logs/transfer_seg/{{any_run}}.log",
     benchmark:
         f"benchmarks/transfer_seg/{{any_run}}.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: config["threads"]
     resources:
         mem_mb=6000,
         runtime=240,
+    params:
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        init=init_flag,
+        stage=stage_flags("transfer_seg", drop=("dataset",)),
     shell:
-        "OMP_NUM_THREADS={threads} {MAE} transfer-seg --data {input.data} --out {params.out} {params.init}"
-        " --device {config[device]} {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mae transfer-seg --data {input.data} --out {params.out} {params.init}"
+        " {params.stage} > {log} 2>&1"
 
 
 rule transfer_cls:
@@ -54,18 +58,20 @@ rule transfer_cls:
         init=init_input,
     output:
         metrics=f"{R}/runs/{{any_run}}/transfer_cls-{{dataset}}/metrics.json",
-    params:
-        out=lambda wc: f"{R}/runs/{wc.any_run}/transfer_cls-{wc.dataset}",
-        init=init_flag,
-        stage=stage_flags("transfer_cls", drop=("datasets",)),
     log:
         f"logs/transfer_cls/{{any_run}}-{{dataset}}.log",
     benchmark:
         f"benchmarks/transfer_cls/{{any_run}}-{{dataset}}.tsv"
+    conda:
+        "../envs/mae.yaml"
     threads: config["threads"]
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        init=init_flag,
+        stage=stage_flags("transfer_cls", drop=("datasets",)),
     shell:
-        "OMP_NUM_THREADS={threads} {MAE} transfer-cls --data {input.data} --out {params.out} {params.init}"
-        " --device {config[device]} {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mae transfer-cls --data {input.data} --out {params.out} {params.init}"
+        " {params.stage} > {log} 2>&1"

@@ -1,0 +1,193 @@
+"""Datasets of a prepared data folder (see docs/ARCHITECTURE.md, "Prepared dataset on disk").
+
+In-memory kinds (shapes, shapes2, digits) memory-map ``{split}_images.npy`` (uint8 N×H×W×3) and hand uint8
+``(3,H,W)`` tensors to the transform (or float tensors in [0,1] when there is none). Folder kinds
+(imagefolder, coco, ade20k) decode with PIL in the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mae.data import adapters
+from mae.errors import UserError
+
+IN_MEMORY_KINDS = ("shapes", "shapes2", "digits")
+FOLDER_KINDS = ("imagefolder", "coco", "ade20k")
+KINDS = IN_MEMORY_KINDS + FOLDER_KINDS
+SPLITS = ("train", "val")
+META_KEYS = ("kind", "img_size", "classes", "num_classes", "splits")
+
+
+def load_meta(data_dir: str | Path) -> dict:
+    """Read and check ``data_dir/meta.json``."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise UserError(f"not a prepared dataset (no meta.json): {Path(data_dir)}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"invalid JSON in {path}: {err}") from None
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise UserError(f"{path} lacks key '{missing[0]}'")
+    if meta["kind"] not in KINDS:
+        raise UserError(f"{path}: unknown kind {meta['kind']!r} (valid: {', '.join(KINDS)})")
+    return meta
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r} (valid: {', '.join(SPLITS)})")
+
+
+def _load_npy(data_dir: Path, name: str, mmap: bool = True) -> np.ndarray:
+    path = data_dir / name
+    if not path.is_file():
+        raise UserError(f"missing dataset file: {path}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+class ArrayDataset(Dataset):
+    """(image, label) from memory-mapped arrays; the transform receives a uint8 (3,H,W) tensor."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], transform=None):
+        if len(images) != len(labels):
+            raise UserError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.targets = np.asarray(labels, np.int64)
+        self.classes = classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def image_uint8(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
+
+    def __getitem__(self, i: int):
+        img = self.image_uint8(i)
+        if self.transform is None:
+            return img.float().div_(255), int(self.targets[i])
+        return self.transform(img), int(self.targets[i])
+
+
+class ArraySegmentation(Dataset):
+    """(image, mask) from memory-mapped arrays; joint ``transform(Image, Mask)`` or float/int64 tensors."""
+
+    def __init__(self, images: np.ndarray, semseg: np.ndarray, transform=None):
+        if len(images) != len(semseg):
+            raise UserError(f"{len(images)} images but {len(semseg)} masks")
+        self.images, self.semseg, self.transform = images, semseg, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from torchvision import tv_tensors
+
+        img = tv_tensors.Image(torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(np.array(self.semseg[i])))
+        return adapters.apply_seg_transform(img, mask, self.transform)
+
+
+def _exclude(meta: dict) -> set[str]:
+    return set(meta.get("exclude") or [])
+
+
+def build_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bool | None = None) -> Dataset:
+    """Torch Dataset of ``(image, label)`` for any prepared kind.
+
+    Without a transform, images are float tensors (3,H,W) in [0,1]. ``skip_bad`` (default: the value given
+    at prepare time) replaces unreadable folder images by the next good one instead of raising.
+    The dataset has ``classes`` and ``targets`` (numpy int64 labels; not for ade20k, whose label is
+    computed from the mask on access).
+    """
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir)
+    _check_split(split)
+    kind = meta["kind"]
+    skip = bool(meta.get("skip_bad", False)) if skip_bad is None else skip_bad
+    if kind in IN_MEMORY_KINDS:
+        return ArrayDataset(
+            _load_npy(data_dir, f"{split}_images.npy"),
+            _load_npy(data_dir, f"{split}_labels.npy", mmap=False),
+            meta["classes"],
+            transform,
+        )
+    root = Path(meta.get("root", ""))
+    ex = _exclude(meta)
+    if kind == "imagefolder":
+        _, samples = adapters.scan_imagefolder(root, split, meta["classes"])
+        samples = [s for s in samples if s[0] not in ex]
+        return adapters.FolderClassification(samples, meta["classes"], transform, skip)
+    if kind == "ade20k":
+        pairs = [p for p in adapters.scan_ade20k(root, split) if p[0] not in ex and p[1] not in ex]
+        return adapters.AdeClassification(pairs, meta["classes"], transform, skip)
+    return _coco_dataset(data_dir, meta, split, "cls", transform, skip)
+
+
+def _coco_dataset(data_dir: Path, meta: dict, split: str, mode: str, transform, skip: bool):
+    if meta["kind"] == "coco":
+        root = Path(meta["root"])
+        ann, img_dir = adapters.coco_paths(root, split)
+        coco = adapters.quiet_coco(adapters.load_coco_json(ann))
+        ex = _exclude(meta)
+        ids = [i for i in sorted(coco.imgs) if str(img_dir / coco.imgs[i]["file_name"]) not in ex]
+        return adapters.CocoDataset(coco, img_dir, ids, meta["cat_ids"], mode, transform, skip)
+    if not meta.get("has_instances"):
+        raise UserError(f"dataset {data_dir} (kind {meta['kind']}) has no instance annotations")
+    ann = data_dir / f"{split}_instances.json"
+    coco = adapters.quiet_coco(adapters.load_coco_json(ann))
+    images = _load_npy(data_dir, f"{split}_images.npy")
+    ids = sorted(coco.imgs)
+    cat_ids = sorted(c["id"] for c in coco.dataset["categories"])
+    return adapters.CocoDataset(coco, None, ids, cat_ids, mode, transform, skip, images=images)
+
+
+def build_detection_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bool | None = None):
+    """Dataset of ``(image float (3,H,W) in [0,1], target)`` with torchvision Mask R-CNN targets.
+
+    ``target`` = {boxes (N,4) xyxy float, labels (N,) int64 in 1..C, masks (N,H,W) uint8, image_id, area,
+    iscrowd}. The dataset exposes ``coco`` (pycocotools GT for COCOeval) and ``label_to_cat_id``. Use
+    :func:`mae.data.adapters.detection_collate` as the DataLoader's ``collate_fn``.
+    """
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir)
+    _check_split(split)
+    skip = bool(meta.get("skip_bad", False)) if skip_bad is None else skip_bad
+    if not meta.get("has_instances"):
+        raise UserError(f"dataset {data_dir} (kind {meta['kind']}) has no instance annotations")
+    return _coco_dataset(data_dir, meta, split, "det", transform, skip)
+
+
+def build_segmentation_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bool | None = None):
+    """Dataset of ``(image, mask int64 (H,W))``; mask values in [0, len(meta['seg_classes'])) or 255.
+
+    ``transform`` is joint, e.g. :func:`mae.data.transforms.seg_transform`. For the built-in kinds and COCO,
+    0 = background and c+1 = class c; for ADE20K, c = class c (its "other" label becomes 255).
+    """
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir)
+    _check_split(split)
+    skip = bool(meta.get("skip_bad", False)) if skip_bad is None else skip_bad
+    if not meta.get("has_semseg"):
+        raise UserError(f"dataset {data_dir} (kind {meta['kind']}) has no segmentation masks")
+    kind = meta["kind"]
+    if kind in IN_MEMORY_KINDS:
+        return ArraySegmentation(
+            _load_npy(data_dir, f"{split}_images.npy"), _load_npy(data_dir, f"{split}_semseg.npy"), transform
+        )
+    if kind == "ade20k":
+        ex = _exclude(meta)
+        pairs = [p for p in adapters.scan_ade20k(Path(meta["root"]), split) if p[0] not in ex and p[1] not in ex]
+        return adapters.AdeSegmentation(pairs, len(meta["seg_classes"]), transform, skip)
+    return _coco_dataset(data_dir, meta, split, "seg", transform, skip)

@@ -1,0 +1,160 @@
+"""``mae finetune``: end-to-end fine-tuning of the encoder (``--scratch``: the from-scratch baseline).
+
+Recipe (paper Table 9 / DESIGN §4): timm ``VisionTransformer`` with global average pooling + ``fc_norm``
+(``global_pool=token``: cls token), head initialised trunc_normal(std 2e-5), AdamW β=(0.9, 0.999), layer-wise lr
+decay (timm grouping, :func:`mae.optim.param_groups_layer_decay`), drop path, mixup 0.8 / cutmix 1.0 with label
+smoothing 0.1, RandAugment m9-mstd0.5, random erasing 0.25, warmup + half-cycle cosine (the engine). Top-1/top-5
+on val every ``eval_every`` epochs and at the end; ``metrics.json`` holds the last (``top1``) and the best
+(``best_top1``). The trained model is saved as ``out/model.pt`` = ``{'model': VisionTransformer state dict}``,
+loadable by ``timm.create_model`` (see docs/eval.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Optional
+
+import torch
+
+from mae.config import TrainConfig, add_common_arguments, config_from_args, config_to_dict
+from mae.errors import UserError
+from mae.eval import common
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning settings (defaults: the paper's ViT-B recipe, batch per process)."""
+
+    stage: ClassVar[str] = "finetune"
+
+    epochs: int = 100
+    batch_size: int = 64
+    base_lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eval_every: int = 1
+
+    model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
+    img_size: Optional[int] = None  # None: the dataset's image size (pos_embed is interpolated)
+    global_pool: Literal["avg", "token"] = "avg"
+    drop_path: float = 0.1
+    layer_decay: float = 0.75  # 1.0: no layer-wise decay (the paper's from-scratch recipe)
+    head_init_std: float = 2e-5  # trunc_normal std of the new head (with --init)
+    # mixup / cutmix (timm Mixup); mixup = cutmix = 0 disables it (then label-smoothing CE)
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    cutmix_minmax: Optional[tuple[float, float]] = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
+    smoothing: float = 0.1
+    # timm augmentation (RandAugment + random erasing)
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    color_jitter: Optional[float] = None
+    reprob: float = 0.25
+    remode: Literal["pixel", "rand", "const"] = "pixel"
+    recount: int = 1
+
+    def check(self) -> None:
+        super().check()
+        for key in ("drop_path", "mixup", "cutmix", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 0")
+        for key in ("drop_path", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob"):
+            if getattr(self, key) > 1:
+                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be <= 1")
+        if not 0 < self.layer_decay <= 1:
+            raise UserError(f"layer_decay={self.layer_decay!r} for {self.stage} must be in (0, 1]")
+        if self.head_init_std <= 0:
+            raise UserError(f"head_init_std={self.head_init_std!r} for {self.stage} must be > 0")
+        if self.img_size is not None and self.img_size < 4:
+            raise UserError(f"img_size={self.img_size!r} for {self.stage} must be >= 4 (or null)")
+
+
+class FinetuneTask(common.ClassificationTask):
+    """Classification with layer-wise lr decay over the trainable parameters, optimizer from ``cfg``."""
+
+    def param_groups(self, cfg: FinetuneConfig) -> list[dict]:
+        from mae.optim import param_groups_layer_decay
+
+        return param_groups_layer_decay(self.model, cfg.weight_decay, cfg.layer_decay)
+
+    def optimizer(self, groups: list[dict], lr: float, cfg: FinetuneConfig):
+        from mae.optim import build_optimizer
+
+        return build_optimizer(cfg.optimizer, groups, lr, cfg)
+
+
+def build_finetune_data(data: str, cfg: FinetuneConfig, img_size: int, num_classes: int):
+    """(train set with the timm fine-tune augmentation, val set with the eval transform, mixup or None)."""
+    from mae.data import build_dataset
+    from mae.data.transforms import build_mixup, finetune_transform
+
+    train_tf = finetune_transform(
+        img_size,
+        True,
+        auto_augment=cfg.auto_augment,
+        re_prob=cfg.reprob,
+        re_mode=cfg.remode,
+        re_count=cfg.recount,
+        color_jitter=cfg.color_jitter,
+    )
+    train_set = build_dataset(data, "train", train_tf)
+    val_set = build_dataset(data, "val", finetune_transform(img_size, False))
+    mixup = build_mixup(
+        mixup=cfg.mixup,
+        cutmix=cfg.cutmix,
+        label_smoothing=cfg.smoothing,
+        num_classes=num_classes,
+        cutmix_minmax=cfg.cutmix_minmax,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+    )
+    return train_set, val_set, mixup
+
+
+def build_finetune_model(cfg: FinetuneConfig, init: str | None, num_classes: int, img_size: int):
+    """Encoder + linear head; from ``init`` (head re-initialised with ``head_init_std``) or random init."""
+    name = common.resolve_model_name(cfg.model, init)
+    torch.manual_seed(cfg.seed)
+    model, report = common.build_encoder(
+        name, num_classes, global_pool=cfg.global_pool, drop_path=cfg.drop_path, img_size=img_size, init=init
+    )
+    if init:
+        common.init_head(model.head, cfg.head_init_std)
+    return model, name, report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    common.add_init_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> dict:
+    cfg = config_from_args(FinetuneConfig, args)
+    meta = common.dataset_info(args.data)
+    num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
+    device = common.engine_device(cfg)
+    model, name, report = build_finetune_model(cfg, args.init, num_classes, img_size)
+    model.to(device)
+    train_set, val_set, mixup = build_finetune_data(args.data, cfg, img_size, num_classes)
+    task = FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
+    return common.run_task(
+        task,
+        cfg,
+        args.out,
+        evaluation="finetune",
+        init=common.init_label(args),
+        init_path=args.init,
+        model_name=name,
+        load_report=report,
+        save_weights=True,
+        model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
+                    "finetune_config": config_to_dict(cfg)},
+    )
