@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Rules call the `mae` console script: put the environment first on PATH for every recipe.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run smoke test venv lint bench clean
 venv: $(STAMP)

@@ -1,0 +1,70 @@
+"""``mae partial-ft --blocks K``: fine-tune the last K Transformer blocks, freeze the rest (paper Fig. 9).
+
+- ``K = 0`` is exactly the linear probe: same model, head (BatchNorm1d + Linear), LARS recipe and config keys
+  as ``mae linprobe`` (:class:`~mae.eval.linprobe.LinprobeConfig`, including ``cached_features``).
+- ``K > 0`` follows the fine-tuning recipe (the paper: "follows the setting in Table 9 except for the number of
+  epochs"): :class:`~mae.eval.finetune.FinetuneConfig` keys, AdamW with layer-wise lr decay, mixup/cutmix,
+  RandAugment, global average pooling + ``fc_norm``. Trainable: ``blocks[-K:]``, the final norm (``norm`` or
+  ``fc_norm``) and the head; everything else has ``requires_grad=False`` and is not given to the optimizer.
+  Drop path is disabled in the frozen blocks (they act as a fixed feature extractor).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch.nn as nn
+
+from mae.config import add_common_arguments, config_from_args, config_to_dict
+from mae.errors import UserError
+from mae.eval import common, finetune, linprobe
+
+TRAINABLE_TAIL = ("norm.", "fc_norm.", "head.")
+
+
+def freeze_for_blocks(model: nn.Module, blocks: int) -> None:
+    """Train only the last ``blocks`` blocks + final norm + head of a timm ViT."""
+    depth = len(model.blocks)
+    if not 0 <= blocks <= depth:
+        raise UserError(f"--blocks: must be in 0..{depth} for this encoder, got {blocks}")
+    first = depth - blocks
+    trainable_prefixes = tuple(f"blocks.{i}." for i in range(first, depth)) + TRAINABLE_TAIL
+    common.freeze_all_but(model, lambda name: name.startswith(trainable_prefixes))
+    for block in list(model.blocks)[:first]:
+        for attr in ("drop_path1", "drop_path2", "drop_path"):
+            if hasattr(block, attr):
+                setattr(block, attr, nn.Identity())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    common.add_init_arguments(parser)
+    parser.add_argument("--blocks", type=int, required=True, metavar="K",
+                        help="number of last Transformer blocks to fine-tune (0 = linear probing)")
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.blocks < 0:
+        raise UserError(f"--blocks: must be >= 0, got {args.blocks}")
+    if args.blocks == 0:
+        cfg = config_from_args(linprobe.LinprobeConfig, args)
+        device = common.engine_device(cfg)
+        task, _, name, report, extra = linprobe.build_probe_task(cfg, args.data, args.init, device)
+        recipe = "linprobe"
+    else:
+        cfg = config_from_args(finetune.FinetuneConfig, args)
+        meta = common.dataset_info(args.data)
+        num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
+        device = common.engine_device(cfg)
+        model, name, report = finetune.build_finetune_model(cfg, args.init, num_classes, img_size)
+        freeze_for_blocks(model, args.blocks)
+        model.to(device)
+        train_set, val_set, mixup = finetune.build_finetune_data(args.data, cfg, img_size, num_classes)
+        task = finetune.FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
+        extra = {"global_pool": cfg.global_pool}
+        recipe = "finetune"
+    extra.update({"blocks": args.blocks, "recipe": recipe, "config": config_to_dict(cfg)})
+    return common.run_task(
+        task, cfg, args.out, evaluation=f"partial_ft-{args.blocks}", init=common.init_label(args),
+        init_path=args.init, model_name=name, load_report=report, extra=extra,
+    )
