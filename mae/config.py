@@ -70,8 +70,6 @@ class TrainConfig:
             raise UserError(f"clip_grad={self.clip_grad!r} for {self.stage} must be > 0 (or null)")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"max_steps={self.max_steps!r} for {self.stage} must be >= 1 (or null)")
-        if self.warmup_epochs > self.epochs:
-            raise UserError(f"warmup_epochs={self.warmup_epochs!r} exceeds epochs={self.epochs} for {self.stage}")
 
 
 def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:

@@ -272,7 +272,10 @@ def _fit(task: Task, cfg: TrainConfig, out_dir: Path, env: D.DistEnv) -> dict:
         _check_resumable(ckpt, cfg, ckpt_path)
         if ckpt.get("finished"):
             metrics = _read_metrics(out_dir)
-            if metrics is not None:
+            if metrics is not None:  # nothing to train: hand back the trained weights and the metrics
+                task.device = device
+                task.model.to(device).load_state_dict(ckpt["model"])
+                task.load_state_dict(ckpt.get("task") or {})
                 return metrics
 
     task.device = device

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from mae.engine import Task
 from mae.errors import UserError
 
 DEFAULT_MODEL = "mae_vit_micro_patch4"
@@ -182,14 +183,6 @@ def dataset_info(data_dir: str | Path) -> dict:
     return meta
 
 
-def _sampler(dataset: Dataset, shuffle: bool, seed: int):
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from torch.utils.data.distributed import DistributedSampler
-
-        return DistributedSampler(dataset, shuffle=shuffle, seed=seed)
-    return None
-
-
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -200,7 +193,8 @@ def make_loader(
     even: bool = False,
 ) -> DataLoader:
     """Training loaders shuffle and drop the last partial batch (the batch shrinks to the dataset size for tiny
-    sets so that an epoch always has one step; ``even`` keeps it even, as mixup needs)."""
+    sets so that an epoch always has one step; ``even`` keeps it even, as mixup needs). Under torchrun the
+    engine re-samples training loaders per rank; evaluation loaders see the whole split on every rank."""
     n = len(dataset)
     if n == 0:
         raise UserError("--data: the split is empty")
@@ -208,13 +202,11 @@ def make_loader(
         batch_size = min(batch_size, n)
         if even and batch_size % 2 and batch_size > 1:
             batch_size -= 1
-    sampler = _sampler(dataset, shuffle=train, seed=seed)
-    generator = torch.Generator().manual_seed(seed) if train and sampler is None else None
+    generator = torch.Generator().manual_seed(seed) if train else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
+        shuffle=train,
         drop_last=train,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
@@ -235,7 +227,7 @@ def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Iterable[int] =
     return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """A classifier trained by the engine's ``fit()``: mixup/cutmix + label smoothing, top-1/top-5 eval.
 
     ``model`` maps a batch of inputs (images, or cached features for the fast linear probe) to logits.
@@ -284,8 +276,7 @@ class ClassificationTask:
 
     def train_step(self, batch) -> tuple[torch.Tensor, int, dict]:
         inputs, target = batch[0], batch[1]
-        inputs = inputs.to(self.device, non_blocking=True)
-        target = target.to(self.device, non_blocking=True)
+        inputs, target = self.to_device(inputs), self.to_device(target)
         if self.mixup is not None:
             inputs, target = self.mixup(inputs, target)
         logits = self.model(inputs)
@@ -404,19 +395,33 @@ def finish_metrics(out_dir: str | Path, metrics: dict, **extra: Any) -> dict:
     return write_metrics(out_dir, merged)
 
 
-def save_model(model: nn.Module, out_dir: str | Path, **meta: Any) -> Path:
+def save_model(model: nn.Module, out_dir: str | Path, meta: dict | None = None) -> Path:
     """The trained ``VisionTransformer`` as ``out_dir/model.pt`` in the reference ``{'model': state_dict}`` format
     (loadable with ``timm.create_model``; ``meta`` lands beside it under ``'config'``)."""
     from mae.utils.io import atomic_torch_save
 
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     path = Path(out_dir) / MODEL_FILE
-    atomic_torch_save({"model": state, "config": meta}, path)
+    atomic_torch_save({"model": state, "config": dict(meta or {})}, path)
     return path
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
+
+
+def _finished_checkpoint(out: Path) -> dict | None:
+    """The model state of a finished training in ``out`` (``fit`` then returns without training), else None."""
+    from mae.engine.loop import CHECKPOINT, METRICS
+
+    path = out / CHECKPOINT
+    if not (path.is_file() and (out / METRICS).is_file()):
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - fit() reports unreadable checkpoints itself
+        return None
+    return ckpt.get("model") if isinstance(ckpt, dict) and ckpt.get("finished") else None
 
 
 def run_task(
@@ -440,11 +445,14 @@ def run_task(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = trainable_params(task.model)
+    finished_before = _finished_checkpoint(out)
     metrics = fit(task, cfg, out)
     if not is_main_process():
         return metrics
+    if finished_before is not None:  # fit() only re-read the metrics: restore the trained weights
+        task.model.load_state_dict(finished_before)
     if save_weights:
-        save_model(task.model, out, **(model_meta or {}))
+        save_model(task.model, out, model_meta)
     added: dict[str, Any] = {
         "eval": evaluation,
         "init": init,

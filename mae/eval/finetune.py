@@ -12,6 +12,7 @@ loadable by ``timm.create_model`` (see docs/eval.md).
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
@@ -90,6 +91,29 @@ class FinetuneTask(common.ClassificationTask):
         return build_optimizer(cfg.optimizer, groups, lr, cfg)
 
 
+def _pillow_posterize_zero_ok() -> bool:
+    from PIL import Image, ImageOps
+
+    try:
+        ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
+    except ValueError:
+        return False
+    return True
+
+
+def compatible_auto_augment(policy: str | None) -> str | None:
+    """timm's increasing posterize ('inc1') asks Pillow for 0 bits at magnitude 10; Pillow >= 13 raises there
+    (older versions returned a black image), so a RandAugment draw crashes the loader now and then. With such a
+    Pillow, cap the magnitude at 9 (``-mmax9``: at most 3 bits removed) and say so once."""
+    if not policy or not policy.startswith("rand") or "inc1" not in policy.split("-") or "-mmax" in policy:
+        return policy
+    if _pillow_posterize_zero_ok():
+        return policy
+    fixed = policy + "-mmax9"
+    print(f"note: auto_augment={policy!r} -> {fixed!r} (this Pillow rejects 0-bit posterize)", file=sys.stderr)
+    return fixed
+
+
 def build_finetune_data(data: str, cfg: FinetuneConfig, img_size: int, num_classes: int):
     """(train set with the timm fine-tune augmentation, val set with the eval transform, mixup or None)."""
     from mae.data import build_dataset
@@ -98,7 +122,7 @@ def build_finetune_data(data: str, cfg: FinetuneConfig, img_size: int, num_class
     train_tf = finetune_transform(
         img_size,
         True,
-        auto_augment=cfg.auto_augment,
+        auto_augment=compatible_auto_augment(cfg.auto_augment),
         re_prob=cfg.reprob,
         re_mode=cfg.remode,
         re_count=cfg.recount,
@@ -136,7 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_init_arguments(parser)
 
 
-def main(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
     cfg = config_from_args(FinetuneConfig, args)
     meta = common.dataset_info(args.data)
     num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
@@ -158,3 +183,8 @@ def main(args: argparse.Namespace) -> dict:
         model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
                     "finetune_config": config_to_dict(cfg)},
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0

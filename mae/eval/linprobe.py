@@ -41,6 +41,7 @@ class LinprobeConfig(TrainConfig):
     weight_decay: float = 0.0
     optimizer: Literal["adamw", "lars", "sgd"] = "lars"
     momentum: float = 0.9
+    trust_coeff: float = 1e-3  # LARS trust coefficient (reference 0.001): per-step change = lr*coeff*|w|
     eval_every: int = 1
 
     model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
@@ -51,6 +52,8 @@ class LinprobeConfig(TrainConfig):
 
     def check(self) -> None:
         super().check()
+        if self.trust_coeff <= 0:
+            raise UserError(f"trust_coeff={self.trust_coeff!r} for {self.stage} must be > 0")
         if self.head_init_std <= 0:
             raise UserError(f"head_init_std={self.head_init_std!r} for {self.stage} must be > 0")
         if self.img_size is not None and self.img_size < 4:
@@ -64,14 +67,15 @@ def probe_head(dim: int, num_classes: int, std: float) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
 
 
-def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def lars_param_groups(model: nn.Module, weight_decay: float, trust_coeff: float = 1e-3) -> list[dict]:
     """Trainable params in two groups: matrices (weight decay + LARS adaptation) and 1-D params (neither)."""
     matrices, vectors = [], []
     for _, param in common.trainable_named_params(model):
         (matrices if param.ndim > 1 else vectors).append(param)
     groups = []
     if matrices:
-        groups.append({"params": matrices, "weight_decay": weight_decay, "always_adapt": True})
+        groups.append({"params": matrices, "weight_decay": weight_decay, "always_adapt": True,
+                       "trust_coeff": trust_coeff})
     if vectors:
         groups.append({"params": vectors, "weight_decay": 0.0, "always_adapt": False})
     return groups
@@ -82,7 +86,7 @@ class LinprobeTask(common.ClassificationTask):
 
     def param_groups(self, cfg: LinprobeConfig) -> list[dict]:
         if cfg.optimizer == "lars":
-            return lars_param_groups(self.model, cfg.weight_decay)
+            return lars_param_groups(self.model, cfg.weight_decay, cfg.trust_coeff)
         from mae.optim import param_groups_weight_decay
 
         return param_groups_weight_decay(self.model, cfg.weight_decay)
@@ -139,7 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_init_arguments(parser)
 
 
-def main(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
     cfg = config_from_args(LinprobeConfig, args)
     device = common.engine_device(cfg)
     task, model, name, report, extra = build_probe_task(cfg, args.data, args.init, device)
@@ -147,3 +152,8 @@ def main(args: argparse.Namespace) -> dict:
         task, cfg, args.out, evaluation="linprobe", init=common.init_label(args), init_path=args.init,
         model_name=name, load_report=report, extra=extra,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0

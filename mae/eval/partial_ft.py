@@ -15,7 +15,7 @@ import argparse
 
 import torch.nn as nn
 
-from mae.config import add_common_arguments, config_from_args, config_to_dict
+from mae.config import add_common_arguments, config_from_args
 from mae.errors import UserError
 from mae.eval import common, finetune, linprobe
 
@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of last Transformer blocks to fine-tune (0 = linear probing)")
 
 
-def main(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
     if args.blocks < 0:
         raise UserError(f"--blocks: must be >= 0, got {args.blocks}")
     if args.blocks == 0:
@@ -63,8 +64,13 @@ def main(args: argparse.Namespace) -> dict:
         task = finetune.FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
         extra = {"global_pool": cfg.global_pool}
         recipe = "finetune"
-    extra.update({"blocks": args.blocks, "recipe": recipe, "config": config_to_dict(cfg)})
+    extra.update({"blocks": args.blocks, "recipe": recipe})
     return common.run_task(
         task, cfg, args.out, evaluation=f"partial_ft-{args.blocks}", init=common.init_label(args),
         init_path=args.init, model_name=name, load_report=report, extra=extra,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0

@@ -1,0 +1,12 @@
+"""Report: the paper's tables, figures and claims from ``results/summary/runs.csv``.
+
+- :mod:`mae.report.summary` — ``mae summarize``: every run × evaluation → runs.csv (+ metrics.json,
+  loss_curves.csv); helpers to read it (base run, table membership, means over seeds).
+- :mod:`mae.report.paper` — the paper's numbers (``paper_results.csv``, read-only) and the map between our
+  knobs and the paper's setting labels.
+- :mod:`mae.report.tables` — ``mae tables``: Tables 1a–f, 2–6 as CSV/Markdown/LaTeX, ours beside the paper's.
+- :mod:`mae.report.figures` — ``mae figures``: Figs. 5/7/9, mask sampling, reconstructions, loss curves.
+- :mod:`mae.report.claims` — ``mae claims``: does each of the paper's claims hold on our numbers?
+
+Submodules are imported on use (``from mae.report import tables``) so that importing the package stays light.
+"""

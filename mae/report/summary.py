@@ -375,6 +375,9 @@ def seed_mean(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     data = frame[frame[metric].notna()]
     if not len(data):
         return pd.DataFrame(columns=cols)
+    if not by:
+        values = data[metric]
+        return pd.DataFrame([{"mean": values.mean(), "std": values.std(), "n": int(values.count())}])
     grouped = data.groupby(by, dropna=False, sort=False)[metric]
     out = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
     return out[cols]

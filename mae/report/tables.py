@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from mae.errors import UserError
 from mae.report import paper as P
 from mae.report.summary import base_knobs, base_run, differs_only_in, read_summary, seed_mean, table_runs
 from mae.utils.io import atomic_path, atomic_write_text
@@ -157,8 +158,7 @@ def ablation_table(frame: pd.DataFrame, spec: Ablation, paper_model: str, scale:
     knobs = list(spec.knobs)
     rows = table_runs(frame, spec.id, knobs) if len(frame) else frame
     ours: pd.DataFrame | None = None
-    n_seeds = None
-    for ev, metric, paper_metric, label in spec.metrics:
+    for ev, metric, _, label in spec.metrics:
         m = _metric_frame(rows, ev, metric, knobs) if len(rows) else pd.DataFrame(columns=[*knobs, "mean", "n"])
         m = m.rename(columns={"mean": f"{label} ours", "n": f"_n_{label}"}).drop(columns=["std"], errors="ignore")
         ours = m if ours is None else ours.merge(m, on=knobs, how="outer")
@@ -224,7 +224,8 @@ def _add_time_rel(out: pd.DataFrame, frame: pd.DataFrame, rows: pd.DataFrame) ->
     paper_flops = dict(zip(pp["paper setting"] if "paper setting" in pp else pp["setting"], pp["flops_rel"]))
     pos = out.columns.get_loc("seeds")
     out.insert(pos, "time rel. ours", out["paper setting"].map(lambda s: ours.get(s, math.nan)).astype(float))
-    out.insert(pos + 1, "FLOPs rel. paper", out["paper setting"].map(lambda s: paper_flops.get(s, math.nan)).astype(float))
+    out.insert(pos + 1, "FLOPs rel. paper",
+               out["paper setting"].map(lambda s: paper_flops.get(s, math.nan)).astype(float))
     return out
 
 
@@ -332,7 +333,7 @@ def init_table(frame: pd.DataFrame, *, id_: str, stem: str, title: str, paper_ta
         if s in used:
             continue
         rec = {"init": "", "paper setting": s, "note": "paper only"}
-        for metric, paper_metric, label in metrics:
+        for _, paper_metric, label in metrics:
             pv = paper[(paper["setting"] == s) & (paper["metric"] == paper_metric)]["value"]
             rec[f"{label} ours"] = math.nan
             rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
@@ -394,7 +395,8 @@ def build_tables(frame: pd.DataFrame, paper_model: str | None = None) -> list[Ta
                              paper_table="Table 4", ev="transfer_det",
                              metrics=[("ap_box", "ap_box", "AP box"), ("ap_mask", "ap_mask", "AP mask")],
                              inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
-    tables.append(init_table(frame, id_="5", stem="table5_segmentation", title="Table 5: semantic segmentation transfer",
+    tables.append(init_table(frame, id_="5", stem="table5_segmentation",
+                             title="Table 5: semantic segmentation transfer",
                              paper_table="Table 5", ev="transfer_seg", metrics=[("miou", "miou", "mIoU")],
                              inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
     tables.append(table6(frame, paper_model, scale))
@@ -406,6 +408,8 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for t in tables:
+        if "seeds" in t.data:
+            t.data["seeds"] = pd.to_numeric(t.data["seeds"], errors="coerce").round().astype("Int64")
         with atomic_path(out_dir / f"{t.stem}.csv", suffix=".csv") as tmp:
             t.data.to_csv(tmp, index=False)
         atomic_write_text(out_dir / f"{t.stem}.md", t.markdown())
@@ -431,6 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.paper_model is not None and args.paper_model not in set(P.load_paper()["model"]):
+        raise UserError(f"--paper-model {args.paper_model!r} is not a model of the paper (e.g. ViT-B/16, ViT-L/16)")
     frame = read_summary(args.summary)
     tables = build_tables(frame, args.paper_model)
     write_tables(tables, args.out)

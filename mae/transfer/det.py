@@ -31,6 +31,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from mae.config import TrainConfig
+from mae.data import detection_collate
+from mae.engine import Task
 from mae.errors import UserError
 
 METRIC_KEYS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
@@ -44,7 +46,7 @@ class DetConfig(TrainConfig):
 
     epochs: int = 12
     batch_size: int = 16
-    base_lr: float = 1e-3
+    base_lr: float = 8e-3  # lr = base_lr * batch / 256 = 5e-4 at batch 16 (ViTDet: 1e-4 at batch 64)
     warmup_epochs: float = 1.0
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
@@ -62,12 +64,14 @@ class DetConfig(TrainConfig):
     rpn_post_nms_train: int = 128  # (ViTDet: 1000)
     rpn_pre_nms_test: int = 128  # (ViTDet: 1000)
     rpn_post_nms_test: int = 64  # (ViTDet: 1000)
-    box_batch_size: int = 128  # RoIs sampled per image for the box/mask heads (ViTDet: 512)
+    box_batch_size: int = 64  # RoIs sampled per image for the box/mask heads (ViTDet: 512)
+    roi_sampling_ratio: int = 1  # RoIAlign samples per bin side (ViTDet: 0 = adaptive; its CPU backward is slow)
     box_head_dim: int = 256  # TwoMLPHead width (ViTDet: 1024)
     mask_head_dim: int = 64  # mask head conv width (ViTDet: 256)
     detections_per_img: int = 100
     score_thresh: float = 0.05
     hflip: bool = True  # random horizontal flip (train)
+    train_images: Optional[int] = None  # train on the first N train images (None: all)
     eval_images: Optional[int] = None  # evaluate on the first N val images (None: all)
     eval_batch_size: int = 32
 
@@ -86,8 +90,11 @@ class DetConfig(TrainConfig):
             raise UserError(f"drop_path={self.drop_path!r} for {self.stage} must be in [0, 1)")
         if self.anchor_scale <= 0 or not self.aspect_ratios or min(self.aspect_ratios) <= 0:
             raise UserError(f"anchor_scale/aspect_ratios for {self.stage} must be > 0")
-        if self.eval_images is not None and self.eval_images < 1:
-            raise UserError(f"eval_images={self.eval_images!r} for {self.stage} must be >= 1 (or null)")
+        if self.roi_sampling_ratio < 0:
+            raise UserError(f"roi_sampling_ratio={self.roi_sampling_ratio!r} for {self.stage} must be >= 0")
+        for key in ("train_images", "eval_images"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1 (or null)")
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -109,8 +116,8 @@ def build_detector(vit: nn.Module, num_classes: int, cfg: DetConfig, img_size: i
     sizes = tuple((max(1, int(round(cfg.anchor_scale * s))),) for s in backbone.strides)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(cfg.aspect_ratios),) * len(sizes))
     levels = [n for n in backbone.names if n != "pool"]
-    box_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=7, sampling_ratio=2)
-    mask_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=14, sampling_ratio=2)
+    box_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=7, sampling_ratio=cfg.roi_sampling_ratio)
+    mask_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=14, sampling_ratio=cfg.roi_sampling_ratio)
     return MaskRCNN(
         backbone,
         num_classes=None,
@@ -198,10 +205,6 @@ def coco_evaluate(coco_gt: Any, results: list[dict], iou_type: str, image_ids: S
 # -------------------------------------------------------------------------------------------------- task
 
 
-def _collate(batch):
-    return tuple(zip(*batch))
-
-
 def _hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     w = image.shape[-1]
     target = dict(target)
@@ -214,21 +217,24 @@ def _hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     return image.flip(-1), target
 
 
-class DetectionTask:
-    """Mask R-CNN transfer as an engine task (see :class:`mae.engine.Task`)."""
+class DetectionTask(Task):
+    """Mask R-CNN transfer as an engine task: ``fit`` sets ``device``, autocast, eval mode and no_grad."""
 
     def __init__(self, cfg: DetConfig, data_dir: str | Path, init: str | None, device: torch.device | None = None):
         from mae.data import build_detection_dataset, load_meta
-        from mae.transfer.backbone import build_vit, layer_decay_groups  # noqa: F401
+        from mae.transfer.backbone import build_vit
 
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         meta = load_meta(self.data_dir)
-        self.train_set = build_detection_dataset(self.data_dir, "train", train=True)
-        self.val_set = build_detection_dataset(self.data_dir, "val", train=False)
+        self.dataset_name = meta.get("name")
+        self.train_set = build_detection_dataset(self.data_dir, "train")
+        self.val_set = build_detection_dataset(self.data_dir, "val")
+        if cfg.train_images is not None and cfg.train_images < len(self.train_set):
+            self.train_set = torch.utils.data.Subset(self.train_set, range(cfg.train_images))
         self.coco_gt = self.val_set.coco
-        self.label_to_cat = [0] + list(self.val_set.cat_ids)
-        num_classes = len(self.val_set.cat_ids)
+        self.label_to_cat = list(self.val_set.label_to_cat_id)
+        num_classes = len(self.label_to_cat) - 1
         img_size = cfg.img_size or int(meta.get("img_size") or 0)
         if not img_size:
             raise UserError(f"img_size: {self.data_dir}/meta.json has no img_size; pass --set img_size=N")
@@ -237,7 +243,8 @@ class DetectionTask:
         self.vit = vit
         self.model = build_detector(vit, num_classes, cfg, img_size)
         self.num_classes = num_classes
-        self.device = device
+        if device is not None:
+            self.device = device
         self._gen = torch.Generator().manual_seed(cfg.seed)
 
     # engine hooks ------------------------------------------------------------------------------------
@@ -249,18 +256,14 @@ class DetectionTask:
     def train_loader(self) -> DataLoader:
         return DataLoader(
             self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=len(self.train_set) > self.cfg.batch_size,
-            num_workers=self.cfg.num_workers, collate_fn=_collate,
+            num_workers=self.cfg.num_workers, collate_fn=detection_collate,
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def train_step(self, batch) -> tuple[torch.Tensor, int, dict]:
         images, targets = batch
-        device = self._device()
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        images = self.to_device(list(images))
+        targets = self.to_device(list(targets))
         if self.cfg.hflip:
             flips = torch.rand(len(images), generator=self._gen) < 0.5
             pairs = [(_hflip(im, t) if f else (im, t)) for im, t, f in zip(images, targets, flips.tolist())]
@@ -272,20 +275,17 @@ class DetectionTask:
     @torch.no_grad()
     def predict(self, limit: int | None = None) -> tuple[list[dict], list[int]]:
         """(COCO result entries, evaluated image ids) of the val split."""
-        from mae.eval.common import autocast
-
         was_training = self.model.training
         self.model.eval()
-        device = self._device()
+        device = self.device
         n = len(self.val_set) if limit is None else min(limit, len(self.val_set))
         subset = torch.utils.data.Subset(self.val_set, range(n))
-        loader = DataLoader(subset, batch_size=self.cfg.eval_batch_size, shuffle=False, collate_fn=_collate)
+        loader = DataLoader(subset, batch_size=self.cfg.eval_batch_size, shuffle=False, collate_fn=detection_collate)
         results: list[dict] = []
         image_ids: list[int] = []
         try:
             for images, targets in loader:
-                with autocast(device, self.cfg.amp):
-                    outputs = self.model([im.to(device) for im in images])
+                outputs = self.model([im.to(device) for im in images])
                 ids = [int(t["image_id"]) for t in targets]
                 results += detections_to_coco(outputs, ids, self.label_to_cat)
                 image_ids += ids
@@ -305,7 +305,6 @@ class DetectionTask:
             detections=len(results),
             eval_s=time.perf_counter() - t0,
             params=sum(p.numel() for p in self.model.parameters()),
-            model=self.model_name,
             img_size=self.img_size,
         )
         return metrics
@@ -330,6 +329,13 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     task = DetectionTask(cfg, args.data, None if args.scratch else args.init)
     metrics = fit(task, cfg, args.out)
+    from mae.eval.common import finish_metrics, init_label, is_main_process
+
+    if is_main_process():
+        metrics = finish_metrics(
+            args.out, metrics, eval="transfer_det", init=init_label(args), init_path=None if args.scratch else args.init,
+            model=task.model_name, dataset=task.dataset_name,
+        )
     missing = [k for k in METRIC_KEYS if k not in metrics]
     if missing:
         raise UserError(f"transfer-det: evaluation produced no {missing[0]} (eval_every/evaluate not run?)")

@@ -47,6 +47,10 @@ stop() {
 if [ -d "$STATE/run" ]; then
     for d in slurmd slurmctld slurmdbd mariadbd munged; do stop "$d"; done
 fi
+# the symlink start_cluster.sh made (only if it points into our state dir)
+if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$STATE/etc/slurm.conf" ]; then
+    rm -f /etc/slurm/slurm.conf
+fi
 if [ "$PURGE" = 1 ] && [ -d "$STATE" ]; then
     say "removing $STATE"
     rm -rf -- "$STATE"

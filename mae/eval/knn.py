@@ -1,0 +1,119 @@
+"""``mae knn``: weighted k-NN classification on frozen features — a cheap monitor, no training.
+
+Features of the frozen encoder (cls token after the final norm, or ``global_pool=avg``) for train and val with
+the evaluation transform; each val image takes the ``k`` most cosine-similar train images, which vote for their
+class with weight ``exp(similarity / temperature)`` (k = 20, T = 0.07). Top-1/top-5 of the summed votes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Optional
+
+import torch
+
+from mae.config import add_common_arguments, config_from_args, config_to_dict
+from mae.errors import UserError
+from mae.eval import common
+
+
+@dataclass
+class KnnConfig:
+    """k-NN monitor settings."""
+
+    stage: ClassVar[str] = "knn"
+
+    k: int = 20
+    temperature: float = 0.07
+    global_pool: Literal["token", "avg"] = "token"
+    model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
+    img_size: Optional[int] = None  # None: the dataset's image size
+    batch_size: int = 256
+    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    num_workers: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0  # random init with --scratch
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise UserError(f"k={self.k!r} for knn must be >= 1")
+        if self.temperature <= 0:
+            raise UserError(f"temperature={self.temperature!r} for knn must be > 0")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size={self.batch_size!r} for knn must be >= 1")
+        if self.num_workers < 0:
+            raise UserError(f"num_workers={self.num_workers!r} for knn must be >= 0")
+
+
+def knn_metrics(train_feats, train_labels, val_feats, val_labels, num_classes: int, k: int, temperature: float) -> dict:
+    scores = common.knn_scores(train_feats, train_labels, val_feats, num_classes, k=k, temperature=temperature)
+    hits = common.topk_correct(scores, val_labels)
+    n = max(int(val_labels.shape[0]), 1)
+    return {"top1": 100.0 * hits[1] / n, "top5": 100.0 * hits[5] / n}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    common.add_init_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
+    from mae.data import build_dataset
+    from mae.data.transforms import eval_transform
+
+    start = time.perf_counter()
+    cfg = config_from_args(KnnConfig, args)
+    meta = common.dataset_info(args.data)
+    num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
+    device = common.engine_device(cfg)
+    name = common.resolve_model_name(cfg.model, args.init)
+    torch.manual_seed(cfg.seed)
+    model, report = common.build_encoder(name, 0, global_pool=cfg.global_pool, img_size=img_size, init=args.init)
+    model.to(device)
+    feats = {}
+    images, extract_s = 0, 0.0
+    for split in ("train", "val"):
+        dataset = build_dataset(args.data, split, eval_transform(img_size))
+        t0 = time.perf_counter()
+        feats[split] = common.extract_features(
+            model, dataset, device, batch_size=cfg.batch_size, amp=cfg.amp, num_workers=cfg.num_workers,
+            desc=f"knn features {split}",
+        )[:2]
+        extract_s += time.perf_counter() - t0
+        images += len(dataset)
+    (train_f, train_y), (val_f, val_y) = feats["train"], feats["val"]
+    metrics = knn_metrics(train_f, train_y, val_f, val_y, num_classes, cfg.k, cfg.temperature)
+    metrics.update(
+        {
+            "eval": "knn",
+            "init": common.init_label(args),
+            "init_path": str(args.init) if args.init else None,
+            "model": name,
+            "k": cfg.k,
+            "temperature": cfg.temperature,
+            "global_pool": cfg.global_pool,
+            "n_train": int(train_y.shape[0]),
+            "n_val": int(val_y.shape[0]),
+            "epochs": 0,
+            "params": 0,
+            "wall_s": time.perf_counter() - start,
+            "img_s": images / max(extract_s, 1e-9),
+            "config": config_to_dict(cfg),
+        }
+    )
+    if report is not None:
+        metrics["init_report"] = {"loaded": report.get("loaded"), "missing": list(report.get("missing", []))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common.write_metrics(out, metrics)
+    print(f"knn k={cfg.k} T={cfg.temperature}: top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}")
+    return metrics
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0

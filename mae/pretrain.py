@@ -1,0 +1,125 @@
+"""``mae pretrain``: MAE pretraining of a named model on a prepared dataset.
+
+Writes ``OUT/checkpoint.pt`` (``'model'`` = the plain MAE state dict, reference format), ``OUT/log.jsonl``,
+``OUT/metrics.json`` (train loss, held-out reconstruction loss, img/s, wall time, parameter counts) and
+``OUT/../settings.json`` (the run's full knob set). Re-running with the same ``--out`` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from mae.config import PretrainConfig, add_common_arguments, config_from_args, config_to_dict
+from mae.engine import Task, fit, seed_everything
+from mae.utils.io import atomic_write_json
+
+
+class PretrainTask(Task):
+    """Masked-image reconstruction: the model's own loss on a batch of augmented images."""
+
+    def __init__(self, cfg: PretrainConfig, data_dir: str | Path):
+        from mae.data import build_dataset, load_meta
+        from mae.data.transforms import pretrain_transform
+        from mae.models import create_mae, model_spec
+
+        self.cfg = cfg
+        self.meta = load_meta(data_dir)
+        spec = model_spec(cfg.model)
+        self.img_size = cfg.img_size or spec["img_size"]
+        overrides = {
+            "decoder_depth": cfg.decoder_depth, "decoder_embed_dim": cfg.decoder_width,
+            "decoder_num_heads": cfg.decoder_heads, "img_size": cfg.img_size,
+        }
+        self.model = create_mae(
+            cfg.model, sampler=cfg.sampler, target=cfg.target, target_path=cfg.target_path,
+            mask_token_in_encoder=cfg.mask_token_in_encoder, norm_pix_loss=cfg.target == "norm_pixel",
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+        self.resolved = {
+            "decoder_depth": cfg.decoder_depth or spec["decoder_depth"],
+            "decoder_width": cfg.decoder_width or spec["decoder_embed_dim"],
+            "decoder_heads": cfg.decoder_heads or spec["decoder_num_heads"],
+            "img_size": self.img_size, "patch_size": spec["patch_size"],
+        }
+        self.train_set = build_dataset(data_dir, "train", transform=pretrain_transform(cfg.aug, self.img_size))
+        self.val_set = None
+        if cfg.eval_images > 0 and self.meta.get("splits", {}).get("val", 0):
+            val = build_dataset(data_dir, "val", transform=pretrain_transform("none", self.img_size))
+            self.val_set = Subset(val, range(min(cfg.eval_images, len(val))))
+
+    def train_loader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
+            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+        )
+
+    def train_step(self, batch):
+        imgs = self.to_device(batch[0])
+        loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio)
+        return loss, imgs.shape[0], {}
+
+    def evaluate(self) -> dict:
+        """Reconstruction loss on held-out images with fixed masks (seeded, the global RNG untouched)."""
+        if self.val_set is None:
+            return {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        total, count = 0.0, 0
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed)
+            loader = DataLoader(self.val_set, batch_size=min(self.cfg.batch_size, 256), shuffle=False)
+            for imgs, _ in loader:
+                imgs = self.to_device(imgs)
+                loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio)
+                total += float(loss) * imgs.shape[0]
+                count += imgs.shape[0]
+        return {"loss": total / max(count, 1)}
+
+    def param_counts(self) -> dict:
+        encoder = sum(p.numel() for n, p in self.model.named_parameters()
+                      if not n.startswith("decoder") and n != "mask_token" and p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return {"params": encoder, "params_total": total}
+
+
+def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path) -> dict:
+    """The run's full knob set: every config key, plus the resolved names the summary uses."""
+    out = config_to_dict(cfg)
+    out.update(task.resolved)
+    out.update({
+        "stage": "pretrain", "data": str(data_dir), "dataset": task.meta.get("name", Path(data_dir).name),
+        "sampling": cfg.sampler, "pretrain_epochs": cfg.epochs,
+    })
+    return out
+
+
+def run(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    seed_everything(cfg.seed)  # model init: identical on every rank
+    task = PretrainTask(cfg, data_dir)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir))
+    metrics = fit(task, cfg, out_dir)
+    if is_main and "params" not in metrics:
+        metrics.update(task.param_counts())
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(PretrainConfig, args)
+    metrics = run(cfg, args.data, args.out)
+    loss = metrics.get("loss")
+    print(f"pretrain done: train_loss={metrics['train_loss']:.4f}"
+          + (f" val_loss={loss:.4f}" if loss is not None else "")
+          + f" img/s={metrics['img_s']:.1f} wall={metrics['wall_s']:.1f}s -> {args.out}")
+    return 0

@@ -1,0 +1,391 @@
+"""The paper's figures from our runs, each with the paper's curve where it has one (``mae figures``).
+
+Written to ``--out`` as PNG and PDF (seaborn):
+
+- ``fig5_masking_ratio``    masking ratio vs fine-tune / linear-probe accuracy (paper Fig. 5)
+- ``fig7_schedule``         pretraining epochs vs accuracy (paper Fig. 7)
+- ``fig9_partial_ft``       number of fine-tuned last blocks vs accuracy (paper Fig. 9, with MoCo v3)
+- ``fig_mask_sampling``     random / block / grid masks on the same validation image (paper Fig. 6)
+- ``fig_reconstructions``   original, masked, reconstruction, reconstruction + visible patches of held-out
+                            validation images from the base run's pretraining checkpoint (paper Figs. 2–3)
+- ``fig_loss_curves``       pretraining loss of every run (from ``pretrain/log.jsonl``)
+
+Our accuracies and the paper's live on different scales (toy data vs ImageNet), so ours and the paper's are
+drawn in separate rows with their own axes. A figure without data is skipped with a logged message, never
+faked; ``figures.json`` in ``--out`` lists what was written and what was skipped (and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mae.errors import UserError  # noqa: E402
+from mae.report import paper as P  # noqa: E402
+from mae.report.summary import (  # noqa: E402
+    base_knobs,
+    base_run,
+    differs_only_in,
+    loss_curves,
+    read_summary,
+    table_runs,
+)
+from mae.utils.io import atomic_path, atomic_write_json  # noqa: E402
+
+log = logging.getLogger("mae.report.figures")
+
+FIGURES = ("fig5_masking_ratio", "fig7_schedule", "fig9_partial_ft", "fig_mask_sampling", "fig_reconstructions",
+           "fig_loss_curves")
+PANEL = {"finetune": "fine-tuning", "linprobe": "linear probing"}
+PAPER_PANEL = {"ft_top1": "fine-tuning", "lin_top1": "linear probing"}
+
+
+class Skip(Exception):
+    """A figure cannot be drawn from the available data (the message says why)."""
+
+
+def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{stem}.{ext}"
+        with atomic_path(path, suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------- curves
+def _ours_long(rows: pd.DataFrame, x: str, evals: tuple[str, ...] = ("finetune", "linprobe")) -> pd.DataFrame:
+    rows = rows[rows["eval"].isin(evals) & (rows["eval_setting"].fillna("") == "") & rows["top1"].notna()]
+    return pd.DataFrame({"x": pd.to_numeric(rows[x], errors="coerce").astype(float),
+                         "value": rows["top1"].astype(float), "panel": rows["eval"].map(PANEL),
+                         "series": "ours", "source": "ours"})
+
+
+def _paper_long(table: str, model: str, x_of, series_of=None) -> pd.DataFrame:
+    rows = P.paper_rows(table)
+    if series_of is None:
+        rows = rows[rows["model"] == model]
+    else:  # Fig. 9: one curve per pretraining method
+        rows = rows[rows["model"].str.startswith(("MAE ", "MoCo"))]
+    rows = rows[rows["setting"].str.contains("=")]
+    return pd.DataFrame({"x": [x_of(s) for s in rows["setting"]], "value": rows["value"].astype(float),
+                         "panel": rows["metric"].map(lambda m: PAPER_PANEL.get(m, "top-1")),
+                         "series": [series_of(m) for m in rows["model"]] if series_of else "MAE",
+                         "source": f"paper ({model})"})
+
+
+def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: str,
+                  logx: bool = False) -> plt.Figure:
+    data = pd.concat([ours, paper], ignore_index=True)
+    data["x"] = data["x"].astype(float)
+    grid = sns.relplot(data=data, x="x", y="value", hue="series", style="series", row="source", col="panel",
+                       kind="line", markers=True, dashes=False, errorbar="sd", height=2.6, aspect=1.3,
+                       facet_kws={"sharex": False, "sharey": False}, err_style="bars")
+    grid.set_axis_labels(xlabel, "top-1 accuracy (%)")
+    grid.set_titles("{row_name} — {col_name}")
+    if logx:
+        for ax in grid.axes.flat:
+            ax.set_xscale("log", base=2)
+    grid.figure.suptitle(title, y=1.02)
+    return grid.figure
+
+
+def fig5(frame: pd.DataFrame, paper_model: str) -> plt.Figure:
+    rows = table_runs(frame, "fig5", ["mask_ratio"]) if len(frame) else frame
+    rows = rows[rows["sampling"].fillna("random") == "random"] if len(rows) else rows
+    ours = _ours_long(rows, "mask_ratio") if len(rows) else pd.DataFrame()
+    if not len(ours) or ours["x"].nunique() < 2:
+        raise Skip("needs fine-tune or linear-probe results at two or more mask ratios")
+    ours["x"] = ours["x"] * 100
+    paper = _paper_long("Fig 5", paper_model, lambda s: float(s.split("=")[1]))
+    return _curve_figure(ours, paper, "masking ratio (%)", "Masking ratio (paper Fig. 5)")
+
+
+def fig7(frame: pd.DataFrame, paper_model: str) -> plt.Figure:
+    rows = table_runs(frame, "fig7", ["pretrain_epochs"]) if len(frame) else frame
+    ours = _ours_long(rows, "pretrain_epochs") if len(rows) else pd.DataFrame()
+    if not len(ours) or ours["x"].nunique() < 2:
+        raise Skip("needs fine-tune or linear-probe results at two or more pretraining schedules")
+    paper = _paper_long("Fig 7", paper_model, lambda s: float(s.split("=")[1]))
+    return _curve_figure(ours, paper, "pretraining epochs", "Training schedule (paper Fig. 7)", logx=True)
+
+
+def fig9(frame: pd.DataFrame) -> plt.Figure:
+    if not len(frame):
+        raise Skip("no results")
+    rows = frame[differs_only_in(frame, [])]
+    part = rows[(rows["eval"] == "partial_ft") & rows["top1"].notna()]
+    if part["eval_setting"].nunique() < 2:
+        raise Skip("needs partial fine-tuning of the base run at two or more block counts")
+    ours = pd.DataFrame({"x": pd.to_numeric(part["eval_setting"], errors="coerce").astype(float),
+                         "value": part["top1"].astype(float), "panel": "top-1", "series": "MAE (ours)",
+                         "source": "ours"})
+    depth = _encoder_depth(str(base_knobs(frame).get("model")))
+    full = rows[(rows["eval"] == "finetune") & rows["top1"].notna()]
+    if depth and len(full) and float(depth) not in set(ours["x"]):
+        ours = pd.concat([ours, pd.DataFrame({"x": float(depth), "value": full["top1"].astype(float),
+                                              "panel": "top-1", "series": "MAE (ours)", "source": "ours"})])
+    paper = _paper_long("Fig 9", "ViT-L/16", lambda s: float(s.split("=")[1]),
+                        series_of=lambda m: "MAE" if m.startswith("MAE") else "MoCo v3")
+    paper["source"] = "paper (ViT-L/16)"
+    return _curve_figure(ours, paper, "# blocks fine-tuned (last ones)", "Partial fine-tuning (paper Fig. 9)")
+
+
+def _encoder_depth(model: str) -> int | None:
+    try:
+        from mae.models import MODEL_SPECS
+    except ImportError:  # pragma: no cover - models missing
+        return None
+    return MODEL_SPECS.get(model, {}).get("depth")
+
+
+def fig_loss_curves(runs_dir: str | Path) -> plt.Figure:
+    curves = loss_curves(runs_dir)
+    if not len(curves) or curves["loss"].notna().sum() < 2:
+        raise Skip(f"no pretraining logs with a loss under {runs_dir}/*/pretrain/log.jsonl")
+    x = "epoch" if curves["epoch"].notna().all() else "step"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=curves, x=x, y="loss", hue="run", ax=ax, linewidth=1)
+    ax.set_title("Pretraining loss per run")
+    ax.set_ylabel("training loss (removed patches)")
+    if curves["run"].nunique() > 1:
+        ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- images
+def _val_images(data_dir: str | Path, img_size: int, count: int):
+    """``count`` held-out validation images, ImageNet-normalised (N,3,H,W), from a prepared dataset."""
+    import torch
+
+    from mae.data import build_dataset
+    from mae.data.transforms import eval_transform
+
+    if not Path(data_dir, "meta.json").is_file():
+        raise Skip(f"no prepared dataset at {data_dir} (meta.json missing)")
+    ds = build_dataset(data_dir, "val", eval_transform(img_size))
+    if len(ds) == 0:
+        raise Skip(f"{data_dir}: empty validation split")
+    step = max(1, len(ds) // count)
+    return torch.stack([ds[i * step][0] for i in range(min(count, len(ds)))])
+
+
+def _to_display(x) -> np.ndarray:
+    """ImageNet-normalised (N,3,H,W) tensor -> (N,H,W,3) array in [0,1]."""
+    import torch
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _patch_mask_image(mask, grid: tuple[int, int], patch: int):
+    """(N,L) mask (1 = removed) -> (N,1,H,W) pixel mask."""
+    n = mask.shape[0]
+    m = mask.reshape(n, grid[0], grid[1]).float()
+    return m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
+
+
+def _show_masked(img: np.ndarray, pix_mask: np.ndarray) -> np.ndarray:
+    grey = np.full_like(img, 0.5)
+    return img * (1 - pix_mask) + grey * pix_mask
+
+
+def fig_mask_sampling(frame: pd.DataFrame, data_dir: str | Path | None, seed: int = 0) -> plt.Figure:
+    import torch
+
+    from mae.masking import build_sampler
+
+    if data_dir is None:
+        raise Skip("no --data folder given")
+    knobs = base_knobs(frame) if len(frame) else {}
+    img_size, patch = _image_geometry(knobs)
+    x = _val_images(data_dir, img_size, 1)
+    grid = (img_size // patch, img_size // patch)
+    cases = [("random", 0.75), ("block", 0.5), ("block", 0.75), ("grid", 0.75)]
+    img = _to_display(x)[0]
+    fig, axes = plt.subplots(1, len(cases) + 1, figsize=(2.2 * (len(cases) + 1), 2.5))
+    axes[0].imshow(img)
+    axes[0].set_title("original", fontsize=9)
+    torch.manual_seed(seed)
+    for ax, (name, ratio) in zip(axes[1:], cases):
+        sample = build_sampler(name)(1, grid, ratio)
+        pm = _patch_mask_image(sample.mask, grid, patch)[0].permute(1, 2, 0).numpy()
+        ax.imshow(_show_masked(img, pm))
+        ax.set_title(f"{name} {int(round(ratio * 100))}%", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("Mask sampling strategies (paper Fig. 6)", fontsize=10)
+    return fig
+
+
+def _image_geometry(knobs: dict[str, Any]) -> tuple[int, int]:
+    img_size, patch = knobs.get("img_size"), knobs.get("patch_size")
+    if _missing(img_size) or _missing(patch):
+        try:
+            from mae.models import model_spec
+
+            spec = model_spec(str(knobs.get("model")))
+        except Exception as err:
+            raise Skip(f"image/patch size unknown: {err}") from None
+        img_size = spec["img_size"] if _missing(img_size) else img_size
+        patch = spec["patch_size"] if _missing(patch) else patch
+    return int(img_size), int(patch)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def load_pretrained(run_dir: Path, knobs: dict[str, Any]):
+    """The MAE of a run with its pretraining checkpoint loaded (architecture from the run's knobs)."""
+    from mae.models import create_mae, load_mae_checkpoint
+
+    ckpt = run_dir / "pretrain" / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise Skip(f"no pretraining checkpoint at {ckpt}")
+    target = str(knobs.get("target") or "pixel")
+    if target not in ("pixel", "norm_pixel"):
+        raise Skip(f"base run target '{target}' does not predict pixels")
+    overrides: dict[str, Any] = {"target": target}
+    for knob, kw in (("decoder_depth", "decoder_depth"), ("decoder_width", "decoder_embed_dim"),
+                     ("img_size", "img_size"), ("patch_size", "patch_size")):
+        if not _missing(knobs.get(knob)):
+            overrides[kw] = int(knobs[knob])
+    if not _missing(knobs.get("mask_token_in_encoder")):
+        overrides["mask_token_in_encoder"] = bool(knobs["mask_token_in_encoder"])
+    if not _missing(knobs.get("sampling")):
+        overrides["sampler"] = str(knobs["sampling"])
+    model = create_mae(str(knobs.get("model")), **overrides)
+    load_mae_checkpoint(model, ckpt, strict=True)
+    return model.eval()
+
+
+def reconstruct(model, x, mask_ratio: float, seed: int = 0):
+    """(masked input, reconstruction, reconstruction + visible) in the normalised image space.
+
+    Normalised-pixel predictions are brought back to pixels with each patch's own mean and variance,
+    taken from the original image."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        _, pred, mask = model(x, mask_ratio=mask_ratio)
+        pred = pred.float()
+        if getattr(model, "norm_pix_loss", False):
+            target = model.patchify(x)
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            pred = pred * (var + 1.0e-6) ** 0.5 + mean
+        recon = model.unpatchify(pred)
+        patch = model.patch_size
+        grid = (x.shape[2] // patch, x.shape[3] // patch)
+        pix = _patch_mask_image(mask, grid, patch)
+        masked = x * (1 - pix)
+        pasted = x * (1 - pix) + recon * pix
+    return masked, recon, pasted, pix
+
+
+def fig_reconstructions(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None,
+                        count: int = 4, seed: int = 0) -> plt.Figure:
+    if data_dir is None:
+        raise Skip("no --data folder given")
+    run = base_run(frame) if len(frame) else None
+    if run is None:
+        raise Skip("no MAE run in the summary")
+    rows = frame[(frame["run"] == run)]
+    knobs = rows.iloc[0].to_dict()
+    model = load_pretrained(Path(runs_dir) / run, knobs)
+    img_size, _ = _image_geometry(knobs)
+    x = _val_images(data_dir, img_size, count)
+    ratio = float(knobs["mask_ratio"]) if not _missing(knobs.get("mask_ratio")) else 0.75
+    masked, recon, pasted, pix = reconstruct(model, x, ratio, seed)
+    cols = [("original", _to_display(x)),
+            (f"masked {int(round(ratio * 100))}%", _show_masked(_to_display(x), pix.permute(0, 2, 3, 1).numpy())),
+            ("reconstruction", _to_display(recon)), ("reconstruction + visible", _to_display(pasted))]
+    n = x.shape[0]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.0 * n), squeeze=False)
+    for i in range(n):
+        for j, (title, imgs) in enumerate(cols):
+            axes[i, j].imshow(imgs[i])
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=9)
+    fig.suptitle(f"Reconstructions of held-out validation images (run {run})", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- all
+def make_figures(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
+                 paper_model: str = P.DEFAULT_PAPER_MODEL, only: list[str] | None = None) -> dict[str, Any]:
+    """Draw every figure (or those in ``only``) that has data; returns ``{"written": {stem: [files]},
+    "skipped": {stem: why}}``, also written to ``out_dir/figures.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "fig5_masking_ratio": lambda: fig5(frame, paper_model),
+        "fig7_schedule": lambda: fig7(frame, paper_model),
+        "fig9_partial_ft": lambda: fig9(frame),
+        "fig_mask_sampling": lambda: fig_mask_sampling(frame, data_dir),
+        "fig_reconstructions": lambda: fig_reconstructions(frame, runs_dir, data_dir),
+        "fig_loss_curves": lambda: fig_loss_curves(runs_dir),
+    }
+    report: dict[str, Any] = {"written": {}, "skipped": {}}
+    sns.set_theme(style="whitegrid", context="paper")
+    unknown = sorted(set(only or ()) - set(builders))
+    if unknown:
+        raise UserError(f"unknown figure '{unknown[0]}' (valid: {', '.join(builders)})")
+    for stem, build in builders.items():
+        if only and stem not in only:
+            continue
+        try:
+            fig = build()
+        except Skip as why:
+            log.info("figure %s skipped: %s", stem, why)
+            report["skipped"][stem] = str(why)
+            for ext in ("png", "pdf"):  # a stale figure from an earlier run must not pass for a new one
+                (out_dir / f"{stem}.{ext}").unlink(missing_ok=True)
+            continue
+        report["written"][stem] = [p.name for p in save(fig, out_dir, stem)]
+    atomic_write_json(out_dir / "figures.json", report)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", required=True, help="results/summary/runs.csv")
+    parser.add_argument("--runs", required=True, help="results/runs (pretraining logs and checkpoints)")
+    parser.add_argument("--data", default=None, help="prepared pretraining dataset (validation images)")
+    parser.add_argument("--out", required=True, help="output folder (results/figures)")
+    parser.add_argument("--paper-model", default=P.DEFAULT_PAPER_MODEL,
+                        help="paper model whose curves are drawn (Figs. 5 and 7 exist for ViT-L/16 only)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="FIGURE",
+                        help=f"draw only these figures (of: {', '.join(FIGURES)})")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    frame = read_summary(args.summary)
+    if not Path(args.runs).is_dir():
+        raise UserError(f"runs folder not found: {args.runs}")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UserError(f"data folder not found: {args.data}")
+    if not len(P.paper_rows("Fig 5", model=args.paper_model)):
+        raise UserError(f"--paper-model {args.paper_model!r} has no Fig. 5/7 curve in the paper (use ViT-L/16)")
+    report = make_figures(frame, args.runs, args.data, args.out, args.paper_model, args.only)
+    log.info("figures: %d written, %d skipped -> %s", len(report["written"]), len(report["skipped"]), args.out)
+    return 0

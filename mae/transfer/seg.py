@@ -1,0 +1,253 @@
+"""`mae transfer-seg`: semantic segmentation transfer (paper Table 5, ADE20K with UperNet).
+
+A light semantic-FPN head (Kirillov et al. 2019) on the ViTDet simple feature pyramid of the encoder: every
+pyramid level goes through a 3x3 conv + LayerNorm + GELU, is upsampled to the finest level and summed; a 1x1
+conv predicts the classes and the logits are bilinearly upsampled to the input size. Trained with
+cross-entropy (ignore index 255) through the engine's ``fit()``; ``evaluate()`` accumulates a confusion
+matrix over the val split and reports mIoU and pixel accuracy (percent).
+
+mIoU is the mean of IoU_c = TP_c / (TP_c + FP_c + FN_c) over the classes that occur in the ground truth or
+the predictions of the val split (a class absent from both has no defined IoU and is left out, as
+mmsegmentation's nanmean does). Pixels labelled 255 are ignored. For the built-in data class 0 is the
+background and counts as a class (like PASCAL VOC); ADE20K's 150 classes have no background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from mae.config import TrainConfig
+from mae.engine import Task
+from mae.errors import UserError
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class SegConfig(TrainConfig):
+    """Segmentation transfer. Study-scale defaults; the paper's ADE20K values are in docs/transfer.md."""
+
+    stage = "transfer_seg"
+
+    epochs: int = 10
+    batch_size: int = 64
+    base_lr: float = 4e-3  # lr = base_lr * batch / 256 (1e-3 at batch 64)
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    model: Optional[str] = None  # None: the name recorded in --init (or the study default)
+    img_size: Optional[int] = None  # crop / eval size; None: the dataset's image size (ADE20K: 512)
+    drop_path: float = 0.1
+    layer_decay: float = 0.65
+    out_channels: int = 64  # pyramid / head width (UperNet in the paper: 512 / 768)
+    scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+    train_aug: bool = True  # RandomResizedCrop(0.5-1) + flip (mae.data.transforms.seg_transform)
+    train_images: Optional[int] = None  # train on the first N images (None: all)
+    eval_images: Optional[int] = None  # evaluate on the first N val images (None: all)
+    eval_batch_size: int = 128
+
+    def check(self) -> None:
+        super().check()
+        for key in ("out_channels", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1")
+        for key in ("img_size", "train_images", "eval_images"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"{key}={value!r} for {self.stage} must be >= 1 (or null)")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise UserError(f"layer_decay={self.layer_decay!r} for {self.stage} must be in (0, 1]")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise UserError(f"drop_path={self.drop_path!r} for {self.stage} must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts, rows = ground truth, columns = prediction; ignored pixels skipped."""
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long()
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    if len(target) and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise UserError(f"segmentation label {int(target.max())} outside [0, {num_classes}) and not {ignore_index}")
+    idx = target * num_classes + pred
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+
+
+def segmentation_metrics(cm: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """mIoU, pixel accuracy and mean class accuracy (percent) from a confusion matrix."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    gt = cm.sum(1)
+    pr = cm.sum(0)
+    union = gt + pr - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+    total = cm.sum()
+    valid = ~np.isnan(iou)
+    return {
+        "miou": float(np.mean(iou[valid]) * 100.0) if valid.any() else 0.0,
+        "pixel_acc": float(tp.sum() / total * 100.0) if total > 0 else 0.0,
+        "mean_acc": float(np.nanmean(acc) * 100.0) if (~np.isnan(acc)).any() else 0.0,
+        "iou_per_class": [None if np.isnan(v) else float(v * 100.0) for v in iou],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class SemanticFPNHead(nn.Module):
+    """Per-level 3x3 conv + LN + GELU, upsample to the finest level, sum, 1x1 conv to the classes."""
+
+    def __init__(self, channels: int, num_levels: int, num_classes: int):
+        from mae.transfer.backbone import LayerNorm2d
+
+        super().__init__()
+        self.lateral = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1, bias=False), LayerNorm2d(channels, eps=1e-6), nn.GELU()
+            )
+            for _ in range(num_levels)
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        size = feats[0].shape[-2:]
+        out = None
+        for f, conv in zip(feats, self.lateral):
+            y = conv(f)
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out = y if out is None else out + y
+        return self.classifier(out)
+
+
+class Segmenter(nn.Module):
+    """ViT + simple feature pyramid + semantic-FPN head; logits at the input resolution."""
+
+    def __init__(self, vit: nn.Module, num_classes: int, out_channels: int, scale_factors=(4.0, 2.0, 1.0, 0.5)):
+        from mae.transfer.backbone import ViTPyramidBackbone
+
+        super().__init__()
+        self.backbone = ViTPyramidBackbone(vit, out_channels, scale_factors, top_pool=False)
+        self.head = SemanticFPNHead(out_channels, len(self.backbone.names), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = list(self.backbone(x).values())
+        logits = self.head(feats)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# ------------------------------------------------------------------------------------------------- task
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation transfer as an engine task."""
+
+    def __init__(self, cfg: SegConfig, data_dir: str | Path, init: str | None):
+        from mae.data import build_segmentation_dataset, load_meta
+        from mae.data.transforms import seg_transform
+        from mae.transfer.backbone import build_vit
+
+        self.cfg = cfg
+        data_dir = Path(data_dir)
+        meta = load_meta(data_dir)
+        self.dataset_name = meta.get("name")
+        classes = meta.get("seg_classes")
+        if not classes:
+            raise UserError(f"{data_dir}/meta.json has no seg_classes (dataset without segmentation masks?)")
+        self.num_classes = len(classes)
+        img_size = cfg.img_size or int(meta.get("img_size") or 0)
+        if not img_size:
+            raise UserError(f"img_size: {data_dir}/meta.json has no img_size; pass --set img_size=N")
+        self.img_size = img_size
+        self.train_set = build_segmentation_dataset(data_dir, "train", seg_transform(img_size, train=cfg.train_aug))
+        self.val_set = build_segmentation_dataset(data_dir, "val", seg_transform(img_size, train=False))
+        if cfg.train_images is not None and cfg.train_images < len(self.train_set):
+            self.train_set = Subset(self.train_set, range(cfg.train_images))
+        if cfg.eval_images is not None and cfg.eval_images < len(self.val_set):
+            self.val_set = Subset(self.val_set, range(cfg.eval_images))
+        self.vit, self.model_name, self.load_report = build_vit(cfg.model, init, img_size, cfg.drop_path)
+        self.model = Segmenter(self.vit, self.num_classes, cfg.out_channels, cfg.scale_factors)
+
+    def param_groups(self, cfg: SegConfig) -> list[dict]:
+        from mae.transfer.backbone import layer_decay_groups
+
+        return layer_decay_groups(self.model, self.vit, cfg.weight_decay, cfg.layer_decay)
+
+    def train_loader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
+            drop_last=len(self.train_set) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
+        )
+
+    def train_step(self, batch) -> tuple[torch.Tensor, int, dict]:
+        images, masks = self.to_device(batch)
+        logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), masks.long(), ignore_index=IGNORE_INDEX)
+        return loss, images.shape[0], {}
+
+    def evaluate(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        loader = DataLoader(self.val_set, batch_size=self.cfg.eval_batch_size, shuffle=False)
+        try:
+            with torch.no_grad():
+                for images, masks in loader:
+                    logits = self.model(images.to(self.device))
+                    cm += confusion_matrix(logits.argmax(1).cpu(), masks, self.num_classes)
+        finally:
+            self.model.train(was_training)
+        metrics = segmentation_metrics(cm)
+        metrics.update(
+            eval_images=len(self.val_set), eval_s=time.perf_counter() - t0,
+            params=sum(p.numel() for p in self.model.parameters()), img_size=self.img_size,
+        )
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mae.config import add_common_arguments
+    from mae.eval.common import add_init_arguments
+
+    add_common_arguments(parser)
+    add_init_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mae.config import config_from_args
+    from mae.engine import fit
+
+    cfg = config_from_args(SegConfig, args)
+    torch.manual_seed(cfg.seed)
+    task = SegmentationTask(cfg, args.data, None if args.scratch else args.init)
+    metrics = fit(task, cfg, args.out)
+    from mae.eval.common import finish_metrics, init_label, is_main_process
+
+    if is_main_process():
+        metrics = finish_metrics(
+            args.out, metrics, eval="transfer_seg", init=init_label(args), init_path=None if args.scratch else args.init,
+            model=task.model_name, dataset=task.dataset_name,
+        )
+    if "miou" not in metrics:
+        raise UserError("transfer-seg: evaluation produced no miou")
+    return 0
