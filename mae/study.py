@@ -167,6 +167,18 @@ def cli_overrides(section: dict[str, Any] | None) -> str:
     return " ".join(flags)
 
 
+def cli_flags(section: dict[str, Any] | None) -> str:
+    """Render a config section as plain flags: ``{img_size: 32, verify: true}`` -> ``--img-size 32 --verify``."""
+    flags: list[str] = []
+    for key, value in (section or {}).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value not in (False, None):
+            flags.append(f"{flag} {_shell_quote(str(value))}")
+    return " ".join(flags)
+
+
 def _shell_quote(text: str) -> str:
     import shlex
 

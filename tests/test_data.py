@@ -430,3 +430,29 @@ def test_cli_bad_values(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert cli(["prepare-data", "--kind", "digits", "--out", str(tmp_path / "f")]) == 2
     assert not list(tmp_path.glob(".f.*"))
+
+
+# ---------------------------------------------------------------------------------------------- acceptance (slow)
+
+
+@pytest.mark.slow
+def test_default_dataset_fast_and_identical(tmp_path):
+    import time
+
+    times = []
+    for r in ("a", "b"):
+        t0 = time.perf_counter()
+        assert cli(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / r / "shapes")]) == 0
+        times.append(time.perf_counter() - t0)
+    assert max(times) < 60, times
+    for f in FILES:
+        assert (tmp_path / "a" / "shapes" / f).read_bytes() == (tmp_path / "b" / "shapes" / f).read_bytes(), f
+
+
+@pytest.mark.slow
+def test_linear_on_pixels_is_weak(tmp_path):
+    from mae.data.baselines import linear_on_pixels
+
+    prepare.prepare_builtin(tmp_path / "s", "shapes", n_train=3000, n_val=1000)
+    acc = linear_on_pixels(tmp_path / "s", max_iter=100)
+    assert acc < 30, acc

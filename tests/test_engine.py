@@ -50,7 +50,7 @@ class RegressionTask(Task):
         return loss, x.shape[0], {"mean_pred": self.model(x).float().mean().detach()}
 
     def evaluate(self):
-        x, y = self.data.tensors
+        x, y = self.to_device(self.data.tensors)
         return {"loss": nn.functional.mse_loss(self.model(x).float(), y).item()}
 
 
@@ -229,3 +229,26 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "metrics.json"]
     steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"step"' in x]
     assert len([r for r in steps if r["kind"] == "step"]) == 6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_fit_on_cuda(tmp_path, amp):
+    cfg = cfg_for(epochs=2, amp=amp, device="cuda", clip_grad=1.0)
+    task = RegressionTask(cfg)
+    initial = task.evaluate()["loss"]
+    metrics = fit(task, cfg, tmp_path)
+    assert next(task.model.parameters()).is_cuda and metrics["loss"] < initial
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert (ckpt["scaler"] is not None) == (amp == "fp16") and ckpt["rng"]["cuda"] is not None
+    # resume on CUDA: 1 epoch + 1 epoch == 2 epochs
+    first = RegressionTask(cfg)
+    fit(first, replace(cfg, max_steps=6), tmp_path / "r")
+    c = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    c["finished"] = False
+    torch.save(c, tmp_path / "r" / "checkpoint.pt")
+    resumed = RegressionTask(cfg)
+    fit(resumed, cfg, tmp_path / "r")
+    for k, v in weights(task).items():
+        torch.testing.assert_close(v, weights(resumed)[k], rtol=1e-5, atol=1e-6)

@@ -93,6 +93,17 @@ def test_knn_scores_weighted_votes():
     torch.testing.assert_close(sharp[0], expected)
 
 
+def test_knn_metrics_separable_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 5
+    train_y, val_y = torch.arange(60) % 3, torch.arange(30) % 3
+    train_f = centres[train_y] + torch.randn(60, 16, generator=g)
+    val_f = centres[val_y] + torch.randn(30, 16, generator=g)
+    assert knn.knn_metrics(train_f, train_y, val_f, val_y, 3, k=20, temperature=0.07) == {"top1": 100.0, "top5": 100.0}
+    shuffled = knn.knn_metrics(train_f, train_y[torch.randperm(60, generator=g)], val_f, val_y, 3, 20, 0.07)
+    assert shuffled["top1"] < 70.0  # labels matter: the score is not constant
+
+
 def test_topk_correct_caps_k_at_num_classes():
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     target = torch.tensor([1, 1, 0])

@@ -91,10 +91,12 @@ def slurm_cluster():
             pytest.skip(f"could not install the SLURM packages:\n{start.stdout[-2000:]}")
         pytest.fail(f"start_cluster.sh failed (rc={start.returncode}):\n{start.stdout[-4000:]}")
     print(f"\n[slurm] cluster started in {time.monotonic() - t0:.1f} s\n{start.stdout.strip()}")
+    started_here = "already running" not in start.stdout
     try:
         yield STATE_DIR
     finally:
-        subprocess.run(["bash", str(SLURM_DIR / "stop_cluster.sh")], env=_env(), stdin=subprocess.DEVNULL)
+        if started_here:  # leave a cluster that the user had started alone
+            subprocess.run(["bash", str(SLURM_DIR / "stop_cluster.sh")], env=_env(), stdin=subprocess.DEVNULL)
 
 
 def _copy_profiles(dst: Path) -> None:

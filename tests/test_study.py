@@ -76,3 +76,12 @@ def test_shipped_configs_plan(repo_root):
             config = {**default, **config}
         runs = plan_runs(config)
         assert "base" in runs and len(runs) > 10
+
+
+def test_cli_renderers_quote_values():
+    from mae.study import cli_flags, cli_overrides
+
+    assert cli_flags({"kind": "shapes", "img_size": 32, "verify": True, "skip_bad": False}) == (
+        "--kind shapes --img-size 32 --verify"
+    )
+    assert cli_overrides({"blocks": [0, 1], "name": "a b"}) == "--set blocks='[0, 1]' --set name='\"a b\"'"

@@ -437,6 +437,7 @@ def run_task(
     save_weights: bool = False,
     model_meta: dict | None = None,
     extra: dict | None = None,
+    started: float | None = None,
 ) -> dict:
     """Train ``task`` with the engine's ``fit()`` and complete ``metrics.json`` with the evaluation's keys:
     ``params`` (trainable), ``best_top1``, ``init``, ``model``; with ``save_weights`` also ``out/model.pt``."""
@@ -446,6 +447,7 @@ def run_task(
     out.mkdir(parents=True, exist_ok=True)
     params = trainable_params(task.model)
     finished_before = _finished_checkpoint(out)
+    setup_s = time.perf_counter() - started if started is not None else 0.0
     metrics = fit(task, cfg, out)
     if not is_main_process():
         return metrics
@@ -461,6 +463,9 @@ def run_task(
         "params": params,
         "epochs": metrics.get("epochs", getattr(cfg, "epochs", None)),
     }
+    if started is not None and finished_before is None:  # incl. model setup and feature caching before fit()
+        added["fit_wall_s"] = metrics.get("wall_s")
+        added["wall_s"] = float(metrics.get("wall_s") or 0.0) + setup_s
     if task.history:
         added["best_top1"] = max(task.history)
     if load_report is not None:

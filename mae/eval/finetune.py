@@ -12,9 +12,9 @@ loadable by ``timm.create_model`` (see docs/eval.md).
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
 import torch
@@ -162,6 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
+    started = time.perf_counter()
     cfg = config_from_args(FinetuneConfig, args)
     meta = common.dataset_info(args.data)
     num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         model_name=name,
         load_report=report,
         save_weights=True,
+        started=started,
         model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
                     "finetune_config": config_to_dict(cfg)},
     )

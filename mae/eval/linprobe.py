@@ -15,6 +15,7 @@ cheaper on a CPU. See docs/eval.md.
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 
@@ -145,12 +146,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
+    started = time.perf_counter()
     cfg = config_from_args(LinprobeConfig, args)
     device = common.engine_device(cfg)
     task, model, name, report, extra = build_probe_task(cfg, args.data, args.init, device)
     return common.run_task(
         task, cfg, args.out, evaluation="linprobe", init=common.init_label(args), init_path=args.init,
-        model_name=name, load_report=report, extra=extra,
+        model_name=name, load_report=report, extra=extra, started=started,
     )
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch.nn as nn
 
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
+    started = time.perf_counter()
     if args.blocks < 0:
         raise UserError(f"--blocks: must be >= 0, got {args.blocks}")
     if args.blocks == 0:
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     extra.update({"blocks": args.blocks, "recipe": recipe})
     return common.run_task(
         task, cfg, args.out, evaluation=f"partial_ft-{args.blocks}", init=common.init_label(args),
-        init_path=args.init, model_name=name, load_report=report, extra=extra,
+        init_path=args.init, model_name=name, load_report=report, extra=extra, started=started,
     )
 
 

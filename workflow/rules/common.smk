@@ -1,7 +1,7 @@
 # Shared helpers of the DAG: the run plan (mae.study), paths, and how a rule calls the `mae` CLI.
 import os
 
-from mae.study import cli_overrides, needs_target_file, plan_runs
+from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
 
 R = config["results"]
 RUNS = plan_runs(config)

@@ -15,7 +15,7 @@ rule prepare_data:
         mem_mb=4000,
         runtime=30,
     params:
-        flags=lambda wc: cli_overrides(config["datasets"][wc.dataset]),
+        flags=lambda wc: cli_flags(config["datasets"][wc.dataset]),
     shell:
         "mae prepare-data --out {output} {params.flags} > {log} 2>&1"
 
