@@ -118,6 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(PretrainConfig, args)
     metrics = run(cfg, args.data, args.out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     loss = metrics.get("loss")
     print(f"pretrain done: train_loss={metrics['train_loss']:.4f}"
           + (f" val_loss={loss:.4f}" if loss is not None else "")

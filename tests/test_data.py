@@ -122,6 +122,14 @@ def test_shapes2_differs_and_224px_works(tmp_path):
     assert np.load(tmp_path / "s2" / "train_labels.npy").max() < 5
 
 
+def test_difficulty_knobs(tmp_path):
+    assert cli(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "e"), "--n-train", "64", "--n-val", "8",
+                "--max-objects", "1", "--max-clutter", "0"]) == 0
+    gt = quiet_coco(tmp_path / "e" / "train_instances.json")
+    assert max(len(v) for v in gt.imgToAnns.values()) == 1 and load_meta(tmp_path / "e")["style"]["max_objects"] == 1
+    assert cli(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "f"), "--max-objects", "0"]) == 2
+
+
 def test_shape_families_render_distinct_masks():
     u, v = np.meshgrid(np.linspace(-1.2, 1.2, 48), np.linspace(-1.2, 1.2, 48))
     for kind, fams in synthetic.FAMILIES.items():

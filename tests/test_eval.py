@@ -318,3 +318,15 @@ def test_partial_ft_zero_blocks_is_linear_probe(data, ckpt, tmp_path):
     mp, ml = _metrics(out_p), _metrics(out_l)
     assert mp["recipe"] == "linprobe" and mp["params"] == ml["params"] == 258
     assert mp["top1"] == ml["top1"] and mp["loss"] == pytest.approx(ml["loss"])
+
+
+def test_attention_kernel_follows_autocast():
+    model, _ = common.build_encoder(MODEL, 2, img_size=16)
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(x).float()
+    assert all(not b.attn.fused_attn for b in model.blocks)  # math kernels under CPU bf16
+    exact = model(x)
+    assert all(b.attn.fused_attn for b in model.blocks)  # timm's fused SDPA otherwise
+    torch.testing.assert_close(fast, exact, atol=0.05, rtol=0.05)

@@ -69,7 +69,8 @@ def _dump_json(path: Path, obj) -> None:
 # built-in synthetic domains
 
 
-def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int, seed: int, classes: list[str]) -> None:
+def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int, seed: int, classes: list[str],
+                         style: synthetic.Style) -> None:
     from tqdm import tqdm
 
     bs = synthetic.batch_size_for(img_size)
@@ -80,7 +81,7 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
     with tqdm(total=n, desc=f"{kind}/{split}", unit="img", mininterval=1.0) as bar:
         for bi in range(math.ceil(n / bs)):
             rng = np.random.default_rng([seed, SPLIT_IDS[split], bi])
-            batch = synthetic.generate_batch(rng, bs, img_size, kind, len(classes))
+            batch = synthetic.generate_batch(rng, bs, img_size, kind, len(classes), style)
             lo, hi = bi * bs, min(n, (bi + 1) * bs)  # full batches are drawn, then cut: prefix-stable in n
             k = hi - lo
             images[lo:hi] = batch.images[:k]
@@ -108,8 +109,14 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
 
 
 def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 10000, n_val: int = 2000,
-                    seed: int = 0, num_classes: int | None = None, name: str | None = None) -> dict:
+                    seed: int = 0, num_classes: int | None = None, name: str | None = None,
+                    max_objects: int | None = None, max_clutter: int | None = None) -> dict:
     """Generate the built-in dataset ``kind`` into ``out``; returns its meta."""
+    if max_objects is not None and not 1 <= max_objects <= 8:
+        raise UserError(f"--max-objects must be in [1, 8], got {max_objects}")
+    if max_clutter is not None and not 0 <= max_clutter <= 16:
+        raise UserError(f"--max-clutter must be in [0, 16], got {max_clutter}")
+    style = synthetic.make_style(kind, max_objects, max_clutter)
     n_fam = len(synthetic.FAMILIES[kind])
     num_classes = n_fam if num_classes is None else num_classes
     if not 2 <= num_classes <= n_fam:
@@ -123,7 +130,7 @@ def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 100
     with atomic_dir(out) as tmp:
         counts = {}
         for split, n in (("train", n_train), ("val", n_val)):
-            _write_builtin_split(tmp, kind, split, n, img_size, seed, classes)
+            _write_builtin_split(tmp, kind, split, n, img_size, seed, classes, style)
             counts[split] = np.bincount(np.load(tmp / f"{split}_labels.npy"), minlength=num_classes).tolist()
         meta = {
             "name": name or Path(out).name,
@@ -138,7 +145,7 @@ def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 100
             "seg_classes": ["background"] + classes,
             "ignore_index": 255,
             "class_counts": counts,
-            "style": synthetic.STYLES[kind].__dict__,
+            "style": style.__dict__,
             "format_version": FORMAT_VERSION,
         }
         atomic_write_json(tmp / "meta.json", meta)
@@ -235,6 +242,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-val", type=int, default=2000, help="built-in: validation images")
     parser.add_argument("--seed", type=int, default=0, help="generator seed / digits split seed")
     parser.add_argument("--num-classes", type=int, default=None, help="built-in: first C shape families; ade20k: classes")
+    parser.add_argument("--max-objects", type=int, default=None, help="built-in: at most N objects per image (difficulty)")
+    parser.add_argument("--max-clutter", type=int, default=None, help="built-in: at most N background distractors")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="digits: validation fraction")
     parser.add_argument("--verify", action="store_true", help="folder kinds: decode every image now")
     parser.add_argument("--skip-bad", action="store_true", help="folder kinds: leave out bad images (count logged)")
@@ -254,6 +263,6 @@ def main(args: argparse.Namespace) -> int:
             meta = prepare_digits(out, args.img_size or 32, args.seed, args.val_fraction, args.name)
         else:
             meta = prepare_builtin(out, args.kind, args.img_size or 32, args.n_train, args.n_val, args.seed,
-                                   args.num_classes, args.name)
+                                   args.num_classes, args.name, args.max_objects, args.max_clutter)
     print(f"wrote {out} (kind {meta['kind']}, {meta['num_classes']} classes, splits {meta['splits']})")
     return 0

@@ -259,13 +259,26 @@ class Batch:
     instances: list[list[dict]] = field(default_factory=list)  # per image: {category_id, rle, bbox, area}
 
 
-def generate_batch(
-    rng: np.random.Generator, b: int, img_size: int, kind: str = "shapes", num_classes: int | None = None
-) -> Batch:
-    """Render ``b`` images of the built-in domain ``kind``."""
-    from pycocotools import mask as mask_utils
+def make_style(kind: str, max_objects: int | None = None, max_clutter: int | None = None) -> Style:
+    """The domain's style, optionally with fewer/more objects or distractors per image (difficulty knobs)."""
+    import dataclasses
 
     style = STYLES[kind]
+    if max_objects is not None:
+        style = dataclasses.replace(style, max_objects=int(max_objects))
+    if max_clutter is not None:
+        style = dataclasses.replace(style, n_clutter=(min(style.n_clutter[0], int(max_clutter)), int(max_clutter)))
+    return style
+
+
+def generate_batch(
+    rng: np.random.Generator, b: int, img_size: int, kind: str = "shapes", num_classes: int | None = None,
+    style: Style | None = None,
+) -> Batch:
+    """Render ``b`` images of the built-in domain ``kind`` (``style`` overrides the domain's default)."""
+    from pycocotools import mask as mask_utils
+
+    style = STYLES[kind] if style is None else style
     fams = FAMILIES[kind]
     n_cls = len(fams) if num_classes is None else num_classes
     s = img_size

@@ -79,6 +79,10 @@ def _load_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--init: checkpoint file '{path}' does not exist")
+    try:  # mmap: reading the model name does not pull a large checkpoint into memory
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
+        pass
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
@@ -131,12 +135,32 @@ def build_encoder(
     model = create_encoder(
         model_name, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path, img_size=img_size
     )
+    auto_attention_kernels(model)
     report = None
     if init:
         if not Path(init).is_file():
             raise UserError(f"--init: checkpoint file '{init}' does not exist")
         report = load_encoder_checkpoint(model, init)
     return model, report
+
+
+def _select_attention(model: nn.Module, args: tuple) -> None:
+    x = args[0] if args else None
+    cpu_bf16 = (
+        isinstance(x, torch.Tensor) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    for block in getattr(model, "blocks", ()):
+        attn = getattr(block, "attn", None)
+        if attn is not None and hasattr(attn, "fused_attn"):
+            attn.fused_attn = not cpu_bf16
+
+
+def auto_attention_kernels(model: nn.Module) -> None:
+    """Pick the attention kernel per forward, as the MAE model's ``attention='auto'``: explicit
+    softmax(QK^T)V under CPU bf16 autocast (the fused CPU backward in bf16 is slow: ~2x fewer img/s when
+    fine-tuning the micro model), timm's fused SDPA otherwise. Same function, different kernels."""
+    model.register_forward_pre_hook(_select_attention)
 
 
 def init_head(head: nn.Linear, std: float) -> None:
@@ -282,6 +306,12 @@ class ClassificationTask(Task):
         logits = self.model(inputs)
         loss = self.criterion(logits.float(), target)
         return loss, int(inputs.shape[0]), {}
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}  # so best_top1 survives a resume
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -1,7 +1,11 @@
 # Shared helpers of the DAG: the run plan (mae.study), paths, and how a rule calls the `mae` CLI.
 import os
+import sys
 
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
+
+# Rules call the `mae` console script installed beside this Snakemake (also when the env is not activated).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 R = config["results"]
 RUNS = plan_runs(config)

@@ -36,7 +36,7 @@ rule fit_pca:
         mem_mb=4000,
         runtime=30,
     params:
-        flags=stage_flags("fit_pca"),
+        flags=cli_flags(config.get("fit_pca")),
         patch=lambda wc: config.get("patch_size", 4),
     shell:
         "mae fit-pca --data {input} --out {output} --patch-size {params.patch} {params.flags} > {log} 2>&1"
@@ -58,7 +58,7 @@ rule train_tokenizer:
         mem_mb=4000,
         runtime=60,
     params:
-        flags=stage_flags("train_tokenizer"),
+        flags=cli_flags(config.get("train_tokenizer")),
         patch=lambda wc: config.get("patch_size", 4),
     shell:
         "OMP_NUM_THREADS={threads} mae train-tokenizer --data {input} --out {output}"
