@@ -306,6 +306,7 @@ def _fit(task: Task, cfg: TrainConfig, out_dir: Path, env: D.DistEnv) -> dict:
             seed_everything(cfg.seed + env.rank + 7919 * start_epoch)
         if env.is_main:
             _trim_log(out_dir / LOG, ckpt["epoch"])
+            print(f"resuming from {ckpt_path} after epoch {ckpt['epoch'] + 1}", flush=True)
     finished = bool(ckpt and ckpt.get("finished"))
     if cfg.compile:
         model.compile()
