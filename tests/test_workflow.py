@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ import yaml
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def dry_run(repo_root, *args, cwd=None):
+def dry_run(repo_root, *args, cwd=None, results=None):
+    """A dry run into an empty results folder (so that earlier local results never hide jobs)."""
+    results = results or Path(tempfile.mkdtemp()) / "results"
     proc = subprocess.run(
-        [*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *args],
+        [*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *args, "--config", f"results={results}"],
         cwd=cwd or repo_root,
         capture_output=True,
         text=True,
