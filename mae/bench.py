@@ -10,7 +10,9 @@ by window (so machine noise hits all variants alike):
 - ``mask_token_encoder``  the fast path with mask tokens in the encoder (Table 1c ablation).
 ``visible_only_img_s`` is the ``fast`` measurement (the fast path *is* the visible-only encoder).
 
-Each number is the median over ``--windows`` (≥ 5) timed windows after ``--warmup`` untimed steps.
+Each number is the median over ``--windows`` (≥ 5) timed windows after ``--warmup`` untimed steps; before
+each window a variant runs ``--rewarm`` untimed steps, because switching between fp32 and bf16 models evicts
+cached CPU kernels (oneDNN primitives) and the first step after a switch is much slower.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class StepRunner:
 
 
 def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int = 5, steps_per_window: int = 1,
-                   warmup: int = 2, compile: bool = False, device: str | None = None, progress: bool = True) -> dict:
+                   warmup: int = 2, compile: bool = False, device: str | None = None, progress: bool = True,
+                   rewarm: int = 1) -> dict:
     """Measure the variants on one preset; returns the JSON-able result dict."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset '{preset_name}' (valid: {', '.join(PRESETS)})")
@@ -98,6 +101,8 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     bar = tqdm(total=windows * len(runners) * n, unit="img", unit_scale=True, disable=not progress, desc="bench")
     for _ in range(windows):
         for r in runners:  # interleaved: the same noise window hits every variant
+            for _ in range(rewarm):  # untimed: re-warms kernel caches (oneDNN primitives) after a switch
+                r.step()
             r.sync()
             start = time.perf_counter()
             for _ in range(steps_per_window):
@@ -113,7 +118,7 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     return {
         "preset": preset_name, "model": preset["model"], "batch_size": preset["batch_size"],
         "mask_ratio": preset["mask_ratio"], "device": str(dev), "threads": torch.get_num_threads(),
-        "windows": windows, "steps_per_window": steps_per_window, "compile": compile,
+        "windows": windows, "steps_per_window": steps_per_window, "rewarm": rewarm, "compile": compile,
         "baseline_img_s": med["baseline"], "fast_img_s": med["fast"], "visible_only_img_s": med["fast"],
         "mask_token_encoder_img_s": med["mask_token_encoder"],
         "speedup_fast_vs_baseline": med["fast"] / med["baseline"],
@@ -130,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=5, help="timed windows (>= 5); the median is reported")
     p.add_argument("--steps-per-window", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rewarm", type=int, default=1, help="untimed steps before each window (after a variant switch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast variants")
     p.add_argument("--device", default=None, help="override the preset's device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -139,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
     if args.windows < 5:
         raise UserError(f"--windows must be >= 5, got {args.windows}")
     res = bench_pretrain(args.preset, args.batch_size, args.windows, args.steps_per_window, args.warmup,
-                         args.compile, args.device, progress=not args.json)
+                         args.compile, args.device, progress=not args.json, rewarm=args.rewarm)
     if args.json:
         print(json.dumps(res))
     else:

@@ -118,3 +118,12 @@ def finetune_flags(wildcards):
 def runs_dir(wildcards, input):
     """results/runs, found from the summary's study plan (results/summary/study.json)."""
     return os.path.join(os.path.dirname(os.path.dirname(input.plan[0])), "runs")
+
+
+def partial_ft_flags(wildcards):
+    """K = 0 is linear probing (the `linprobe` settings); K > 0 uses the fine-tuning recipe with the
+    `partial_ft` overrides (paper Fig. 9)."""
+    if int(wildcards.blocks) == 0:
+        return stage_flags("linprobe")
+    overrides = {k: v for k, v in config["partial_ft"].items() if k != "blocks"}
+    return f"{stage_flags('finetune')} {cli_overrides(overrides)}"

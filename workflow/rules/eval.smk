@@ -70,7 +70,7 @@ rule partial_ft:
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
-        stage=stage_flags("partial_ft", drop=("blocks",)),
+        stage=partial_ft_flags,
     shell:
         "OMP_NUM_THREADS={threads} mae partial-ft --blocks {wildcards.blocks} --data {input.data}"
         " --out {params.out} {params.init} {params.stage} > {log} 2>&1"
