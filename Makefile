@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Rules call the `mae` console script: put the environment first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run smoke test venv lint bench clean
+.PHONY: run smoke test test-fast venv lint bench report clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -22,12 +22,20 @@ run: venv
 smoke: venv
 	$(BIN)/snakemake --cores all --configfile config/smoke.yaml
 
+# Everything but GPU tests: the fast suite, the real smoke study (+ resume after a kill) and, as root, the smoke
+# study on a real single-node SLURM (tests/slurm/start_cluster.sh installs and starts it; skipped otherwise).
 test: venv
+	$(BIN)/python -m pytest -q -m "not cuda"
+
+test-fast: venv
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/
+
+report: venv
+	$(BIN)/snakemake --report results/report.html
 
 bench: venv
 	$(BIN)/python -m mae.bench pretrain --preset cpu-tiny

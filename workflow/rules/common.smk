@@ -4,8 +4,15 @@ import sys
 
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
 
+
+envvars:
+    "PATH",
+
+
 # Rules call the `mae` console script installed beside this Snakemake (also when the env is not activated).
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+)
 
 R = config["results"]
 RUNS = plan_runs(config)
