@@ -204,3 +204,33 @@ def layer_decay_groups(
     if rest_no:
         groups.append({"params": rest_no, "weight_decay": 0.0, "lr_scale": 1.0})
     return groups
+
+
+def add_transfer_arguments(parser) -> None:
+    """CLI options shared by the dense transfer commands (common options + ``--init``/``--scratch``)."""
+    from mae.config import add_common_arguments
+    from mae.eval.common import add_init_arguments
+
+    add_common_arguments(parser)
+    add_init_arguments(parser)
+
+
+def run_transfer(args, config_cls, task_cls, evaluation: str, metric_keys: Sequence[str]) -> int:
+    """Build ``task_cls(cfg, data, init)`` from the CLI, train it with the engine's ``fit`` and write the
+    metrics; a missing evaluation metric is an error (never an empty result)."""
+    from mae.config import config_from_args
+    from mae.engine import fit
+    from mae.eval.common import finish_metrics, init_label, is_main_process
+
+    cfg = config_from_args(config_cls, args)
+    torch.manual_seed(cfg.seed)
+    init = None if args.scratch else args.init
+    task = task_cls(cfg, args.data, init)
+    metrics = fit(task, cfg, args.out)
+    if is_main_process():
+        metrics = finish_metrics(args.out, metrics, eval=evaluation, init=init_label(args), init_path=init,
+                                 model=task.model_name, dataset=task.dataset_name)
+    missing = [k for k in metric_keys if k not in metrics]
+    if missing:
+        raise UserError(f"{evaluation}: evaluation produced no {missing[0]}")
+    return 0

@@ -314,29 +314,12 @@ class DetectionTask(Task):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mae.config import add_common_arguments
-    from mae.eval.common import add_init_arguments
+    from mae.transfer.backbone import add_transfer_arguments
 
-    add_common_arguments(parser)
-    add_init_arguments(parser)
+    add_transfer_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from mae.config import config_from_args
-    from mae.engine import fit
+    from mae.transfer.backbone import run_transfer
 
-    cfg = config_from_args(DetConfig, args)
-    torch.manual_seed(cfg.seed)
-    task = DetectionTask(cfg, args.data, None if args.scratch else args.init)
-    metrics = fit(task, cfg, args.out)
-    from mae.eval.common import finish_metrics, init_label, is_main_process
-
-    if is_main_process():
-        metrics = finish_metrics(
-            args.out, metrics, eval="transfer_det", init=init_label(args), init_path=None if args.scratch else args.init,
-            model=task.model_name, dataset=task.dataset_name,
-        )
-    missing = [k for k in METRIC_KEYS if k not in metrics]
-    if missing:
-        raise UserError(f"transfer-det: evaluation produced no {missing[0]} (eval_every/evaluate not run?)")
-    return 0
+    return run_transfer(args, DetConfig, DetectionTask, "transfer_det", METRIC_KEYS)

@@ -226,28 +226,12 @@ class SegmentationTask(Task):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mae.config import add_common_arguments
-    from mae.eval.common import add_init_arguments
+    from mae.transfer.backbone import add_transfer_arguments
 
-    add_common_arguments(parser)
-    add_init_arguments(parser)
+    add_transfer_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from mae.config import config_from_args
-    from mae.engine import fit
+    from mae.transfer.backbone import run_transfer
 
-    cfg = config_from_args(SegConfig, args)
-    torch.manual_seed(cfg.seed)
-    task = SegmentationTask(cfg, args.data, None if args.scratch else args.init)
-    metrics = fit(task, cfg, args.out)
-    from mae.eval.common import finish_metrics, init_label, is_main_process
-
-    if is_main_process():
-        metrics = finish_metrics(
-            args.out, metrics, eval="transfer_seg", init=init_label(args), init_path=None if args.scratch else args.init,
-            model=task.model_name, dataset=task.dataset_name,
-        )
-    if "miou" not in metrics:
-        raise UserError("transfer-seg: evaluation produced no miou")
-    return 0
+    return run_transfer(args, SegConfig, SegmentationTask, "transfer_seg", ("miou",))
