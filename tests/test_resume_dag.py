@@ -38,6 +38,8 @@ def test_killed_pretraining_resumes_from_checkpoint(repo_root, tmp_path):
     epoch_at_kill = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
     assert epoch_at_kill < 5
 
+    # A SIGKILL leaves Snakemake's lock behind (Ctrl-C does not): `--unlock` first, as the README says.
+    subprocess.run([*cmd, "--unlock"], cwd=work, capture_output=True, text=True, timeout=120, check=True)
     done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)  # profile: rerun-incomplete
     assert done.returncode == 0, done.stderr[-3000:]
     job_log = (work / "logs/pretrain/base.log").read_text()
