@@ -8,9 +8,10 @@ needs; identical settings are trained once and the run records every table it se
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mae.errors import UserError
 
@@ -62,8 +63,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        text = f"{value:g}"
-        return text
+        return f"{value:g}"
     return str(value)
 
 
@@ -180,10 +180,5 @@ def cli_flags(section: dict[str, Any] | None) -> str:
 
 
 def _shell_quote(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
-
-def unique(items: Iterable[Any]) -> list[Any]:
-    return list(dict.fromkeys(items))

@@ -84,10 +84,6 @@ def init_flag(wildcards):
     return f"--init {R}/runs/{run}/pretrain/checkpoint.pt"
 
 
-def train_resources(minutes):
-    return {"mem_mb": 4000, "runtime": minutes}
-
-
 def all_metrics():
     """Every metrics file of the study (the summary's inputs)."""
     files = []
