@@ -25,7 +25,7 @@ smoke: venv
 # Everything but GPU tests: the fast suite, the real smoke study (+ resume after a kill) and, as root, the smoke
 # study on a real single-node SLURM (tests/slurm/start_cluster.sh installs and starts it; skipped otherwise).
 test: venv
-	$(BIN)/python -m pytest -q -m "not cuda"
+	$(BIN)/python -m pytest -q -m "not cuda" --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q
