@@ -7,7 +7,10 @@ by window (so machine noise hits all variants alike):
 - ``fast``          our training path: bf16 autocast + ``attention='auto'`` (explicit-softmax attention
                     under CPU bf16, where the fused CPU SDPA backward is slow; SDPA on CUDA), optionally
                     ``torch.compile`` (``--compile``); encoder on the visible tokens only;
-- ``mask_token_encoder``  the fast path with mask tokens in the encoder (Table 1c ablation).
+- ``mask_token_encoder``  the fast path with mask tokens in the encoder (Table 1c ablation);
+- with ``--extra``, for the record: ``fp32_math`` (fp32, explicit-softmax attention), ``bf16_sdpa`` (autocast with
+  the fused kernel) and ``bf16_weights`` (the whole model cast to bf16, no autocast casts — a bound on what
+  removing casts can give, not a training recipe: AdamW then updates bf16 weights).
 ``visible_only_img_s`` is the ``fast`` measurement (the fast path *is* the visible-only encoder).
 
 Each number is the median over ``--windows`` (≥ 5) timed windows after ``--warmup`` untimed steps; before
@@ -43,6 +46,7 @@ class Variant:
     attention: str
     mask_token_in_encoder: bool = False
     compile: bool = False
+    bf16_weights: bool = False
 
 
 class StepRunner:
@@ -55,11 +59,13 @@ class StepRunner:
         self.variant, self.device, self.mask_ratio = variant, device, preset["mask_ratio"]
         self.model = create_mae(preset["model"], norm_pix_loss=True, attention=variant.attention,
                                 mask_token_in_encoder=variant.mask_token_in_encoder).to(device)
+        dtype = torch.bfloat16 if variant.bf16_weights else torch.float32
+        self.model.to(dtype)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
         self.forward = torch.compile(self.model) if variant.compile else self.model
         size = preset["img_size"]
-        self.images = torch.randn(preset["batch_size"], 3, size, size, device=device)
+        self.images = torch.randn(preset["batch_size"], 3, size, size, device=device, dtype=dtype)
 
     def step(self) -> float:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.variant.bf16):
@@ -76,7 +82,7 @@ class StepRunner:
 
 def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int = 5, steps_per_window: int = 1,
                    warmup: int = 2, compile: bool = False, device: str | None = None, progress: bool = True,
-                   rewarm: int = 1) -> dict:
+                   rewarm: int = 1, extra: bool = False) -> dict:
     """Measure the variants on one preset; returns the JSON-able result dict."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset '{preset_name}' (valid: {', '.join(PRESETS)})")
@@ -91,6 +97,10 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
         Variant("fast", bf16=True, attention="auto", compile=compile),
         Variant("mask_token_encoder", bf16=True, attention="auto", mask_token_in_encoder=True, compile=compile),
     ]
+    if extra:
+        variants += [Variant("fp32_math", bf16=False, attention="math"),
+                     Variant("bf16_sdpa", bf16=True, attention="sdpa"),
+                     Variant("bf16_weights", bf16=False, attention="math", compile=compile, bf16_weights=True)]
     runners = [StepRunner(v, preset, dev) for v in variants]
     for r in runners:
         for _ in range(warmup):
@@ -124,6 +134,7 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
         "speedup_fast_vs_baseline": med["fast"] / med["baseline"],
         "speedup_visible_vs_mask_token": med["fast"] / med["mask_token_encoder"],
         "range_img_s": spread,
+        "extra_img_s": {name: v for name, v in med.items() if name not in ("baseline", "fast", "mask_token_encoder")},
     }
 
 
@@ -138,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rewarm", type=int, default=1, help="untimed steps before each window (after a variant switch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast variants")
     p.add_argument("--device", default=None, help="override the preset's device")
+    p.add_argument("--extra", action="store_true", help="also time fp32_math, bf16_sdpa and bf16_weights")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -145,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
     if args.windows < 5:
         raise UserError(f"--windows must be >= 5, got {args.windows}")
     res = bench_pretrain(args.preset, args.batch_size, args.windows, args.steps_per_window, args.warmup,
-                         args.compile, args.device, progress=not args.json, rewarm=args.rewarm)
+                         args.compile, args.device, progress=not args.json, rewarm=args.rewarm, extra=args.extra)
     if args.json:
         print(json.dumps(res))
     else:
@@ -153,6 +165,8 @@ def main(args: argparse.Namespace) -> int:
               f"{res['threads']} threads, median of {res['windows']} windows)")
         for key in ("baseline_img_s", "fast_img_s", "mask_token_encoder_img_s"):
             print(f"  {key:28s} {res[key]:9.1f} img/s")
+        for name, value in res["extra_img_s"].items():
+            print(f"  {name + '_img_s':28s} {value:9.1f} img/s")
         print(f"  fast / baseline               {res['speedup_fast_vs_baseline']:.2f}x")
         print(f"  visible-only / mask-token enc {res['speedup_visible_vs_mask_token']:.2f}x")
     return 0

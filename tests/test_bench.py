@@ -8,6 +8,13 @@ def test_bench_smoke_positive_numbers():
     for key in ("baseline_img_s", "fast_img_s", "visible_only_img_s", "mask_token_encoder_img_s"):
         assert res[key] > 0
     assert res["model"] == PRESETS["cpu-tiny"]["model"] and res["batch_size"] == 2
+    assert res["extra_img_s"] == {}
+
+
+def test_bench_extra_variants():
+    res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, extra=True)
+    assert set(res["extra_img_s"]) == {"fp32_math", "bf16_sdpa", "bf16_weights"}
+    assert all(v > 0 for v in res["extra_img_s"].values())
 
 
 def test_bench_cli_json(capsys):

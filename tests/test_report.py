@@ -108,6 +108,7 @@ def make_tree(root: Path, seeds=(0,), transfer=True, scratch=True) -> dict:
                 _write(runs / name / "transfer_cls-digits" / "metrics.json", {"top1": 90.0})
     if scratch:
         _write(runs / "scratch" / "finetune" / "metrics.json", {"top1": 50.0})
+        _write(runs / "scratch" / "linprobe" / "metrics.json", {"top1": 10.0})
         if transfer:
             _write(runs / "scratch" / "transfer_det" / "metrics.json", {"ap_box": 10.0, "ap_mask": 9.0})
     _write(root / "STUDY.json", study)
@@ -260,8 +261,11 @@ def test_claims_hold_on_fixture_and_on_paper(summary):
     result = C.check_claims(summary).set_index("id")
     assert set(result.index) == {cid for cid, _, _ in C.CLAIMS}
     assert (result["verdict"] == C.HOLDS).all(), result[["verdict", "evidence"]]
-    assert (result["paper_verdict"] == C.HOLDS).all()
+    # the paper reports no random-init linear probe: that claim is "not run" on its numbers
+    assert (result.drop(index="lin_vs_random")["paper_verdict"] == C.HOLDS).all()
+    assert result.loc["lin_vs_random", "paper_verdict"] == C.NOT_RUN
     assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(_accuracy(BASE, "ft") - 50.0)
+    assert result.loc["lin_vs_random", "margin"] == pytest.approx(_accuracy(BASE, "lin") - 10.0)
     assert result.loc["decoder_depth", "margin"] == pytest.approx(7.0 - 0.3)
     assert result.loc["mae_vs_scratch", "paper_margin"] == pytest.approx(84.9 - 82.6)
     assert result.loc["mask_token", "paper_margin"] == pytest.approx(73.5 - 59.6)
@@ -284,6 +288,7 @@ def test_claims_fail_when_numbers_disagree(summary):
     bad = _set(bad, "decoder_depth-1", "linprobe", base_lin)                    # lin insensitive
     bad = _set(bad, "decoder_depth-1", "finetune", 10.0)                        # ft sensitive
     bad = _set(bad, "scratch", "finetune", 99.0)                                # scratch wins
+    bad = _set(bad, "scratch", "linprobe", 99.0)                                # random features win
     bad = _set(bad, "base", "partial_ft", base_lin + 0.1, setting="1")          # 1 block: tiny gain
     bad = _set(bad, "epochs-16", "linprobe", base_lin - 1)                      # longest not best
     result = C.check_claims(bad, with_paper=False).set_index("id")
@@ -297,8 +302,8 @@ def test_claims_not_run_and_seed_means(tmp_path):
     make_tree(tmp_path, seeds=(0, 1), transfer=False)
     frame = S.collect(tmp_path / "runs", S.load_study(tmp_path / "STUDY.json"))
     result = C.check_claims(frame, with_paper=False).set_index("id")
-    assert (result.drop(index="mae_vs_scratch")["seeds"] == 2).all()
-    assert result.loc["mae_vs_scratch", "seeds"] == 1  # one scratch run: the smaller count is reported
+    assert (result.drop(index=["mae_vs_scratch", "lin_vs_random"])["seeds"] == 2).all()
+    assert result.loc["mae_vs_scratch", "seeds"] == result.loc["lin_vs_random", "seeds"] == 1  # one scratch run: the smaller count is reported
     # fixture: seed 1 adds 0.3 to every linear probe -> the mean over seeds cancels in differences
     assert result.loc["mask_token", "margin"] == pytest.approx(8.0)
     assert "speedup without [M] 3.00" in result.loc["mask_token", "evidence"]
@@ -311,7 +316,7 @@ def test_claims_cli(tree, summary, tmp_path):
     assert main(["claims", "--summary", str(tree / "summary" / "runs.csv"), "--out", str(out)]) == 0
     frame = pd.read_csv(out)
     assert len(frame) == len(C.CLAIMS) and set(frame["verdict"]) == {"holds"}
-    assert "holds: 8" in (tmp_path / "claims.md").read_text()
+    assert "holds: 9" in (tmp_path / "claims.md").read_text()
     assert main(["claims", "--summary", str(tree / "summary" / "runs.csv"), "--out", str(tmp_path / "dir")]) == 0
     assert (tmp_path / "dir" / "claims.csv").is_file() and (tmp_path / "dir" / "claims.md").is_file()
 

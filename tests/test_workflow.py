@@ -41,7 +41,7 @@ def test_smoke_dag_shape(repo_root):
     counts = job_counts(proc.stdout + proc.stderr)
     # base, 1a depth 2, 1c mask token, 1d pca/token, 1e none, 1f grid, fig5 0.5, fig7 2 epochs: 9 runs, each once.
     assert counts["pretrain"] == 9
-    assert counts["linprobe"] == 9
+    assert counts["linprobe"] == 10  # every run + the random-init probe
     assert counts["knn"] == 1  # the base run only
     assert counts["finetune"] == 10  # every run + the from-scratch baseline
     assert counts["partial_ft"] == 2
@@ -61,6 +61,52 @@ def test_default_and_paper_dag_shapes(repo_root):
     assert paper["pretrain"] == 32
     assert paper["partial_ft"] == 8
     assert paper["prepare_data"] == 5  # ImageNet, COCO, ADE20K, iNat, Places described by path
+
+
+def test_mae_vs_scratch_dag_shape(repo_root):
+    counts = job_counts((p := dry_run(repo_root, "--configfile", "config/mae_vs_scratch.yaml")).stdout + p.stderr)
+    assert p.returncode == 0, p.stderr
+    assert counts["pretrain"] == 1  # every ablation switched off: the base run only
+    assert counts["finetune"] == counts["linprobe"] == 2  # base run + random init
+    assert counts["knn"] == 1 and "transfer_det" not in counts
+
+
+def _merged(repo_root, overlay: str) -> dict:
+    """The config Snakemake runs with `--configfile overlay`: config/config.yaml updated recursively."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((repo_root / "config" / overlay).read_text()))
+    return config
+
+
+def test_paper_config_restates_every_stage_key_of_the_default(repo_root):
+    """--configfile merges: a stage key that config.yaml sets and paper.yaml leaves out keeps its toy value."""
+    default = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    paper = yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())
+    stages = [k for k, v in default.items() if isinstance(v, dict) and k not in ("datasets", "base", "ablations",
+                                                                                 "evaluations")]
+    assert "finetune" in stages and "transfer_det" in stages
+    missing = {s: sorted(set(default[s]) - set(paper.get(s) or {})) for s in stages}
+    assert not {s: keys for s, keys in missing.items() if keys}
+
+
+def test_paper_config_restores_every_paper_recipe(repo_root):
+    """--configfile merges: every toy-scale deviation of config.yaml must be undone by paper.yaml."""
+    from mae.eval.finetune import FinetuneConfig
+    from mae.eval.linprobe import LinprobeConfig
+
+    paper = _merged(repo_root, "paper.yaml")
+    assert paper["pretrain"]["base_lr"] == 1.5e-4 and paper["pretrain"]["batch_size"] == 4096
+    ft, paper_ft = paper["finetune"], FinetuneConfig()
+    for key in ("mixup", "cutmix", "reprob", "auto_augment"):
+        assert ft[key] == getattr(paper_ft, key), key
+    assert tuple(ft["crop_scale"]) == paper_ft.crop_scale == (0.08, 1.0)
+    lp, paper_lp = paper["linprobe"], LinprobeConfig()
+    assert (lp["optimizer"], lp["global_pool"]) == (paper_lp.optimizer, paper_lp.global_pool) == ("lars", "token")
+    assert paper["knn"]["global_pool"] == "token" and paper["scratch_finetune"]["layer_decay"] == 1.0
+    for stage in ("transfer_det", "transfer_seg"):
+        assert paper[stage]["train_images"] is None and paper[stage]["eval_images"] is None, stage
 
 
 @pytest.mark.parametrize(

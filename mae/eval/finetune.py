@@ -56,6 +56,7 @@ class FinetuneConfig(TrainConfig):
     smoothing: float = 0.1
     # timm augmentation (RandAugment + random erasing)
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     color_jitter: Optional[float] = None
     reprob: float = 0.25
     remode: Literal["pixel", "rand", "const"] = "pixel"
@@ -75,6 +76,9 @@ class FinetuneConfig(TrainConfig):
             raise UserError(f"head_init_std={self.head_init_std!r} for {self.stage} must be > 0")
         if self.img_size is not None and self.img_size < 4:
             raise UserError(f"img_size={self.img_size!r} for {self.stage} must be >= 4 (or null)")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise UserError(f"crop_scale={list(self.crop_scale)!r} for {self.stage} must satisfy 0 < min <= max <= 1")
 
 
 class FinetuneTask(common.ClassificationTask):
@@ -127,6 +131,7 @@ def build_finetune_data(data: str, cfg: FinetuneConfig, img_size: int, num_class
         re_mode=cfg.remode,
         re_count=cfg.recount,
         color_jitter=cfg.color_jitter,
+        scale=tuple(cfg.crop_scale),
     )
     train_set = build_dataset(data, "train", train_tf)
     val_set = build_dataset(data, "val", finetune_transform(img_size, False))

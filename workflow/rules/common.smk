@@ -77,8 +77,8 @@ def init_input(wildcards):
 
 def init_flag(wildcards):
     run = wildcards.any_run
-    if run == "scratch":
-        return "--scratch"
+    if run == "scratch":  # random init of the base run's architecture
+        return f"--scratch --set model={config['base']['model']}"
     if run == "supervised":
         return f"--init {R}/runs/scratch/finetune/model.pt"
     return f"--init {R}/runs/{run}/pretrain/checkpoint.pt"
