@@ -63,6 +63,18 @@ def test_default_and_paper_dag_shapes(repo_root):
     assert paper["prepare_data"] == 5  # ImageNet, COCO, ADE20K, iNat, Places described by path
 
 
+def test_paper_scratch_baselines_use_the_base_architecture(repo_root, tmp_path):
+    proc = subprocess.run([*SNAKEMAKE, "-n", "-p", "--cores", "2", "--configfile", "config/paper.yaml",
+                           "--config", f"results={tmp_path / 'results'}"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    scratch = [line for line in proc.stdout.splitlines() if " --scratch " in line]
+    assert len(scratch) == 4  # finetune, linprobe, transfer_det, transfer_seg
+    assert all("--scratch --set model=mae_vit_large_patch16 " in line for line in scratch)
+    det = next(line for line in scratch if "transfer-det" in line)
+    assert "--set train_images=null" in det  # all of COCO, not the toy config's 600 images
+
+
 def test_mae_vs_scratch_dag_shape(repo_root):
     counts = job_counts((p := dry_run(repo_root, "--configfile", "config/mae_vs_scratch.yaml")).stdout + p.stderr)
     assert p.returncode == 0, p.stderr
