@@ -57,10 +57,9 @@ class StepRunner:
 
         torch.manual_seed(seed)
         self.variant, self.device, self.mask_ratio = variant, device, preset["mask_ratio"]
-        self.model = create_mae(preset["model"], norm_pix_loss=True, attention=variant.attention,
-                                mask_token_in_encoder=variant.mask_token_in_encoder).to(device)
         dtype = torch.bfloat16 if variant.bf16_weights else torch.float32
-        self.model.to(dtype)
+        self.model = create_mae(preset["model"], norm_pix_loss=True, attention=variant.attention,
+                                mask_token_in_encoder=variant.mask_token_in_encoder).to(device, dtype)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
         self.forward = torch.compile(self.model) if variant.compile else self.model
