@@ -99,9 +99,12 @@ def test_knn_metrics_separable_clusters():
     train_y, val_y = torch.arange(60) % 3, torch.arange(30) % 3
     train_f = centres[train_y] + torch.randn(60, 16, generator=g)
     val_f = centres[val_y] + torch.randn(30, 16, generator=g)
-    assert knn.knn_metrics(train_f, train_y, val_f, val_y, 3, k=20, temperature=0.07) == {"top1": 100.0, "top5": 100.0}
-    shuffled = knn.knn_metrics(train_f, train_y[torch.randperm(60, generator=g)], val_f, val_y, 3, 20, 0.07)
+    metrics, per_image = knn.knn_metrics(train_f, train_y, val_f, val_y, 3, k=20, temperature=0.07)
+    assert metrics == {"top1": 100.0, "top5": 100.0}
+    assert (per_image["pred"] == per_image["target"]).all() and per_image["target"].tolist() == val_y.tolist()
+    shuffled, per_image = knn.knn_metrics(train_f, train_y[torch.randperm(60, generator=g)], val_f, val_y, 3, 20, 0.07)
     assert shuffled["top1"] < 70.0  # labels matter: the score is not constant
+    assert 100.0 * (per_image["pred"] == per_image["target"]).mean() == pytest.approx(shuffled["top1"])
 
 
 def test_topk_correct_caps_k_at_num_classes():

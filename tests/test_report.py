@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+
+from mae import stats  # noqa: E402
 
 from mae.report import claims as C  # noqa: E402
 from mae.report import paper as P  # noqa: E402
@@ -61,8 +65,10 @@ def _accuracy(s: dict, kind: str) -> float:
     ft -= 10 * (s["mask_ratio"] - 0.75) ** 2
     lin += {1: -6, 2: 0, 4: 1}.get(s["decoder_depth"], 0)
     ft += {1: -0.2, 2: 0, 4: 0.1}.get(s["decoder_depth"], 0)
+    lin += {64: -3, 128: 0, 256: 0.5}.get(s["decoder_width"], 0)
+    ft += {64: -0.2, 128: 0, 256: 0.1}.get(s["decoder_width"], 0)
     lin += {"pixel": -1, "norm_pixel": 0, "pca": -2, "token": -1.5}[s["target"]]
-    ft += {"pixel": -0.5, "norm_pixel": 0, "pca": -0.8, "token": -0.1}[s["target"]]
+    ft += {"pixel": -1.0, "norm_pixel": 0, "pca": -1.5, "token": -1.2}[s["target"]]
     lin += {"none": -5, "crop_fixed": -1, "crop_rand": 0, "crop_rand_jitter": -2}[s["aug"]]
     lin += {"random": 0, "block": -4, "grid": -3}[s["sampling"]]
     ft += {"random": 0, "block": -1, "grid": -0.7}[s["sampling"]]
@@ -77,6 +83,43 @@ def _accuracy(s: dict, kind: str) -> float:
 def _write(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
+
+
+N_VAL = 4000
+_DIFFICULTY = np.random.default_rng(123).random(N_VAL)  # shared by every run: differences are paired
+_TARGET = np.arange(N_VAL) % 10
+
+
+def _rng(path: Path) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32("/".join(path.parts[-2:]).encode()))
+
+
+def _classification(folder: Path, acc: float, **extra) -> None:
+    """predictions.npz with top-1 ``acc`` (to 1/N_VAL): the easiest images (shared difficulty + a little
+    run noise) are the correct ones; metrics.json with the exact top-1 of those predictions."""
+    key = _DIFFICULTY + 0.02 * _rng(folder).standard_normal(N_VAL)
+    k = int(round(acc / 100 * N_VAL))
+    correct = np.zeros(N_VAL, bool)
+    correct[np.argsort(key)[:k]] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "predictions.npz", pred=np.where(correct, _TARGET, (_TARGET + 1) % 10), target=_TARGET)
+    _write(folder / "metrics.json", {"top1": 100.0 * k / N_VAL, "n_val": N_VAL, **extra})
+
+
+def _segmentation(folder: Path, miou: float) -> None:
+    union = np.full((200, 5), 100, dtype=np.int32)
+    inter = _rng(folder).binomial(100, miou / 100, size=(200, 5)).astype(np.int32)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "predictions.npz", inter=inter, union=union)
+    _write(folder / "metrics.json", {"miou": stats.miou(inter, union)})
+
+
+def _detection(folder: Path, ap_box: float, ap_mask: float) -> None:
+    shared = np.random.default_rng(7).standard_normal(stats.N_BOOT)  # same resamples in every run
+    own = 0.2 * _rng(folder).standard_normal(stats.N_BOOT)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "predictions.npz", ap_box_boot=ap_box + shared + own, ap_mask_boot=ap_mask + shared + own)
+    _write(folder / "metrics.json", {"ap_box": ap_box, "ap_mask": ap_mask})
 
 
 def make_tree(root: Path, seeds=(0,), transfer=True, scratch=True) -> dict:
@@ -94,23 +137,24 @@ def make_tree(root: Path, seeds=(0,), transfer=True, scratch=True) -> dict:
         lines = [json.dumps({"epoch": e / 2, "step": e * 10, "lr": 1e-4, "loss": 1.0 / (1 + e), "img_s": speed})
                  for e in range(2 * s["epochs"])]
         (runs / name / "pretrain" / "log.jsonl").write_text("\n".join(lines) + "\n")
-        _write(runs / name / "finetune" / "metrics.json", {"top1": _accuracy(s, "ft"), "top5": 99.0, "loss": 1.0})
-        _write(runs / name / "linprobe" / "metrics.json", {"top1": _accuracy(s, "lin")})
-        _write(runs / name / "knn" / "metrics.json", {"top1": _accuracy(s, "lin") - 5})
+        _classification(runs / name / "finetune", _accuracy(s, "ft"), top5=99.0, loss=1.0)
+        _classification(runs / name / "linprobe", _accuracy(s, "lin"))
+        _classification(runs / name / "knn", _accuracy(s, "lin") - 5)
         if name == "base" or name == "seed-1":
             lin, ft = _accuracy(s, "lin"), _accuracy(s, "ft")
             for k in (0, 1, 2, 4):
-                top1 = lin if k == 0 else ft - (ft - lin) * 0.4 ** k
-                _write(runs / name / f"partial_ft-{k}" / "metrics.json", {"top1": top1})
+                _classification(runs / name / f"partial_ft-{k}", lin if k == 0 else ft - (ft - lin) * 0.4 ** k)
             if transfer:
-                _write(runs / name / "transfer_det" / "metrics.json", {"ap_box": 20.0, "ap_mask": 18.0})
-                _write(runs / name / "transfer_seg" / "metrics.json", {"miou": 40.0})
-                _write(runs / name / "transfer_cls-digits" / "metrics.json", {"top1": 90.0})
+                _detection(runs / name / "transfer_det", 20.0, 18.0)
+                _segmentation(runs / name / "transfer_seg", 40.0)
+                _classification(runs / name / "transfer_cls-digits", 90.0)
     if scratch:
-        _write(runs / "scratch" / "finetune" / "metrics.json", {"top1": 50.0})
-        _write(runs / "scratch" / "linprobe" / "metrics.json", {"top1": 10.0})
+        _classification(runs / "scratch" / "finetune", 50.0)
+        _classification(runs / "scratch" / "linprobe", 10.0)
         if transfer:
-            _write(runs / "scratch" / "transfer_det" / "metrics.json", {"ap_box": 10.0, "ap_mask": 9.0})
+            _detection(runs / "scratch" / "transfer_det", 10.0, 9.0)
+            _segmentation(runs / "scratch" / "transfer_seg", 30.0)
+            _classification(runs / "scratch" / "transfer_cls-digits", 80.0)
     _write(root / "STUDY.json", study)
     return study
 
@@ -124,9 +168,16 @@ def tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def summary(tree) -> pd.DataFrame:
-    frame = S.collect(tree / "runs", S.load_study(tree / "STUDY.json"))
+    replicates = S.collect_replicates(tree / "runs")
+    frame = S.add_intervals(S.collect(tree / "runs", S.load_study(tree / "STUDY.json")), replicates)
     S.write_csv(frame, tree / "summary" / "runs.csv")
+    S.write_replicates(replicates, tree / "summary" / S.REPLICATES)
     return S.read_summary(tree / "summary" / "runs.csv")
+
+
+@pytest.fixture(scope="module")
+def replicates(tree, summary) -> dict:
+    return S.read_replicates(tree / "summary" / S.REPLICATES)
 
 
 # --------------------------------------------------------------------------------------------- paper
@@ -145,11 +196,13 @@ def test_summarize_tree(tree, summary):
     runs = set(summary["run"])
     assert {"base", "decoder_depth-1", "scratch", "epochs-16"} <= runs
     base_ft = summary[(summary["run"] == "base") & (summary["eval"] == "finetune")]
-    assert len(base_ft) == 1 and base_ft["top1"].iloc[0] == pytest.approx(_accuracy({**BASE}, "ft"))
+    assert len(base_ft) == 1 and base_ft["top1"].iloc[0] == pytest.approx(_accuracy({**BASE}, "ft"), abs=0.02)
+    lo, hi = base_ft[["top1_lo", "top1_hi"]].iloc[0]  # bootstrap interval over the val images
+    assert lo < base_ft["top1"].iloc[0] < hi and 1.5 < hi - lo < 4.0
     pft = summary[(summary["run"] == "base") & (summary["eval"] == "partial_ft")]
     assert sorted(pft["eval_setting"]) == ["0", "1", "2", "4"]
     cls = summary[summary["eval"] == "transfer_cls"]
-    assert list(cls["eval_setting"]) == ["digits"]
+    assert list(cls["eval_setting"]) == ["digits", "digits"] and set(cls["init"]) == {"mae", "scratch"}
     row = summary[(summary["run"] == "epochs-16") & (summary["eval"] == "pretrain")].iloc[0]
     assert row["pretrain_epochs"] == 16 and row["dataset"] == "shapes" and row["init"] == "mae"
     assert "fig7" in row["tables"].split(";")
@@ -168,7 +221,7 @@ def test_summarize_cli_writes_metrics_and_curves(tree, tmp_path):
                  "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) > 50
     metrics = json.loads((out.parent / "metrics.json").read_text())
-    assert metrics["base_run"] == "base" and metrics["finetune_top1"] == pytest.approx(_accuracy(BASE, "ft"), abs=1e-3)
+    assert metrics["base_run"] == "base" and metrics["finetune_top1"] == pytest.approx(_accuracy(BASE, "ft"), abs=0.02)
     curves = pd.read_csv(out.parent / "loss_curves.csv")
     assert set(curves.columns) >= {"run", "epoch", "step", "loss"} and (curves["run"] == "base").sum() == 16
 
@@ -192,15 +245,19 @@ def test_summary_without_study_infers_tables(tree):
 
 
 # --------------------------------------------------------------------------------------------- tables
-def test_tables_rows_and_paper_values(summary, tmp_path):
-    tables = {t.id: t for t in T.build_tables(summary)}
+def test_tables_rows_and_paper_values(summary, replicates, tmp_path):
+    tables = {t.id: t for t in T.build_tables(summary, replicates=replicates)}
     assert set(tables) == {"1a", "1b", "1c", "1d", "1e", "1f", "2", "3", "4", "5", "6"}
     t1a = tables["1a"].data.set_index("paper setting")
     assert list(t1a.columns[:2]) == ["decoder depth", "ft top-1 ours"] or "ft top-1 ours" in t1a.columns
     # ours beside the paper's, adjacent columns
     cols = list(tables["1a"].data.columns)
-    assert cols.index("lin top-1 paper") == cols.index("lin top-1 ours") + 1
-    assert t1a.loc["depth=1", "lin top-1 ours"] == pytest.approx(_accuracy({**BASE, "decoder_depth": 1}, "lin"))
+    assert cols.index("lin top-1 paper") == cols.index("lin top-1 ±") + 1 == cols.index("lin top-1 ours") + 2
+    assert t1a.loc["depth=1", "lin top-1 ours"] == pytest.approx(_accuracy({**BASE, "decoder_depth": 1}, "lin"),
+                                                                 abs=0.02)
+    assert 0.7 < t1a.loc["depth=1", "lin top-1 ±"] < 2.0  # ~1.96 * sqrt(p(1-p)/4000) points
+    shown = tables["1a"].display().set_index("paper setting")
+    assert "lin top-1 ±" not in shown and " ± " in shown.loc["depth=1", "lin top-1 ours"]
     assert t1a.loc["depth=1", "lin top-1 paper"] == pytest.approx(65.5)
     assert t1a.loc["depth=8", "note"] == "paper only" and math.isnan(t1a.loc["depth=8", "lin top-1 ours"])
     assert "depth=8" in tables["1a"].caption and "mae_vit_micro_patch4" in tables["1a"].caption
@@ -220,6 +277,7 @@ def test_tables_rows_and_paper_values(summary, tmp_path):
     assert t2["pretrain wall-clock paper [h]"].tolist()[:3] == [42.4, 15.4, 11.6]
     t3 = tables["3"].data.set_index("init")
     assert t3.loc["scratch", "ft top-1 ours"] == 50.0 and t3.loc["scratch", "ft top-1 paper"] == 82.6
+    assert 1.0 < t3.loc["scratch", "ft top-1 ±"] < 2.0
     t4 = tables["4"].data.set_index("init")
     assert t4.loc["MAE (ours, base run)", "AP box paper"] == 53.3 and t4.loc["supervised", "note"] == "not run"
     assert "supervised" in tables["4"].caption
@@ -257,18 +315,29 @@ def test_tables_cli(tree, summary, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- claims
-def test_claims_hold_on_fixture_and_on_paper(summary):
-    result = C.check_claims(summary).set_index("id")
+NO_PAPER_MARGIN = {"lin_vs_random", "transfer_vs_scratch"}  # the paper reports no random-init probe/transfer
+
+
+def test_claims_hold_on_fixture_and_on_paper(summary, replicates):
+    result = C.check_claims(summary, replicates).set_index("id")
     assert set(result.index) == {cid for cid, _, _ in C.CLAIMS}
-    assert (result["verdict"] == C.HOLDS).all(), result[["verdict", "evidence"]]
-    # the paper reports no random-init linear probe: that claim is "not run" on its numbers
-    assert (result.drop(index="lin_vs_random")["paper_verdict"] == C.HOLDS).all()
-    assert result.loc["lin_vs_random", "paper_verdict"] == C.NOT_RUN
-    assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(_accuracy(BASE, "ft") - 50.0)
-    assert result.loc["lin_vs_random", "margin"] == pytest.approx(_accuracy(BASE, "lin") - 10.0)
-    assert result.loc["decoder_depth", "margin"] == pytest.approx(7.0 - 0.3)
+    assert (result["verdict"] == C.HOLDS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
+    assert (result["ci_lo"] > 0).all() and (result["ci_lo"] < result["margin"]).all()
+    assert (result["margin"] < result["ci_hi"]).all() and (result["n_val"] == N_VAL).all()
+    assert (result.drop(index=list(NO_PAPER_MARGIN))["paper_margin"] > 0).all(), result["paper_margin"]
+    assert result.loc[list(NO_PAPER_MARGIN), "paper_margin"].isna().all()
+    assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(_accuracy(BASE, "ft") - 50.0, abs=0.03)
+    assert result.loc["lin_vs_random", "margin"] == pytest.approx(_accuracy(BASE, "lin") - 10.0, abs=0.03)
+    assert result.loc["decoder_depth", "margin"] == pytest.approx(7.0 - 0.3, abs=0.06)
+    assert result.loc["transfer_vs_scratch", "margin"] == pytest.approx(10.0, abs=1.5)  # seg 40 vs 30 mIoU
     assert result.loc["mae_vs_scratch", "paper_margin"] == pytest.approx(84.9 - 82.6)
     assert result.loc["mask_token", "paper_margin"] == pytest.approx(73.5 - 59.6)
+
+
+def test_claims_without_replicates_are_inconclusive(summary):
+    result = C.check_claims(summary, None, with_paper=False)
+    assert (result["verdict"] == C.INCONCLUSIVE).all() and result["ci_lo"].isna().all()
+    assert result["evidence"].str.contains("no per-image predictions").all()
 
 
 def _set(frame, run, ev, value, setting=""):
@@ -279,34 +348,81 @@ def _set(frame, run, ev, value, setting=""):
     return frame
 
 
-def test_claims_fail_when_numbers_disagree(summary):
-    base_lin = _accuracy(BASE, "lin")
-    bad = _set(summary, "mask_ratio-0.5", "linprobe", base_lin + 1)            # low ratio best
-    bad = _set(bad, "target-pixel", "finetune", 99.0)                           # pixels beat norm
-    bad = _set(bad, "sampling-grid", "linprobe", base_lin + 0.5)                # grid beats random
-    bad = _set(bad, "mask_token_in_encoder-True", "linprobe", base_lin + 2)     # [M] better
-    bad = _set(bad, "decoder_depth-1", "linprobe", base_lin)                    # lin insensitive
-    bad = _set(bad, "decoder_depth-1", "finetune", 10.0)                        # ft sensitive
-    bad = _set(bad, "scratch", "finetune", 99.0)                                # scratch wins
-    bad = _set(bad, "scratch", "linprobe", 99.0)                                # random features win
-    bad = _set(bad, "base", "partial_ft", base_lin + 0.1, setting="1")          # 1 block: tiny gain
-    bad = _set(bad, "epochs-16", "linprobe", base_lin - 1)                      # longest not best
-    result = C.check_claims(bad, with_paper=False).set_index("id")
-    assert (result["verdict"] == C.FAILS).all(), result[["verdict", "evidence"]]
-    assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(_accuracy(BASE, "ft") - 99.0)
+def _replace(tree: Path, tmp: Path, changes: dict) -> tuple[pd.DataFrame, dict]:
+    """A copy of the fixture tree with new per-image predictions for ``{(run, eval_dir): top1}``."""
+    import shutil
+
+    shutil.copytree(tree / "runs", tmp / "runs")
+    for (run, folder), acc in changes.items():
+        _classification(tmp / "runs" / run / folder, acc)
+    reps = S.collect_replicates(tmp / "runs")
+    return S.add_intervals(S.collect(tmp / "runs", S.load_study(tree / "STUDY.json")), reps), reps
 
 
-def test_claims_not_run_and_seed_means(tmp_path):
+def test_claims_fail_when_numbers_disagree(tree, tmp_path):
+    base_lin, base_ft = _accuracy(BASE, "lin"), _accuracy(BASE, "ft")
+    frame, reps = _replace(tree, tmp_path, {
+        ("mask_ratio-0.5", "linprobe"): base_lin + 3,                 # low ratio best
+        ("mask_ratio-0.9", "finetune"): base_ft - 30,                 # ft very sensitive to the ratio
+        ("decoder_width-64", "finetune"): base_ft - 10,               # ft sensitive to the width
+        ("target-pixel", "finetune"): 99.0,                           # pixels beat norm
+        ("target-pca", "linprobe"): base_lin + 3,                     # PCA beats norm
+        ("target-token", "linprobe"): base_lin + 3,                   # tokens beat norm
+        ("aug-none", "finetune"): base_ft - 20,                       # ft suffers most without aug
+        ("sampling-grid", "linprobe"): base_lin + 3,                  # grid beats random
+        ("mask_token_in_encoder-True", "linprobe"): base_lin + 3,     # [M] better
+        ("decoder_depth-1", "linprobe"): base_lin,                    # lin insensitive
+        ("decoder_depth-1", "finetune"): 10.0,                        # ft sensitive
+        ("scratch", "finetune"): 99.0,                                # scratch wins
+        ("scratch", "linprobe"): 99.0,                                # random features win
+        ("scratch", "transfer_cls-digits"): 99.0,                     # scratch transfers better
+        ("base", "partial_ft-1"): base_lin + 0.1,                     # 1 block: tiny gain
+        ("epochs-16", "linprobe"): base_lin - 3,                      # longest not best
+    })
+    result = C.check_claims(frame, reps, with_paper=False).set_index("id")
+    assert (result["verdict"] == C.FAILS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
+    assert (result["ci_hi"] < 0).all()
+    assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(base_ft - 99.0, abs=0.03)
+
+
+def test_identical_predictions_are_inconclusive(tree, tmp_path):
+    """Two settings with the same per-image predictions: margin 0, interval [0, 0] -> neither holds nor fails;
+    a tiny true difference stays inconclusive too."""
+    base = tree / "runs" / "base" / "linprobe"
+    frame, reps = _replace(tree, tmp_path, {})
+    for name in ("scratch",):
+        import shutil
+
+        shutil.copy(base / "predictions.npz", tmp_path / "runs" / name / "linprobe" / "predictions.npz")
+        shutil.copy(base / "metrics.json", tmp_path / "runs" / name / "linprobe" / "metrics.json")
+    reps = S.collect_replicates(tmp_path / "runs")
+    frame = S.add_intervals(S.collect(tmp_path / "runs", S.load_study(tree / "STUDY.json")), reps)
+    row = C.check_claims(frame, reps, with_paper=False).set_index("id").loc["lin_vs_random"]
+    assert row["verdict"] == C.INCONCLUSIVE and row["margin"] == 0.0 and row["ci_lo"] == row["ci_hi"] == 0.0
+
+
+def test_claims_not_run_and_seeds(tmp_path):
     empty = S.normalise(pd.DataFrame(columns=list(S.COLUMNS)))
     assert (C.check_claims(empty, with_paper=False)["verdict"] == C.NOT_RUN).all()
     make_tree(tmp_path, seeds=(0, 1), transfer=False)
-    frame = S.collect(tmp_path / "runs", S.load_study(tmp_path / "STUDY.json"))
-    result = C.check_claims(frame, with_paper=False).set_index("id")
-    assert (result.drop(index=["mae_vs_scratch", "lin_vs_random"])["seeds"] == 2).all()
-    assert result.loc["mae_vs_scratch", "seeds"] == result.loc["lin_vs_random", "seeds"] == 1  # one scratch run: the smaller count is reported
+    reps = S.collect_replicates(tmp_path / "runs")
+    frame = S.add_intervals(S.collect(tmp_path / "runs", S.load_study(tmp_path / "STUDY.json")), reps)
+    result = C.check_claims(frame, reps, with_paper=False).set_index("id")
+    two = result.drop(index=["mae_vs_scratch", "lin_vs_random", "transfer_vs_scratch"])
+    assert (two["seeds"] == 2).all() and (two["verdict"] == C.HOLDS).all(), two
+    assert result.loc["mae_vs_scratch", "seeds"] == result.loc["lin_vs_random", "seeds"] == 1  # one scratch run
+    assert result.loc["transfer_vs_scratch", "verdict"] == C.NOT_RUN
     # fixture: seed 1 adds 0.3 to every linear probe -> the mean over seeds cancels in differences
-    assert result.loc["mask_token", "margin"] == pytest.approx(8.0)
+    assert result.loc["mask_token", "margin"] == pytest.approx(8.0, abs=0.03)
     assert "speedup without [M] 3.00" in result.loc["mask_token", "evidence"]
+    # resampling the seeds widens the interval of a difference of seed means
+    one_seed = C.check_claims(frame[frame["seed"].fillna(0) == 0], reps, with_paper=False).set_index("id")
+    width = lambda r: r["ci_hi"] - r["ci_lo"]  # noqa: E731
+    assert width(result.loc["mask_token"]) > 0 and width(one_seed.loc["mask_token"]) > 0
+    # the summary carries the seed mean/spread of each setting
+    lin = frame[(frame["eval"] == "linprobe") & (frame["init"] == "mae")]
+    base = lin[lin["run"].isin(["base", "seed-1"])]
+    assert (base["seeds"] == 2).all() and base["top1_seed_sd"].iloc[0] == pytest.approx(0.3 / 2 ** 0.5, abs=0.03)
 
 
 def test_claims_cli(tree, summary, tmp_path):
@@ -316,7 +432,8 @@ def test_claims_cli(tree, summary, tmp_path):
     assert main(["claims", "--summary", str(tree / "summary" / "runs.csv"), "--out", str(out)]) == 0
     frame = pd.read_csv(out)
     assert len(frame) == len(C.CLAIMS) and set(frame["verdict"]) == {"holds"}
-    assert "holds: 9" in (tmp_path / "claims.md").read_text()
+    md = (tmp_path / "claims.md").read_text()
+    assert f"holds: {len(C.CLAIMS)}" in md and "95% CI" in md
     assert main(["claims", "--summary", str(tree / "summary" / "runs.csv"), "--out", str(tmp_path / "dir")]) == 0
     assert (tmp_path / "dir" / "claims.csv").is_file() and (tmp_path / "dir" / "claims.md").is_file()
 
@@ -352,14 +469,14 @@ IMAGES = ["fig_mask_sampling", "fig_reconstructions"]
 
 
 @pytest.mark.parametrize("stems", [CURVES, IMAGES], ids=["curves", "images"])
-def test_figures_written(tree, summary, tmp_path, stems):
+def test_figures_written(tree, summary, replicates, tmp_path, stems):
     from mae.report import figures as F
 
     assert set(CURVES + IMAGES) == set(F.FIGURES)
     data = _tiny_dataset(tmp_path / "data")
     if "fig_reconstructions" in stems:
         _tiny_checkpoint(tree / "runs" / "base")
-    report = F.make_figures(summary, tree / "runs", data, tmp_path / "fig", only=stems)
+    report = F.make_figures(summary, tree / "runs", data, tmp_path / "fig", only=stems, replicates=replicates)
     assert report["skipped"] == {}, report["skipped"]
     assert set(report["written"]) == set(stems)
     for stem in stems:

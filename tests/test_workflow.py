@@ -13,11 +13,11 @@ import yaml
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def dry_run(repo_root, *args, cwd=None, results=None):
+def dry_run(repo_root, *args, cwd=None, results=None, config=()):
     """A dry run into an empty results folder (so that earlier local results never hide jobs)."""
     results = results or Path(tempfile.mkdtemp()) / "results"
     proc = subprocess.run(
-        [*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *args, "--config", f"results={results}"],
+        [*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *args, "--config", f"results={results}", *config],
         cwd=cwd or repo_root,
         capture_output=True,
         text=True,
@@ -53,9 +53,22 @@ def test_smoke_dag_shape(repo_root):
 
 def test_default_and_paper_dag_shapes(repo_root):
     default = job_counts((p := dry_run(repo_root)).stdout + p.stderr)
-    assert default["pretrain"] == 14, p.stderr
+    assert default["pretrain"] == 10, p.stderr
+    assert default["transfer_cls"] == 3 * 2  # MAE, scratch, supervised x shapes2, digits
     cpu = job_counts((p := dry_run(repo_root, "--configfile", "config/cpu.yaml")).stdout + p.stderr)
-    assert cpu["pretrain"] == 2 * 26, p.stderr  # 26 settings x 2 seeds
+    assert cpu["pretrain"] == 2 * 22, p.stderr  # 22 settings x 2 seeds
+
+
+def test_study_parts_are_targets(repo_root):
+    """A long study runs in parts: `part_<table>` builds that table's runs and evaluations only."""
+    fig5 = job_counts((p := dry_run(repo_root, "part_fig5", "--configfile", "config/cpu.yaml")).stdout + p.stderr)
+    assert p.returncode == 0, p.stderr
+    assert fig5["pretrain"] == fig5["linprobe"] == fig5["finetune"] == 2 * 6  # 6 ratios x 2 seeds
+    assert "transfer_det" not in fig5 and "summary" not in fig5
+    part = job_counts((p := dry_run(repo_root, "part_transfer")).stdout + p.stderr)
+    assert part["transfer_det"] == 3 and part["pretrain"] == 1 and "linprobe" not in part
+    partial = dry_run(repo_root, "claims", "--forcerun", "summary", config=["partial=true"])
+    assert job_counts(partial.stdout + partial.stderr).get("pretrain") is None, partial.stderr
     paper = job_counts((p := dry_run(repo_root, "--configfile", "config/paper.yaml")).stdout + p.stderr)
     assert p.returncode == 0, p.stderr
     assert paper["pretrain"] == 32

@@ -27,7 +27,7 @@ from mae.config import TrainConfig, config_to_dict, effective_lr
 from mae.engine import distributed as D
 from mae.errors import UserError
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
-from mae.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from mae.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, write_per_image
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -65,6 +65,11 @@ class Task:
 
     def evaluate(self) -> dict:
         """Validation metrics (called under ``no_grad`` and ``model.eval()``); may be ``{}``."""
+        return {}
+
+    def per_image(self) -> dict:
+        """Per-image results of the last :meth:`evaluate` (numpy arrays, e.g. ``pred``/``target``), saved by
+        ``fit`` as ``predictions.npz`` beside ``metrics.json`` so that runs can be compared image by image."""
         return {}
 
     def state_dict(self) -> dict:
@@ -439,6 +444,7 @@ def _fit(task: Task, cfg: TrainConfig, out_dir: Path, env: D.DistEnv) -> dict:
         }
         if env.is_main:
             log({"kind": "eval", "epoch": epochs_done - 1, "step": step, **final})
+            write_per_image(out_dir, task.per_image())
             atomic_write_json(out_dir / METRICS, metrics)
         D.barrier(env)
         return metrics

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -251,6 +252,11 @@ def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Iterable[int] =
     return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
 
 
+def predictions_arrays(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    """Per-image top-1 prediction and label of a val split, in split order (``predictions.npz``)."""
+    return {"pred": pred.numpy().astype(np.int32), "target": target.numpy().astype(np.int32)}
+
+
 class ClassificationTask(Task):
     """A classifier trained by the engine's ``fit()``: mixup/cutmix + label smoothing, top-1/top-5 eval.
 
@@ -307,6 +313,9 @@ class ClassificationTask(Task):
         loss = self.criterion(logits.float(), target)
         return loss, int(inputs.shape[0]), {}
 
+    def per_image(self) -> dict:
+        return getattr(self, "_per_image", {})
+
     def state_dict(self) -> dict:
         return {"history": list(self.history)}  # so best_top1 survives a resume
 
@@ -321,6 +330,7 @@ class ClassificationTask(Task):
         loader = make_loader(self.val_set, self.eval_batch_size, train=False,
                              num_workers=int(getattr(self.cfg, "num_workers", 0) or 0))
         n, loss_sum, hits = 0, 0.0, {1: 0, 5: 0}
+        preds, targets = [], []
         for batch in loader:
             inputs = batch[0].to(self.device, non_blocking=True)
             target = batch[1].to(self.device, non_blocking=True)
@@ -330,8 +340,11 @@ class ClassificationTask(Task):
             loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
             for k, v in topk_correct(logits, target).items():
                 hits[k] += v
+            preds.append(logits.argmax(1).cpu())
+            targets.append(target.cpu())
             n += int(target.shape[0])
         model.train(was_training)
+        self._per_image = predictions_arrays(torch.cat(preds), torch.cat(targets)) if preds else {}
         top1 = 100.0 * hits[1] / max(n, 1)
         self.history.append(top1)
         return {

@@ -18,6 +18,7 @@ import torch
 from mae.config import add_common_arguments, config_from_args, config_to_dict
 from mae.errors import UserError
 from mae.eval import common
+from mae.utils.io import write_per_image
 
 
 @dataclass
@@ -48,11 +49,14 @@ class KnnConfig:
             raise UserError(f"num_workers={self.num_workers!r} for knn must be >= 0")
 
 
-def knn_metrics(train_feats, train_labels, val_feats, val_labels, num_classes: int, k: int, temperature: float) -> dict:
+def knn_metrics(train_feats, train_labels, val_feats, val_labels, num_classes: int, k: int,
+                temperature: float) -> tuple[dict, dict]:
+    """(metrics, per-image arrays) of the weighted k-NN classifier on the val features."""
     scores = common.knn_scores(train_feats, train_labels, val_feats, num_classes, k=k, temperature=temperature)
     hits = common.topk_correct(scores, val_labels)
     n = max(int(val_labels.shape[0]), 1)
-    return {"top1": 100.0 * hits[1] / n, "top5": 100.0 * hits[5] / n}
+    per_image = common.predictions_arrays(scores.argmax(1), val_labels)
+    return {"top1": 100.0 * hits[1] / n, "top5": 100.0 * hits[5] / n}, per_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
         extract_s += time.perf_counter() - t0
         images += len(dataset)
     (train_f, train_y), (val_f, val_y) = feats["train"], feats["val"]
-    metrics = knn_metrics(train_f, train_y, val_f, val_y, num_classes, cfg.k, cfg.temperature)
+    metrics, per_image = knn_metrics(train_f, train_y, val_f, val_y, num_classes, cfg.k, cfg.temperature)
     metrics.update(
         {
             "eval": "knn",
@@ -109,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics["init_report"] = {"loaded": report.get("loaded"), "missing": list(report.get("missing", []))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_per_image(out, per_image)
     common.write_metrics(out, metrics)
     print(f"knn k={cfg.k} T={cfg.temperature}: top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}")
     return metrics

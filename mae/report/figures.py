@@ -34,11 +34,14 @@ import seaborn as sns  # noqa: E402
 
 from mae.errors import UserError  # noqa: E402
 from mae.report import paper as P  # noqa: E402
+from mae.report.evidence import Evidence  # noqa: E402
 from mae.report.summary import (  # noqa: E402
+    REPLICATES,
     base_knobs,
     base_run,
     differs_only_in,
     loss_curves,
+    read_replicates,
     read_summary,
     table_runs,
 )
@@ -68,11 +71,16 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------- curves
-def _ours_long(rows: pd.DataFrame, x: str, evals: tuple[str, ...] = ("finetune", "linprobe")) -> pd.DataFrame:
-    rows = rows[rows["eval"].isin(evals) & (rows["eval_setting"].fillna("") == "") & rows["top1"].notna()]
-    return pd.DataFrame({"x": pd.to_numeric(rows[x], errors="coerce").astype(float),
-                         "value": rows["top1"].astype(float), "panel": rows["eval"].map(PANEL),
-                         "series": "ours", "source": "ours"})
+def _ours_long(evidence: Evidence, rows: pd.DataFrame, x: str,
+               evals: tuple[str, ...] = ("finetune", "linprobe")) -> pd.DataFrame:
+    """Our points (mean over seeds) with the half-width of their 95 % interval (``ci``, NaN if unknown)."""
+    parts = []
+    for ev in evals:
+        cells = evidence.table(ev, "top1", [x], rows.index)
+        parts.append(pd.DataFrame({"x": pd.to_numeric(cells[x], errors="coerce").astype(float),
+                                   "value": cells["mean"].astype(float), "ci": cells["ci"].astype(float),
+                                   "panel": PANEL[ev], "series": "ours", "source": "ours"}))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _paper_long(table: str, model: str, x_of, series_of=None) -> pd.DataFrame:
@@ -93,9 +101,13 @@ def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: s
     data = pd.concat([ours, paper], ignore_index=True)
     data["x"] = data["x"].astype(float)
     grid = sns.relplot(data=data, x="x", y="value", hue="series", style="series", row="source", col="panel",
-                       kind="line", markers=True, dashes=False, errorbar="sd", height=2.6, aspect=1.3,
-                       facet_kws={"sharex": False, "sharey": False}, err_style="bars")
-    grid.set_axis_labels(xlabel, "top-1 accuracy (%)")
+                       kind="line", markers=True, dashes=False, errorbar=None, height=2.6, aspect=1.3,
+                       facet_kws={"sharex": False, "sharey": False})
+    for (panel, series), pts in ours.dropna(subset=["ci"]).groupby(["panel", "series"]):
+        ax = grid.axes_dict.get(("ours", panel))
+        if ax is not None:  # 95 % intervals of our points (bootstrap over val images and seeds)
+            ax.errorbar(pts["x"], pts["value"], yerr=pts["ci"], fmt="none", ecolor="0.3", capsize=3, lw=1)
+    grid.set_axis_labels(xlabel, "top-1 accuracy (%) ± 95% CI")
     grid.set_titles("{row_name} — {col_name}")
     if logx:
         for ax in grid.axes.flat:
@@ -104,10 +116,11 @@ def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: s
     return grid.figure
 
 
-def fig5(frame: pd.DataFrame, paper_model: str) -> plt.Figure:
+def fig5(evidence: Evidence, paper_model: str) -> plt.Figure:
+    frame = evidence.frame
     rows = table_runs(frame, "fig5", ["mask_ratio"]) if len(frame) else frame
     rows = rows[rows["sampling"].fillna("random") == "random"] if len(rows) else rows
-    ours = _ours_long(rows, "mask_ratio") if len(rows) else pd.DataFrame()
+    ours = _ours_long(evidence, rows, "mask_ratio") if len(rows) else pd.DataFrame()
     if not len(ours) or ours["x"].nunique() < 2:
         raise Skip("needs fine-tune or linear-probe results at two or more mask ratios")
     ours["x"] = ours["x"] * 100
@@ -115,30 +128,33 @@ def fig5(frame: pd.DataFrame, paper_model: str) -> plt.Figure:
     return _curve_figure(ours, paper, "masking ratio (%)", "Masking ratio (paper Fig. 5)")
 
 
-def fig7(frame: pd.DataFrame, paper_model: str) -> plt.Figure:
+def fig7(evidence: Evidence, paper_model: str) -> plt.Figure:
+    frame = evidence.frame
     rows = table_runs(frame, "fig7", ["pretrain_epochs"]) if len(frame) else frame
-    ours = _ours_long(rows, "pretrain_epochs") if len(rows) else pd.DataFrame()
+    ours = _ours_long(evidence, rows, "pretrain_epochs") if len(rows) else pd.DataFrame()
     if not len(ours) or ours["x"].nunique() < 2:
         raise Skip("needs fine-tune or linear-probe results at two or more pretraining schedules")
     paper = _paper_long("Fig 7", paper_model, lambda s: float(s.split("=")[1]))
     return _curve_figure(ours, paper, "pretraining epochs", "Training schedule (paper Fig. 7)", logx=True)
 
 
-def fig9(frame: pd.DataFrame) -> plt.Figure:
+def fig9(evidence: Evidence) -> plt.Figure:
+    frame = evidence.frame
     if not len(frame):
         raise Skip("no results")
     rows = frame[differs_only_in(frame, [])]
-    part = rows[(rows["eval"] == "partial_ft") & rows["top1"].notna()]
-    if part["eval_setting"].nunique() < 2:
+    part = evidence.table("partial_ft", "top1", ["eval_setting"], rows.index, eval_setting=None)
+    if len(part) < 2:
         raise Skip("needs partial fine-tuning of the base run at two or more block counts")
     ours = pd.DataFrame({"x": pd.to_numeric(part["eval_setting"], errors="coerce").astype(float),
-                         "value": part["top1"].astype(float), "panel": "top-1", "series": "MAE (ours)",
-                         "source": "ours"})
+                         "value": part["mean"].astype(float), "ci": part["ci"].astype(float), "panel": "top-1",
+                         "series": "MAE (ours)", "source": "ours"})
     depth = _encoder_depth(str(base_knobs(frame).get("model")))
-    full = rows[(rows["eval"] == "finetune") & rows["top1"].notna()]
+    full = evidence.table("finetune", "top1", [], rows.index)
     if depth and len(full) and float(depth) not in set(ours["x"]):
-        ours = pd.concat([ours, pd.DataFrame({"x": float(depth), "value": full["top1"].astype(float),
-                                              "panel": "top-1", "series": "MAE (ours)", "source": "ours"})])
+        ours = pd.concat([ours, pd.DataFrame({"x": [float(depth)], "value": full["mean"].astype(float).tolist(),
+                                              "ci": full["ci"].astype(float).tolist(), "panel": "top-1",
+                                              "series": "MAE (ours)", "source": "ours"})], ignore_index=True)
     paper = _paper_long("Fig 9", "ViT-L/16", lambda s: float(s.split("=")[1]),
                         series_of=lambda m: "MAE" if m.startswith("MAE") else "MoCo v3")
     paper["source"] = "paper (ViT-L/16)"
@@ -332,15 +348,19 @@ def fig_reconstructions(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str
 
 # --------------------------------------------------------------------------------------------- all
 def make_figures(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
-                 paper_model: str = P.DEFAULT_PAPER_MODEL, only: list[str] | None = None) -> dict[str, Any]:
+                 paper_model: str = P.DEFAULT_PAPER_MODEL, only: list[str] | None = None,
+                 replicates: dict | None = None) -> dict[str, Any]:
     """Draw every figure (or those in ``only``) that has data; returns ``{"written": {stem: [files]},
-    "skipped": {stem: why}}``, also written to ``out_dir/figures.json``."""
+    "skipped": {stem: why}}``, also written to ``out_dir/figures.json``. Error bars: 95 % intervals from
+    ``replicates`` (:mod:`mae.report.evidence`)."""
+    evidence = Evidence(frame, replicates)
+    frame = evidence.frame
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     builders = {
-        "fig5_masking_ratio": lambda: fig5(frame, paper_model),
-        "fig7_schedule": lambda: fig7(frame, paper_model),
-        "fig9_partial_ft": lambda: fig9(frame),
+        "fig5_masking_ratio": lambda: fig5(evidence, paper_model),
+        "fig7_schedule": lambda: fig7(evidence, paper_model),
+        "fig9_partial_ft": lambda: fig9(evidence),
         "fig_mask_sampling": lambda: fig_mask_sampling(frame, data_dir),
         "fig_reconstructions": lambda: fig_reconstructions(frame, runs_dir, data_dir),
         "fig_loss_curves": lambda: fig_loss_curves(runs_dir),
@@ -371,6 +391,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", required=True, help="results/runs (pretraining logs and checkpoints)")
     parser.add_argument("--data", default=None, help="prepared pretraining dataset (validation images)")
     parser.add_argument("--out", required=True, help="output folder (results/figures)")
+    parser.add_argument("--replicates", default=None,
+                        help=f"bootstrap replicates for the error bars (default: {REPLICATES} beside --summary)")
     parser.add_argument("--paper-model", default=P.DEFAULT_PAPER_MODEL,
                         help="paper model whose curves are drawn (Figs. 5 and 7 exist for ViT-L/16 only)")
     parser.add_argument("--only", nargs="+", default=None, metavar="FIGURE",
@@ -386,6 +408,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"data folder not found: {args.data}")
     if not len(P.paper_rows("Fig 5", model=args.paper_model)):
         raise UserError(f"--paper-model {args.paper_model!r} has no Fig. 5/7 curve in the paper (use ViT-L/16)")
-    report = make_figures(frame, args.runs, args.data, args.out, args.paper_model, args.only)
+    replicates = read_replicates(args.replicates or Path(args.summary).with_name(REPLICATES))
+    report = make_figures(frame, args.runs, args.data, args.out, args.paper_model, args.only, replicates)
     log.info("figures: %d written, %d skipped -> %s", len(report["written"]), len(report["skipped"]), args.out)
     return 0

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from mae.errors import UserError
@@ -49,11 +50,17 @@ METRICS = (
     "img_s",
     "params",
 )
-COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS)
+#: metrics with a 95 % interval over val images (``<m>_lo``/``<m>_hi``) and a spread over seeds
+#: (``<m>_seed_mean``/``<m>_seed_sd``, ``seeds`` = seeds of the setting)
+CI_METRICS = ("top1", "miou", "ap_box", "ap_mask")
+CI_COLUMNS = (*(f"{m}_{s}" for m in CI_METRICS for s in ("lo", "hi", "seed_mean", "seed_sd")), "seeds", "n_val")
+COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS, *CI_COLUMNS)
 #: the evaluations that are part of an evaluation folder's name: ``partial_ft-4`` -> (partial_ft, "4")
 EVALS = ("pretrain", "finetune", "linprobe", "knn", "partial_ft", "transfer_det", "transfer_seg", "transfer_cls")
 #: runs whose folder name says how the encoder was initialised (no pretraining of ours)
 BASELINE_INITS = ("scratch", "supervised")
+#: bootstrap replicates of the summary's metrics, beside runs.csv (read by tables, figures and claims)
+REPLICATES = "replicates.npz"
 #: knob aliases accepted in settings.json / STUDY.json
 ALIASES = {"epochs": "pretrain_epochs", "decoder_embed_dim": "decoder_width"}
 
@@ -169,6 +176,99 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
         frame = frame.assign(_o=frame["eval"].map(order)).sort_values(
             ["run", "_o", "eval_setting"], kind="stable").drop(columns="_o").reset_index(drop=True)
     return frame
+
+
+# ------------------------------------------------------------------------------------------- uncertainty
+def row_key(run: str, ev: str, setting: str = "") -> str:
+    """Key of one runs.csv row in ``replicates.npz``: ``run|eval|setting``."""
+    return f"{run}|{ev}|{setting or ''}"
+
+
+def replicates_of(per_image: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Bootstrap replicates (the canonical resamples of :mod:`mae.stats`) of every metric that a stage's
+    ``predictions.npz`` allows: top1 from ``pred``/``target``, miou from ``inter``/``union``, and any
+    ``<metric>_boot`` a stage computed itself (detection AP)."""
+    from mae import stats
+
+    out: dict[str, np.ndarray] = {}
+    if "pred" in per_image and "target" in per_image and len(per_image["target"]):
+        correct = np.asarray(per_image["pred"]) == np.asarray(per_image["target"])
+        out["top1"] = stats.mean_accuracy_replicates(correct)[0]
+    if "inter" in per_image and "union" in per_image and len(per_image["inter"]):
+        out["miou"] = stats.miou_replicates(per_image["inter"], per_image["union"])
+    for key, value in per_image.items():
+        if key.endswith("_boot"):
+            out[key[: -len("_boot")]] = np.asarray(value, dtype=np.float64)
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def collect_replicates(runs_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{row_key: {metric: (N_BOOT,) replicates}}`` for every evaluation folder with a ``predictions.npz``."""
+    from mae.utils.io import PER_IMAGE, read_per_image
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for path in sorted(Path(runs_dir).glob(f"*/*/{PER_IMAGE}")):
+        parsed = parse_eval_dir(path.parent.name)
+        if parsed is None or not (path.parent / "metrics.json").is_file():
+            continue
+        reps = replicates_of(read_per_image(path))
+        if reps:
+            out[row_key(path.parent.parent.name, *parsed)] = reps
+    return out
+
+
+def add_intervals(frame: pd.DataFrame, replicates: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Fill the :data:`CI_COLUMNS`: a 95 % percentile interval over val images from the replicates (Wilson
+    for a top-1 without per-image predictions), and the mean/sd over the seeds of each setting."""
+    from mae import stats
+
+    frame = frame.copy()
+    for i, row in enumerate(frame.itertuples(index=False)):
+        reps = replicates.get(row_key(row.run, row.eval, row.eval_setting), {})
+        for metric in CI_METRICS:
+            value = getattr(row, metric, math.nan)
+            if metric in reps:
+                lo, hi = stats.percentile_interval(reps[metric])
+            elif metric == "top1" and pd.notna(value) and pd.notna(getattr(row, "n_val", math.nan)):
+                lo, hi = stats.wilson_interval(float(value) / 100.0 * row.n_val, float(row.n_val))
+            else:
+                continue
+            frame.iat[i, frame.columns.get_loc(f"{metric}_lo")] = lo
+            frame.iat[i, frame.columns.get_loc(f"{metric}_hi")] = hi
+    if not len(frame):
+        return frame
+    group = [c for c in ("eval", "eval_setting", "init", *pretraining_knobs()) if c in frame]
+    keys = frame[group].astype("string").fillna("<NA>").agg("|".join, axis=1)
+    frame["seeds"] = frame.groupby(keys)["run"].transform("nunique").astype("float64")
+    for metric in CI_METRICS:
+        grouped = frame.groupby(keys)[metric]
+        frame[f"{metric}_seed_mean"] = grouped.transform("mean")
+        frame[f"{metric}_seed_sd"] = grouped.transform("std")
+    return frame
+
+
+def write_replicates(replicates: dict[str, dict[str, np.ndarray]], path: str | Path) -> None:
+    """``replicates.npz`` beside runs.csv: ``<row_key>::<metric>`` -> (N_BOOT,) float32."""
+    flat = {f"{key}::{metric}": arr for key, reps in replicates.items() for metric, arr in reps.items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **flat)
+
+
+def read_replicates(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """Inverse of :func:`write_replicates`; an empty dict when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for name in data.files:
+                key, _, metric = name.rpartition("::")
+                out.setdefault(key, {})[metric] = data[name].astype(np.float64)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable replicates file ({err})") from None
+    return out
 
 
 def loss_curves(runs_dir: str | Path) -> pd.DataFrame:
@@ -390,6 +490,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output runs.csv")
     parser.add_argument("--metrics", default=None,
                         help="headline metrics JSON for `dvc metrics` (default: metrics.json beside --out)")
+    parser.add_argument("--replicates", default=None,
+                        help="bootstrap replicates of every metric for paired comparisons (default: "
+                             f"{REPLICATES} beside --out)")
     parser.add_argument("--loss-curves", default=None,
                         help="pretraining loss curves CSV for `dvc plots` (default: loss_curves.csv beside --out)")
 
@@ -398,7 +501,10 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     study = load_study(args.study)
     frame = collect(args.runs, study)
+    replicates = collect_replicates(args.runs)
+    frame = add_intervals(frame, replicates)
     out = Path(args.out)
+    write_replicates(replicates, args.replicates or out.with_name(REPLICATES))
     write_csv(frame, out)
     atomic_write_json(args.metrics or out.with_name("metrics.json"), headline_metrics(frame))
     write_csv(loss_curves(args.runs), args.loss_curves or out.with_name("loss_curves.csv"))

@@ -24,12 +24,18 @@ import pandas as pd
 
 from mae.errors import UserError
 from mae.report import paper as P
-from mae.report.summary import base_knobs, base_run, differs_only_in, read_summary, seed_mean, table_runs
+from mae.report.evidence import Evidence
+from mae.report.summary import (REPLICATES, base_knobs, base_run, differs_only_in, read_replicates, read_summary,
+                                seed_mean, table_runs)
 from mae.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("mae.report.tables")
 
 PAPER_SCALE = "ImageNet-1K, {epochs} pretraining epochs"
+#: column suffix of a 95 % interval half-width beside our value (``lin top-1 ±``)
+CI_SUFFIX = " ±"
+CI_NOTE = (" Ours: mean over seeds ± half-width of its 95% interval (bootstrap over val images, seeds resampled "
+           "where there are several).")
 
 
 @dataclass
@@ -43,12 +49,23 @@ class Table:
     caption: str
     missing: list[str] = field(default_factory=list)
 
+    def display(self) -> pd.DataFrame:
+        """The data with each ``<metric> ±`` column folded into its ``<metric> ours`` cell ("22.1 ± 1.2")."""
+        out = self.data.copy()
+        for col in [c for c in out.columns if c.endswith(CI_SUFFIX)]:
+            ours = col[: -len(CI_SUFFIX)] + " ours"
+            if ours in out:
+                out[ours] = [_fmt_cell(v) + (f" ± {_fmt_cell(ci)}" if pd.notna(ci) and pd.notna(v) else "")
+                             for v, ci in zip(out[ours], out[col])]
+            out = out.drop(columns=col)
+        return out
+
     def markdown(self) -> str:
-        lines = [f"**{self.title}.** {self.caption}", "", to_markdown(self.data)]
+        lines = [f"**{self.title}.** {self.caption}", "", to_markdown(self.display())]
         return "\n".join(lines) + "\n"
 
     def latex(self) -> str:
-        return self.data.to_latex(index=False, na_rep="--", escape=True,
+        return self.display().to_latex(index=False, na_rep="--", escape=True,
                                   float_format=_latex_float, caption=_tex_escape(f"{self.title}. {self.caption}"),
                                   label=f"tab:{self.stem}", position="t")
 
@@ -137,9 +154,6 @@ ABLATIONS = (
 )
 
 
-def _metric_frame(rows: pd.DataFrame, ev: str, metric: str, knobs: list[str], setting: str = "") -> pd.DataFrame:
-    sel = rows[(rows["eval"] == ev) & (rows["eval_setting"].fillna("") == setting)]
-    return seed_mean(sel, knobs, metric)
 
 
 def _paper_pivot(table: str, model: str, metrics: list[str]) -> pd.DataFrame:
@@ -154,13 +168,15 @@ def _paper_pivot(table: str, model: str, metrics: list[str]) -> pd.DataFrame:
     return piv
 
 
-def ablation_table(frame: pd.DataFrame, spec: Ablation, paper_model: str, scale: dict[str, Any]) -> Table:
+def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: dict[str, Any]) -> Table:
+    frame = evidence.frame
     knobs = list(spec.knobs)
     rows = table_runs(frame, spec.id, knobs) if len(frame) else frame
     ours: pd.DataFrame | None = None
     for ev, metric, _, label in spec.metrics:
-        m = _metric_frame(rows, ev, metric, knobs) if len(rows) else pd.DataFrame(columns=[*knobs, "mean", "n"])
-        m = m.rename(columns={"mean": f"{label} ours", "n": f"_n_{label}"}).drop(columns=["std"], errors="ignore")
+        m = evidence.table(ev, metric, knobs, rows.index) if len(rows) else \
+            pd.DataFrame(columns=[*knobs, "mean", "ci", "n"])
+        m = m.rename(columns={"mean": f"{label} ours", "ci": f"{label}{CI_SUFFIX}", "n": f"_n_{label}"})
         ours = m if ours is None else ours.merge(m, on=knobs, how="outer")
     assert ours is not None
     ncols = [c for c in ours.columns if c.startswith("_n_")]
@@ -191,8 +207,7 @@ def ablation_table(frame: pd.DataFrame, spec: Ablation, paper_model: str, scale:
         pd.DataFrame({h: [""] * len(merged) for h in spec.headers}, index=merged.index)
     out["paper setting"] = merged["paper setting"]
     for _, _, _, label in spec.metrics:
-        for side in ("ours", "paper"):
-            col = f"{label} {side}"
+        for col in (f"{label} ours", f"{label}{CI_SUFFIX}", f"{label} paper"):
             out[col] = pd.to_numeric(merged[col], errors="coerce") if col in merged else float("nan")
     out["seeds"] = pd.to_numeric(merged.get("seeds"), errors="coerce") if "seeds" in merged else float("nan")
     out["note"] = merged["note"]
@@ -201,7 +216,7 @@ def ablation_table(frame: pd.DataFrame, spec: Ablation, paper_model: str, scale:
         out = _add_time_rel(out, frame, rows)
     missing = [s for s in out.loc[out["note"] == "paper only", "paper setting"].astype(str)]
     no_values = [f"{label} ({ev})" for ev, _, _, label in spec.metrics if out[f"{label} ours"].isna().all()]
-    caption = scale_text(scale, paper_model)
+    caption = scale_text(scale, paper_model) + CI_NOTE
     if missing:
         caption += " Paper settings not run: " + ", ".join(missing) + "."
     if no_values:
@@ -296,10 +311,11 @@ INIT_LABELS = {"mae": "MAE (ours, base run)", "scratch": "scratch", "supervised"
 PAPER_METHOD = {"mae": "method=MAE", "scratch": "method=scratch", "supervised": "method=supervised"}
 
 
-def init_table(frame: pd.DataFrame, *, id_: str, stem: str, title: str, paper_table: str, ev: str,
+def init_table(evidence: Evidence, *, id_: str, stem: str, title: str, paper_table: str, ev: str,
                metrics: list[tuple[str, str, str]], inits: tuple[str, ...], paper_model: str,
                scale: dict[str, Any], paper_epochs: int | str = 1600) -> Table:
     """MAE (base run) vs other inits on one evaluation; the paper's methods beside ours."""
+    frame = evidence.frame
     base = base_run(frame)
     records = []
     paper = P.paper_rows(paper_table, model=paper_model)
@@ -317,8 +333,9 @@ def init_table(frame: pd.DataFrame, *, id_: str, stem: str, title: str, paper_ta
         psetting = next((s for s in settings if s.split(";")[0].startswith(PAPER_METHOD[init])), None)
         rec: dict[str, Any] = {"init": INIT_LABELS[init], "paper setting": psetting or ""}
         for metric, paper_metric, label in metrics:
-            vals = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
-            rec[f"{label} ours"] = float(vals.mean()) if len(vals) else math.nan
+            cell = evidence.table(ev, metric, [], sel.index) if len(sel) else pd.DataFrame()
+            rec[f"{label} ours"] = float(cell["mean"].iloc[0]) if len(cell) else math.nan
+            rec[f"{label}{CI_SUFFIX}"] = float(cell["ci"].iloc[0]) if len(cell) else math.nan
             pv = paper[(paper["setting"] == psetting) & (paper["metric"] == paper_metric)]["value"]
             rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
         rec["seeds"] = float(sel["seed"].nunique()) if len(sel) and sel["seed"].notna().any() else math.nan
@@ -338,19 +355,20 @@ def init_table(frame: pd.DataFrame, *, id_: str, stem: str, title: str, paper_ta
             rec[f"{label} ours"] = math.nan
             rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
         records.append(rec)
-    cols = ["init", "paper setting", *[f"{label} {side}" for _, _, label in metrics for side in ("ours", "paper")],
-            "seeds", "note"]
+    cols = ["init", "paper setting",
+            *[f"{label}{side}" for _, _, label in metrics for side in (" ours", CI_SUFFIX, " paper")], "seeds", "note"]
     data = pd.DataFrame(records).reindex(columns=cols)
     for c in cols[2:-1]:
         data[c] = pd.to_numeric(data[c], errors="coerce")
-    caption = scale_text(scale, paper_model, paper_epochs)
+    caption = scale_text(scale, paper_model, paper_epochs) + CI_NOTE
     if missing:
         caption += " Missing from our summary: " + ", ".join(missing) + "."
     return Table(id_, stem, title, data, caption, missing)
 
 
-def table6(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Table:
+def table6(evidence: Evidence, paper_model: str, scale: dict[str, Any]) -> Table:
     """Classification transfer: our transfer datasets (per init) and the paper's datasets (paper only)."""
+    frame = evidence.frame
     records = []
     sub = frame[frame["eval"] == "transfer_cls"] if len(frame) else frame
     base = base_run(frame)
@@ -359,19 +377,22 @@ def table6(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
         other = sub[sub["init"] != "mae"]
         for part in (mae_rows, other):
             for (init, ds), g in part.groupby(["init", "eval_setting"], sort=True):
+                cell = evidence.table("transfer_cls", "top1", [], g.index, ds)
                 records.append({"dataset": ds, "init": INIT_LABELS.get(init, init), "paper setting": "",
-                                "top-1 ours": g["top1"].mean(), "top-1 paper": math.nan,
+                                "top-1 ours": g["top1"].mean(),
+                                f"top-1{CI_SUFFIX}": float(cell["ci"].iloc[0]) if len(cell) else math.nan,
+                                "top-1 paper": math.nan,
                                 "seeds": float(g["seed"].nunique()), "note": "not in paper"})
     paper = P.paper_rows("Table 6", model=paper_model, metric="top1")
     for s, v in zip(paper["setting"], paper["value"]):
         records.append({"dataset": "", "init": "", "paper setting": s, "top-1 ours": math.nan,
                         "top-1 paper": v, "seeds": math.nan, "note": "paper only"})
-    cols = ["dataset", "init", "paper setting", "top-1 ours", "top-1 paper", "seeds", "note"]
+    cols = ["dataset", "init", "paper setting", "top-1 ours", f"top-1{CI_SUFFIX}", "top-1 paper", "seeds", "note"]
     data = pd.DataFrame(records).reindex(columns=cols)
-    for c in ("top-1 ours", "top-1 paper", "seeds"):
+    for c in ("top-1 ours", f"top-1{CI_SUFFIX}", "top-1 paper", "seeds"):
         data[c] = pd.to_numeric(data[c], errors="coerce")
     missing = [] if len(sub) else ["classification transfer (transfer_cls)"]
-    caption = scale_text(scale, paper_model, 1600) + (
+    caption = scale_text(scale, paper_model, 1600) + CI_NOTE + (
         " Our transfer datasets differ from the paper's (iNaturalist, Places), so the two sides are listed "
         "separately.")
     if missing:
@@ -380,26 +401,28 @@ def table6(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
 
 
 # --------------------------------------------------------------------------------------------- all
-def build_tables(frame: pd.DataFrame, paper_model: str | None = None) -> list[Table]:
-    """Every table of the report, in paper order."""
+def build_tables(frame: pd.DataFrame, paper_model: str | None = None, replicates: dict | None = None) -> list[Table]:
+    """Every table of the report, in paper order (intervals from ``replicates``, see :mod:`mae.report.evidence`)."""
+    evidence = Evidence(frame, replicates)
+    frame = evidence.frame
     scale = our_scale(frame)
     paper_model = paper_model or P.paper_model_for(scale["model"])
     abl_model = P.DEFAULT_PAPER_MODEL if not len(P.paper_rows("Table 1a", model=paper_model)) else paper_model
-    tables = [ablation_table(frame, spec, abl_model, scale) for spec in ABLATIONS]
+    tables = [ablation_table(evidence, spec, abl_model, scale) for spec in ABLATIONS]
     t2_model = paper_model if len(P.paper_rows("Table 2", model=paper_model)) else P.DEFAULT_PAPER_MODEL
     tables.append(table2(frame, t2_model, scale))
-    tables.append(init_table(frame, id_="3", stem="table3_scratch_vs_mae", title="Table 3: MAE vs scratch fine-tuning",
+    tables.append(init_table(evidence, id_="3", stem="table3_scratch_vs_mae", title="Table 3: MAE vs scratch fine-tuning",
                              paper_table="Table 3", ev="finetune", metrics=[("top1", "ft_top1", "ft top-1")],
                              inits=("scratch", "mae"), paper_model=paper_model, scale=scale))
-    tables.append(init_table(frame, id_="4", stem="table4_detection", title="Table 4: detection transfer (Mask R-CNN)",
+    tables.append(init_table(evidence, id_="4", stem="table4_detection", title="Table 4: detection transfer (Mask R-CNN)",
                              paper_table="Table 4", ev="transfer_det",
                              metrics=[("ap_box", "ap_box", "AP box"), ("ap_mask", "ap_mask", "AP mask")],
                              inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
-    tables.append(init_table(frame, id_="5", stem="table5_segmentation",
+    tables.append(init_table(evidence, id_="5", stem="table5_segmentation",
                              title="Table 5: semantic segmentation transfer",
                              paper_table="Table 5", ev="transfer_seg", metrics=[("miou", "miou", "mIoU")],
                              inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
-    tables.append(table6(frame, paper_model, scale))
+    tables.append(table6(evidence, paper_model, scale))
     return tables
 
 
@@ -429,6 +452,8 @@ TABLE_STEMS = tuple([s.stem for s in ABLATIONS] + ["table2_wall_clock", "table3_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", required=True, help="results/summary/runs.csv")
     parser.add_argument("--out", required=True, help="output folder (results/tables)")
+    parser.add_argument("--replicates", default=None,
+                        help=f"bootstrap replicates for the ± intervals (default: {REPLICATES} beside --summary)")
     parser.add_argument("--paper-model", default=None,
                         help="paper model row to compare with (default: from our model; ViT-L/16 for small models)")
 
@@ -438,7 +463,8 @@ def main(args: argparse.Namespace) -> int:
     if args.paper_model is not None and args.paper_model not in set(P.load_paper()["model"]):
         raise UserError(f"--paper-model {args.paper_model!r} is not a model of the paper (e.g. ViT-B/16, ViT-L/16)")
     frame = read_summary(args.summary)
-    tables = build_tables(frame, args.paper_model)
+    replicates = read_replicates(args.replicates or Path(args.summary).with_name(REPLICATES))
+    tables = build_tables(frame, args.paper_model, replicates)
     write_tables(tables, args.out)
     log.info("tables: %d written to %s", len(tables), args.out)
     return 0

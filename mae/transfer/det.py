@@ -3,7 +3,8 @@
 The MAE encoder (or a random / supervised init) feeds a simple feature pyramid
 (:mod:`mae.transfer.backbone`) and torchvision's Mask R-CNN; training goes through the engine's ``fit()``
 (the task's ``train_step`` sums Mask R-CNN's loss dict), and ``evaluate()`` runs pycocotools' COCOeval on the
-model's predictions for the val split: box AP and mask AP (masks thresholded at 0.5 and RLE-encoded).
+model's predictions for the val split: box AP and mask AP (masks thresholded at 0.5 and RLE-encoded), each with
+a 95 % bootstrap interval over the val images whose replicates pair across runs (:func:`bootstrap_ap`).
 
 Input resolution. The detector's transform resizes the long side of every image to ``img_size`` (the
 encoder's input size) and pads the batch to a square ``img_size``x``img_size`` canvas — ViTDet's 1024 px
@@ -34,6 +35,7 @@ from mae.config import TrainConfig
 from mae.data import detection_collate
 from mae.engine import Task
 from mae.errors import UserError
+from mae.stats import BOOTSTRAP_SEED, N_BOOT, bootstrap_counts, percentile_interval
 
 METRIC_KEYS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
 
@@ -181,25 +183,165 @@ def detections_to_coco(
     return results
 
 
-def coco_evaluate(coco_gt: Any, results: list[dict], iou_type: str, image_ids: Sequence[int]) -> dict[str, float]:
-    """AP, AP50, AP75 (percent) of ``results`` against ``coco_gt`` on ``image_ids`` with pycocotools COCOeval.
+class CocoAP(dict):
+    """``{"ap", "ap50", "ap75"}`` (percent) of one COCOeval, with ``boot``: the AP (percent, NaN where
+    undefined) of every canonical bootstrap resample of the evaluated images (:func:`bootstrap_ap`).
 
-    An empty result list scores 0 (pycocotools cannot load it); that is the true AP of no detections.
+    ``boot`` is an attribute, not an item, so that the dict stays the set of point metrics.
+    """
+
+    def __init__(self, ap: float, ap50: float, ap75: float, boot: np.ndarray):
+        super().__init__(ap=ap, ap50=ap50, ap75=ap75)
+        self.boot = boot
+
+
+def coco_evaluate(coco_gt: Any, results: list[dict], iou_type: str, image_ids: Sequence[int]) -> CocoAP:
+    """AP, AP50, AP75 (percent) of ``results`` against ``coco_gt`` on ``image_ids`` with pycocotools COCOeval,
+    plus (``.boot``) the AP of each canonical bootstrap resample of ``image_ids`` from the same evaluation.
+
+    An empty result list is scored as an empty detection set (pycocotools' ``loadRes`` cannot load it): AP 0,
+    the true AP of no detections.
     """
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev = COCOeval(coco_gt, _load_results(coco_gt, results), iou_type)
         ev.params.imgIds = sorted(int(i) for i in image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     # stats[0..2] = AP@[.5:.95], AP@.5, AP@.75; -1 means "no ground truth" -> report 0
     ap, ap50, ap75 = (max(float(s), 0.0) * 100.0 for s in ev.stats[:3])
-    return {"ap": ap, "ap50": ap50, "ap75": ap75}
+    return CocoAP(ap, ap50, ap75, boot=100.0 * bootstrap_ap(ev, image_ids))
+
+
+def _load_results(coco_gt: Any, results: list[dict]) -> Any:
+    """The COCO result object of ``results``; for none, an empty one on the ground truth's images."""
+    from pycocotools.coco import COCO
+
+    if results:
+        return coco_gt.loadRes([dict(r) for r in results])
+    empty = COCO()
+    empty.dataset = {"images": list(coco_gt.dataset["images"]),
+                     "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    empty.createIndex()
+    return empty
+
+
+# ------------------------------------------------------------------------------------ bootstrap of COCO AP
+
+
+def bootstrap_ap(ev: Any, image_ids: Sequence[int], n_boot: int = N_BOOT, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """COCO AP (fraction; NaN where undefined) of each canonical bootstrap resample of ``image_ids``.
+
+    AP is not a mean over images, so the interval cannot come from per-image values: replicate ``b`` scores
+    the multiset of images ``image_ids[bootstrap_indices(len(image_ids))[b]]`` instead, from the per-image
+    matches of the evaluated ``ev`` (:func:`multiset_ap`). Every evaluation in the study resamples its ``n``
+    images with the same rows of :func:`mae.stats.bootstrap_indices`, so replicate ``b`` of two runs on the
+    same ``image_ids`` (in the same order) draws the same images: their differences are paired, replicate by
+    replicate, with each other and with any per-image metric on these images.
+    """
+    positions = {int(i): j for j, i in enumerate(ev.params.imgIds)}
+    onehot = np.zeros((len(image_ids), len(positions)), np.float32)
+    onehot[np.arange(len(image_ids)), [positions[int(i)] for i in image_ids]] = 1.0
+    return multiset_ap(ev, bootstrap_counts(len(image_ids), n_boot, seed) @ onehot)
+
+
+def multiset_ap(ev: Any, counts: np.ndarray) -> np.ndarray:
+    """COCO AP (``stats[0]``: IoU .50:.95, area 'all', the largest maxDets) of multisets of evaluated images.
+
+    ``counts`` ``(B, I)`` (or ``(I,)``): how often each image of ``ev.params.imgIds`` is drawn in each of ``B``
+    multisets; all ones give COCOeval's own AP. An image drawn k times counts k times, its detections and its
+    non-ignored ground truths alike. Nothing is re-matched: pycocotools' accumulate is redone on the stored
+    per-image matches ``ev.evalImgs``. Categories without a non-ignored ground truth in a multiset are left
+    out of its mean (COCO's -1); a multiset without any ground truth gives NaN.
+    """
+    counts = np.atleast_2d(np.rint(counts).astype(np.int64))
+    pools = [_CategoryPool.from_eval(ev, k) for k in range(len(ev.params.catIds))]
+    rec_thrs = np.asarray(ev.params.recThrs, dtype=np.float64)
+    ap = np.array([[pool.ap(c, rec_thrs) for pool in pools] for c in counts]).reshape(len(counts), len(pools))
+    valid = np.isfinite(ap)
+    n_valid = valid.sum(axis=1)
+    total = np.where(valid, ap, 0.0).sum(axis=1)
+    return np.where(n_valid > 0, total / np.maximum(n_valid, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class _CategoryPool:
+    """One category's detections on all evaluated images, ranked as pycocotools' accumulate ranks them.
+
+    Detections are sorted by descending score, stably: ties keep image order, then the image's own order.
+    A *run* is a stretch of equal scores from one image. Ranking a multiset that draws image ``i`` k times
+    (its copies side by side in image order) keeps this order, with each run of ``i`` repeated k times in
+    a row — what a stable sort of the copies gives.
+    """
+
+    tp: np.ndarray  # (T, D) bool: matched and not ignored, at each IoU threshold
+    fp: np.ndarray  # (T, D) bool: unmatched and not ignored
+    run_image: np.ndarray  # (R,) image position of each run
+    run_start: np.ndarray  # (R,) first detection of each run
+    run_len: np.ndarray  # (R,)
+    n_gt: np.ndarray  # (I,) non-ignored ground truths per image
+
+    @classmethod
+    def from_eval(cls, ev: Any, k: int) -> "_CategoryPool":
+        p = ev.params
+        n_img, n_thr, max_det = len(p.imgIds), len(p.iouThrs), p.maxDets[-1]
+        first = (k * len(p.areaRng) + p.areaRngLbl.index("all")) * n_img
+        no_det = np.zeros((n_thr, 0), bool)
+        scores, tp, fp, image = [np.zeros(0)], [no_det], [no_det], [np.zeros(0, np.int64)]
+        n_gt = np.zeros(n_img, np.int64)
+        for i, e in enumerate(ev.evalImgs[first:first + n_img]):
+            if e is None:  # no ground truth and no detection of this category
+                continue
+            n_gt[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+            matched = np.asarray(e["dtMatches"])[:, :max_det] != 0
+            kept = ~np.asarray(e["dtIgnore"], dtype=bool)[:, :max_det]
+            scores.append(np.asarray(e["dtScores"][:max_det], dtype=np.float64))
+            tp.append(matched & kept)
+            fp.append(~matched & kept)
+            image.append(np.full(matched.shape[1], i, np.int64))
+        score = np.concatenate(scores)
+        order = np.argsort(-score, kind="mergesort")
+        score, image = score[order], np.concatenate(image)[order]
+        new_run = np.ones(len(score), bool)
+        new_run[1:] = (score[1:] != score[:-1]) | (image[1:] != image[:-1])
+        start = np.flatnonzero(new_run)
+        return cls(np.concatenate(tp, axis=1)[:, order], np.concatenate(fp, axis=1)[:, order], image[start], start,
+                   np.diff(np.append(start, len(score))), n_gt)
+
+    def ranked(self, counts: np.ndarray) -> np.ndarray:
+        """Detection indices of the multiset ``counts`` (per image) in rank order."""
+        copies = counts[self.run_image]
+        if (self.run_len == 1).all():
+            return np.repeat(self.run_start, copies)
+        size = self.run_len * copies
+        run = np.repeat(np.arange(len(size)), size)
+        offset = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        return self.run_start[run] + offset % self.run_len[run]
+
+    def ap(self, counts: np.ndarray, rec_thrs: np.ndarray) -> float:
+        """Precision averaged over IoU and recall thresholds for the multiset ``counts``; NaN without GT.
+
+        pycocotools' accumulate, read at the true positives only: the m-th true positive of a ranking is where
+        recall first reaches m / n_gt, and every other rank has a precision no higher than the rank before it,
+        so the precision made monotone from the right, sampled where recall first reaches each recall
+        threshold (``searchsorted`` 'left'), only takes values at true positives. Thresholds never reached
+        read 0. Same arithmetic, same values as the full cumulative TP/FP curves.
+        """
+        n_gt = int(counts @ self.n_gt)
+        if n_gt == 0:
+            return np.nan
+        idx = self.ranked(counts)
+        fp = np.cumsum(self.fp[:, idx], axis=1)  # (T, L) false positives so far
+        row, col = np.nonzero(self.tp[:, idx])  # true positives, threshold by threshold, in rank order
+        per_row = np.bincount(row, minlength=len(fp))
+        m = np.arange(1, len(row) + 1) - np.repeat(np.cumsum(per_row) - per_row, per_row)  # TPs so far
+        precision = np.zeros((len(fp), max(n_gt, per_row.max(initial=0))))  # [t, m - 1]: at the m-th TP
+        precision[row, m - 1] = m / (m + fp[row, col] + np.spacing(1))
+        precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+        need = np.searchsorted(np.arange(n_gt + 1) / n_gt, rec_thrs, side="left")  # TPs to reach each threshold
+        return float(precision[:, np.maximum(need, 1) - 1].mean())
 
 
 # -------------------------------------------------------------------------------------------------- task
@@ -246,6 +388,7 @@ class DetectionTask(Task):
         if device is not None:
             self.device = device
         self._gen = torch.Generator().manual_seed(cfg.seed)
+        self._boot: dict[str, np.ndarray] = {}
 
     # engine hooks ------------------------------------------------------------------------------------
     def param_groups(self, cfg: DetConfig) -> list[dict]:
@@ -296,10 +439,13 @@ class DetectionTask(Task):
     def evaluate(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         results, image_ids = self.predict(self.cfg.eval_images)
-        box = coco_evaluate(self.coco_gt, results, "bbox", image_ids)
-        mask = coco_evaluate(self.coco_gt, results, "segm", image_ids)
-        metrics: dict[str, Any] = {f"{k}_box": v for k, v in box.items()}
-        metrics.update({f"{k}_mask": v for k, v in mask.items()})
+        metrics: dict[str, Any] = {}
+        self._boot = {"n_images": np.int64(len(image_ids))}
+        for iou_type, suffix in (("bbox", "box"), ("segm", "mask")):
+            scores = coco_evaluate(self.coco_gt, results, iou_type, image_ids)
+            metrics.update({f"{k}_{suffix}": v for k, v in scores.items()})
+            boot = self._boot[f"ap_{suffix}_boot"] = scores.boot.astype(np.float32)
+            metrics[f"ap_{suffix}_lo"], metrics[f"ap_{suffix}_hi"] = percentile_interval(boot)  # as from the .npz
         metrics.update(
             eval_images=len(image_ids),
             detections=len(results),
@@ -308,6 +454,12 @@ class DetectionTask(Task):
             img_size=self.img_size,
         )
         return metrics
+
+    def per_image(self) -> dict:
+        """The last :meth:`evaluate`'s AP on each canonical bootstrap resample of its ``n_images`` val images:
+        ``ap_box_boot`` and ``ap_mask_boot`` (percent, NaN where a resample has no ground truth). Replicate
+        ``b`` of every run on these images draws the same images, so runs compare replicate by replicate."""
+        return dict(self._boot)
 
 
 # --------------------------------------------------------------------------------------------------- CLI

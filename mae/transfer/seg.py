@@ -87,6 +87,21 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
 
 
+def per_image_iou_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                         ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and class: intersection and union pixel counts ``(N, C)`` int32 (ignored pixels skipped).
+
+    Summed over images they give the confusion matrix's IoU terms, so any resample of images has an exact mIoU
+    (:func:`mae.stats.miou_replicates`)."""
+    n = pred.shape[0]
+    pred, target = pred.reshape(n, -1).long(), target.reshape(n, -1).long()
+    keep = target != ignore_index
+    classes = torch.arange(num_classes).view(1, num_classes, 1)
+    p = (pred.unsqueeze(1) == classes) & keep.unsqueeze(1)
+    t = (target.unsqueeze(1) == classes) & keep.unsqueeze(1)
+    return (p & t).sum(2).int(), (p | t).sum(2).int()
+
+
 def segmentation_metrics(cm: torch.Tensor | np.ndarray) -> dict[str, Any]:
     """mIoU, pixel accuracy and mean class accuracy (percent) from a confusion matrix."""
     cm = np.asarray(cm, dtype=np.float64)
@@ -201,19 +216,27 @@ class SegmentationTask(Task):
         loss = F.cross_entropy(logits.float(), masks.long(), ignore_index=IGNORE_INDEX)
         return loss, images.shape[0], {}
 
+    def per_image(self) -> dict[str, np.ndarray]:
+        return getattr(self, "_per_image", {})
+
     def evaluate(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        inter, union = [], []
         loader = DataLoader(self.val_set, batch_size=self.cfg.eval_batch_size, shuffle=False)
         try:
             with torch.no_grad():
                 for images, masks in loader:
-                    logits = self.model(images.to(self.device))
-                    cm += confusion_matrix(logits.argmax(1).cpu(), masks, self.num_classes)
+                    pred = self.model(images.to(self.device)).argmax(1).cpu()
+                    cm += confusion_matrix(pred, masks, self.num_classes)
+                    i, u = per_image_iou_counts(pred, masks, self.num_classes)
+                    inter.append(i)
+                    union.append(u)
         finally:
             self.model.train(was_training)
+        self._per_image = {"inter": torch.cat(inter).numpy(), "union": torch.cat(union).numpy()} if inter else {}
         metrics = segmentation_metrics(cm)
         metrics.update(
             eval_images=len(self.val_set), eval_s=time.perf_counter() - t0,

@@ -49,6 +49,39 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+#: per-image results of an evaluation, beside its metrics.json (see :mod:`mae.stats`)
+PER_IMAGE = "predictions.npz"
+
+
+def write_per_image(out_dir: str | os.PathLike, arrays: dict) -> Path | None:
+    """``out_dir/predictions.npz`` (compressed) from named arrays; nothing when ``arrays`` is empty."""
+    import numpy as np
+
+    if not arrays:
+        return None
+    path = Path(out_dir) / PER_IMAGE
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
+def read_per_image(path: str | os.PathLike) -> dict:
+    """The arrays of a ``predictions.npz`` (empty dict when the file does not exist)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        from mae.errors import UserError
+
+        raise UserError(f"{path}: not a readable predictions file ({err})") from None
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

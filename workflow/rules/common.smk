@@ -84,30 +84,68 @@ def init_flag(wildcards):
     return f"--init {R}/runs/{run}/pretrain/checkpoint.pt"
 
 
+def eval_files(run, ev):
+    """The metrics files of evaluation `ev` of `run` (one per block count / transfer dataset)."""
+    if ev == "partial_ft":
+        return [
+            f"{R}/runs/{run}/partial_ft-{k}/metrics.json"
+            for k in config["partial_ft"]["blocks"]
+        ]
+    if ev == "transfer_cls":
+        return [
+            f"{R}/runs/{run}/transfer_cls-{d}/metrics.json"
+            for d in config["transfer_cls"]["datasets"]
+        ]
+    return [f"{R}/runs/{run}/{ev}/metrics.json"]
+
+
 def all_metrics():
     """Every metrics file of the study (the summary's inputs)."""
     files = []
     for run in RUNS:
         files.append(pretrain_done(run))
-        files += [f"{R}/runs/{run}/{ev}/metrics.json" for ev in EVERY_RUN]
-    for ev in BASE_RUN:
-        if ev == "partial_ft":
-            files += [
-                f"{R}/runs/{BASE}/partial_ft-{k}/metrics.json"
-                for k in config["partial_ft"]["blocks"]
-            ]
-        elif ev == "transfer_cls":
-            files += [
-                f"{R}/runs/{BASE}/transfer_cls-{d}/metrics.json"
-                for d in config["transfer_cls"]["datasets"]
-            ]
-        else:
-            files.append(f"{R}/runs/{BASE}/{ev}/metrics.json")
+        files += [f for ev in EVERY_RUN for f in eval_files(run, ev)]
+    files += [f for ev in BASE_RUN for f in eval_files(BASE, ev)]
     for ev in SCRATCH:
-        files.append(f"{R}/runs/scratch/{ev}/metrics.json")
+        files += eval_files("scratch", ev)
         if ev.startswith("transfer_") and "finetune" in SCRATCH:
-            files.append(f"{R}/runs/supervised/{ev}/metrics.json")
+            files += eval_files("supervised", ev)
     return files
+
+
+def study_parts():
+    """Target files per part of the study: each ablation table/figure (its runs, every-run evaluations), `fig9`
+    (partial fine-tuning), `scratch` (Table 3 and the random-init probe) and `transfer` (Tables 4-6).
+    """
+    parts = {}
+    for run_name, run in RUNS.items():
+        for table in run.tables:
+            files = parts.setdefault(table, [])
+            files.append(pretrain_done(run_name))
+            files += [f for ev in EVERY_RUN for f in eval_files(run_name, ev)]
+    base_evals = [f for ev in EVERY_RUN for f in eval_files(BASE, ev)]
+    if "partial_ft" in BASE_RUN:
+        parts["fig9"] = base_evals + eval_files(BASE, "partial_ft")
+    scratch = [ev for ev in SCRATCH if not ev.startswith("transfer_")]
+    if scratch:
+        parts["scratch"] = base_evals + [
+            f for ev in scratch for f in eval_files("scratch", ev)
+        ]
+    transfer = [ev for ev in BASE_RUN if ev.startswith("transfer_")]
+    if transfer:
+        inits = [BASE] + [
+            r
+            for r in ("scratch", "supervised")
+            if r == "scratch" or "finetune" in SCRATCH
+        ]
+        parts["transfer"] = [
+            f
+            for ev in transfer
+            for run in inits
+            if run == BASE or ev in SCRATCH
+            for f in eval_files(run, ev)
+        ]
+    return {part: list(dict.fromkeys(files)) for part, files in parts.items()}
 
 
 def finetune_flags(wildcards):

@@ -25,11 +25,13 @@ rule study_plan:
 rule summary:
     input:
         plan=rules.study_plan.output,
-        metrics=all_metrics(),
+        # partial=true: summarise what the parts run so far have produced (with --forcerun summary)
+        metrics=[] if str(config.get("partial")).lower() == "true" else all_metrics(),
     output:
         csv=f"{R}/summary/runs.csv",
         metrics=f"{R}/summary/metrics.json",
         curves=f"{R}/summary/loss_curves.csv",
+        replicates=f"{R}/summary/replicates.npz",
     log:
         "logs/summary.log",
     benchmark:
@@ -48,7 +50,8 @@ rule summary:
 
 rule tables:
     input:
-        rules.summary.output.csv,
+        csv=rules.summary.output.csv,
+        replicates=rules.summary.output.replicates,
     output:
         report(
             directory(f"{R}/tables"),
@@ -67,12 +70,13 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mae tables --summary {input} --out {output} > {log} 2>&1"
+        "mae tables --summary {input.csv} --replicates {input.replicates} --out {output} > {log} 2>&1"
 
 
 rule claims:
     input:
-        rules.summary.output.csv,
+        csv=rules.summary.output.csv,
+        replicates=rules.summary.output.replicates,
     output:
         csv=report(
             f"{R}/claims/claims.csv", caption="../report/claims.rst", category="Claims"
@@ -91,12 +95,13 @@ rule claims:
     params:
         out=lambda wc, output: os.path.dirname(output.csv),
     shell:
-        "mae claims --summary {input} --out {params.out} > {log} 2>&1"
+        "mae claims --summary {input.csv} --replicates {input.replicates} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
     input:
         csv=rules.summary.output.csv,
+        replicates=rules.summary.output.replicates,
         plan=rules.study_plan.output,
         data=data_dir(PRETRAIN_DATA),
     output:
@@ -119,4 +124,18 @@ rule figures:
     params:
         runs=runs_dir,
     shell:
-        "mae figures --summary {input.csv} --runs {params.runs} --data {input.data} --out {output} > {log} 2>&1"
+        "mae figures --summary {input.csv} --replicates {input.replicates} --runs {params.runs} --data {input.data} --out {output} > {log} 2>&1"
+
+
+# Parts of a long study, one target per table/figure (`snakemake --cores all part_fig5`): the pretraining runs
+# and evaluations that table needs, nothing else. `--config partial=true --forcerun summary` then reports
+# on what exists so far (README, "The CPU study").
+for _part, _files in study_parts().items():
+
+    rule:
+        name:
+            f"part_{_part}"
+        input:
+            _files,
+            rules.study_plan.output,
+        localrule: True
