@@ -155,6 +155,9 @@ def make_tree(root: Path, seeds=(0,), transfer=True, scratch=True) -> dict:
             _detection(runs / "scratch" / "transfer_det", 10.0, 9.0)
             _segmentation(runs / "scratch" / "transfer_seg", 30.0)
             _classification(runs / "scratch" / "transfer_cls-digits", 80.0)
+            _detection(runs / "supervised" / "transfer_det", 15.0, 13.0)
+            _segmentation(runs / "supervised" / "transfer_seg", 35.0)
+            _classification(runs / "supervised" / "transfer_cls-digits", 85.0)
     _write(root / "STUDY.json", study)
     return study
 
@@ -202,7 +205,7 @@ def test_summarize_tree(tree, summary):
     pft = summary[(summary["run"] == "base") & (summary["eval"] == "partial_ft")]
     assert sorted(pft["eval_setting"]) == ["0", "1", "2", "4"]
     cls = summary[summary["eval"] == "transfer_cls"]
-    assert list(cls["eval_setting"]) == ["digits", "digits"] and set(cls["init"]) == {"mae", "scratch"}
+    assert list(cls["eval_setting"]) == ["digits"] * 3 and set(cls["init"]) == {"mae", "scratch", "supervised"}
     row = summary[(summary["run"] == "epochs-16") & (summary["eval"] == "pretrain")].iloc[0]
     assert row["pretrain_epochs"] == 16 and row["dataset"] == "shapes" and row["init"] == "mae"
     assert "fig7" in row["tables"].split(";")
@@ -279,8 +282,8 @@ def test_tables_rows_and_paper_values(summary, replicates, tmp_path):
     assert t3.loc["scratch", "ft top-1 ours"] == 50.0 and t3.loc["scratch", "ft top-1 paper"] == 82.6
     assert 1.0 < t3.loc["scratch", "ft top-1 ±"] < 2.0
     t4 = tables["4"].data.set_index("init")
-    assert t4.loc["MAE (ours, base run)", "AP box paper"] == 53.3 and t4.loc["supervised", "note"] == "not run"
-    assert "supervised" in tables["4"].caption
+    assert t4.loc["MAE (ours, base run)", "AP box paper"] == 53.3 and t4.loc["supervised", "AP box ours"] == 15.0
+    assert 0 < t4.loc["supervised", "AP box ±"] < 2
     written = T.write_tables(list(tables.values()), tmp_path)
     assert {p.suffix for p in written} == {".csv", ".md", ".tex"}
     tex = (tmp_path / "table1a_decoder_depth.tex").read_text()
@@ -332,6 +335,7 @@ def test_claims_hold_on_fixture_and_on_paper(summary, replicates):
     assert result.loc["transfer_vs_scratch", "margin"] == pytest.approx(10.0, abs=1.5)  # seg 40 vs 30 mIoU
     assert result.loc["mae_vs_scratch", "paper_margin"] == pytest.approx(84.9 - 82.6)
     assert result.loc["mask_token", "paper_margin"] == pytest.approx(73.5 - 59.6)
+    assert result.loc["transfer_vs_supervised", "paper_margin"] == pytest.approx(53.6 - 49.9)  # min(det, seg)
 
 
 def test_claims_without_replicates_are_inconclusive(summary):
@@ -376,6 +380,7 @@ def test_claims_fail_when_numbers_disagree(tree, tmp_path):
         ("scratch", "finetune"): 99.0,                                # scratch wins
         ("scratch", "linprobe"): 99.0,                                # random features win
         ("scratch", "transfer_cls-digits"): 99.0,                     # scratch transfers better
+        ("supervised", "transfer_cls-digits"): 99.0,                  # supervised transfers better
         ("base", "partial_ft-1"): base_lin + 0.1,                     # 1 block: tiny gain
         ("epochs-16", "linprobe"): base_lin - 3,                      # longest not best
     })
@@ -408,10 +413,10 @@ def test_claims_not_run_and_seeds(tmp_path):
     reps = S.collect_replicates(tmp_path / "runs")
     frame = S.add_intervals(S.collect(tmp_path / "runs", S.load_study(tmp_path / "STUDY.json")), reps)
     result = C.check_claims(frame, reps, with_paper=False).set_index("id")
-    two = result.drop(index=["mae_vs_scratch", "lin_vs_random", "transfer_vs_scratch"])
+    two = result.drop(index=["mae_vs_scratch", "lin_vs_random", "transfer_vs_scratch", "transfer_vs_supervised"])
     assert (two["seeds"] == 2).all() and (two["verdict"] == C.HOLDS).all(), two
     assert result.loc["mae_vs_scratch", "seeds"] == result.loc["lin_vs_random", "seeds"] == 1  # one scratch run
-    assert result.loc["transfer_vs_scratch", "verdict"] == C.NOT_RUN
+    assert (result.loc[["transfer_vs_scratch", "transfer_vs_supervised"], "verdict"] == C.NOT_RUN).all()
     # fixture: seed 1 adds 0.3 to every linear probe -> the mean over seeds cancels in differences
     assert result.loc["mask_token", "margin"] == pytest.approx(8.0, abs=0.03)
     assert "speedup without [M] 3.00" in result.loc["mask_token", "evidence"]

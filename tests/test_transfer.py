@@ -259,3 +259,17 @@ def test_cli_registry_knows_transfer_commands(data_dir, tmp_path, capsys):
     rc = main(["transfer-seg", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--scratch",
                "--set", "layer_decay=2"])
     assert rc == 2 and "layer_decay" in capsys.readouterr().err
+
+
+def test_per_image_iou_counts_sum_to_the_confusion_matrix_miou():
+    """Per-image intersections/unions (saved for the bootstrap) give exactly the confusion matrix's mIoU."""
+    from mae import stats
+    from mae.transfer.seg import IGNORE_INDEX, confusion_matrix, per_image_iou_counts, segmentation_metrics
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randint(0, 5, (7, 8, 8), generator=g), torch.randint(0, 5, (7, 8, 8), generator=g)
+    target[0, 0, :] = IGNORE_INDEX
+    inter, union = per_image_iou_counts(pred, target, 5)
+    assert inter.shape == union.shape == (7, 5) and (inter <= union).all()
+    expected = segmentation_metrics(confusion_matrix(pred, target, 5))["miou"]
+    assert stats.miou(inter.numpy(), union.numpy()) == pytest.approx(expected)

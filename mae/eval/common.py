@@ -338,9 +338,10 @@ class ClassificationTask(Task):
                 logits = model(inputs)
             logits = logits.float()
             loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-            for k, v in topk_correct(logits, target).items():
-                hits[k] += v
-            preds.append(logits.argmax(1).cpu())
+            pred = logits.argmax(1)  # top-1 is computed from the saved predictions (ties resolved once)
+            hits[1] += int((pred == target).sum())
+            hits[5] += topk_correct(logits, target, ks=(5,))[5]
+            preds.append(pred.cpu())
             targets.append(target.cpu())
             n += int(target.shape[0])
         model.train(was_training)

@@ -53,10 +53,10 @@ def knn_metrics(train_feats, train_labels, val_feats, val_labels, num_classes: i
                 temperature: float) -> tuple[dict, dict]:
     """(metrics, per-image arrays) of the weighted k-NN classifier on the val features."""
     scores = common.knn_scores(train_feats, train_labels, val_feats, num_classes, k=k, temperature=temperature)
-    hits = common.topk_correct(scores, val_labels)
     n = max(int(val_labels.shape[0]), 1)
     per_image = common.predictions_arrays(scores.argmax(1), val_labels)
-    return {"top1": 100.0 * hits[1] / n, "top5": 100.0 * hits[5] / n}, per_image
+    top1 = 100.0 * float((per_image["pred"] == per_image["target"]).sum()) / n
+    return {"top1": top1, "top5": 100.0 * common.topk_correct(scores, val_labels, ks=(5,))[5] / n}, per_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

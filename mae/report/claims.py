@@ -205,13 +205,14 @@ def aug_robust_under_finetuning(ev: Evidence) -> Outcome | str:
                    f"without augmentation: lin {-drop_lin[0]:+.2f}, ft {-drop_ft[0]:+.2f}")
 
 
-def _beats_baseline(ev: Evidence, evaluation: str, metric: str, setting: str | None = "") -> tuple | None:
+def _beats_baseline(ev: Evidence, evaluation: str, metric: str, setting: str | None = "",
+                    init: str = "scratch") -> tuple | None:
     mae = ev.select(evaluation, metric, [], differs_only_in(ev.frame, [], ev.base), setting) \
         if len(ev.frame) else []
-    scratch = ev.baseline("scratch", evaluation, metric, setting)
-    if not mae or scratch is None:
+    other = ev.baseline(init, evaluation, metric, setting)
+    if not mae or other is None:
         return None
-    return mae[0], scratch
+    return mae[0], other
 
 
 def _beats_scratch(ev: Evidence, kind: str) -> Outcome | str:
@@ -238,16 +239,15 @@ def features_beat_random_init(ev: Evidence) -> Outcome | str:
     return _beats_scratch(ev, "lin")
 
 
-def transfer_beats_scratch(ev: Evidence) -> Outcome | str:
-    """MAE transfers better than a random init (Tables 4–6): margin = the smallest MAE − scratch difference
-    over the transfer evaluations run (detection AP box, segmentation mIoU, classification top-1 per
-    dataset)."""
+def _transfer_beats(ev: Evidence, init: str) -> Outcome | str:
+    """Margin = the smallest MAE − ``init`` difference over the transfer evaluations run (detection AP box,
+    segmentation mIoU, classification top-1 per dataset)."""
     margins, used, parts = [], [], []
     for evaluation, metric in TRANSFER:
         settings = sorted(set(ev.frame.loc[ev.frame["eval"] == evaluation, "eval_setting"].fillna(""))) \
             if len(ev.frame) else []
         for setting in settings:
-            pair = _beats_baseline(ev, evaluation, metric, setting)
+            pair = _beats_baseline(ev, evaluation, metric, setting, init)
             if pair is None:
                 continue
             m = pair[0].values - pair[1].values
@@ -255,14 +255,25 @@ def transfer_beats_scratch(ev: Evidence) -> Outcome | str:
             used += list(pair)
             parts.append(f"{evaluation}{'-' + setting if setting else ''} {metric} {m[0]:+.2f}")
     if not margins:
-        return "needs a transfer evaluation of the base run and of a random init (scratch)"
+        return f"needs a transfer evaluation of the base run and of the {init} baseline"
     return Outcome(np.minimum.reduce(margins), used, "; ".join(parts))
+
+
+def transfer_beats_scratch(ev: Evidence) -> Outcome | str:
+    """MAE transfers better than a random init (our baseline; the paper has no scratch transfer rows)."""
+    return _transfer_beats(ev, "scratch")
+
+
+def transfer_beats_supervised(ev: Evidence) -> Outcome | str:
+    """MAE transfers better than supervised pretraining (Tables 4, 5: ours = the from-scratch fine-tuned
+    encoder on the same data; the paper's = supervised ImageNet-1K pretraining)."""
+    return _transfer_beats(ev, "supervised")
 
 
 def one_block_far_above_linear(ev: Evidence) -> Outcome | str:
     """Fine-tuning only the last block lifts accuracy far above linear probing: it recovers at least half of
     the gap between linear probing and full fine-tuning (the paper: 66 %). Margin = 1-block top-1 − the
-    midpoint of linear probing and full fine-tuning (without a full fine-tune: − linear probing)."""
+    midpoint of linear probing and full fine-tuning."""
     base = differs_only_in(ev.frame, [], ev.base) if len(ev.frame) else None
     one = ev.select("partial_ft", "top1", [], base, "1") if base is not None else []
     lin = ev.select("partial_ft", "top1", [], base, "0") if base is not None else []
@@ -271,13 +282,12 @@ def one_block_far_above_linear(ev: Evidence) -> Outcome | str:
         return "needs partial fine-tuning of 1 block and a linear probe of the base run"
     one, lin = one[0], lin[0]
     ft = ev.cells([], "ft")
-    evidence = f"lin {lin.point:.2f} → 1 block {one.point:.2f}"
-    if ft:
-        gap = ft[0].point - lin.point
-        frac = f"; {(one.point - lin.point) / gap * 100:.0f}% of the gap" if gap > 0 else ""
-        return Outcome(one.values - (lin.values + ft[0].values) / 2, [one, lin, ft[0]],
-                       evidence + f" (full ft {ft[0].point:.2f}{frac})")
-    return Outcome(one.values - lin.values, [one, lin], evidence)
+    if not ft:
+        return "needs a full fine-tune of the base run (the gap is linear probe → full fine-tuning)"
+    gap = ft[0].point - lin.point
+    frac = f"; {(one.point - lin.point) / gap * 100:.0f}% of the gap" if gap > 0 else ""
+    return Outcome(one.values - (lin.values + ft[0].values) / 2, [one, lin, ft[0]],
+                   f"lin {lin.point:.2f} → 1 block {one.point:.2f} (full ft {ft[0].point:.2f}{frac})")
 
 
 def longer_schedules_keep_improving(ev: Evidence) -> Outcome | str:
@@ -296,6 +306,9 @@ def longer_schedules_keep_improving(ev: Evidence) -> Outcome | str:
     return Outcome(np.minimum.reduce(margins), used, "; ".join(parts))
 
 
+#: non-inferiority margins (points): a claim "A is at least as good as B" holds when A − B > −tolerance
+TOLERANCE = {"token_target": 0.5}
+
 CLAIMS: tuple[tuple[str, str, Callable[[Evidence], Outcome | str]], ...] = (
     ("high_mask_ratio", "A high mask ratio (≥60%) is best for linear probing (Fig. 5)",
      high_mask_ratio_best_for_linear),
@@ -310,22 +323,26 @@ CLAIMS: tuple[tuple[str, str, Callable[[Evidence], Outcome | str]], ...] = (
     ("norm_pixels", "Normalized pixels are a better target than raw pixels (Table 1d)",
      norm_pixels_at_least_pixels),
     ("pca_target", "Normalized pixels are a better target than PCA coefficients (Table 1d)", norm_pixels_beat_pca),
-    ("token_target", "Normalized pixels are at least as good a target as dVAE tokens (Table 1d)",
+    ("token_target", "Normalized pixels are at least as good a target as dVAE tokens, within 0.5 points (Table 1d)",
      tokens_no_better_than_pixels),
     ("aug_robust", "Without augmentation fine-tuning loses less than linear probing (Table 1e)",
      aug_robust_under_finetuning),
     ("random_sampling", "Random sampling is better than block and grid sampling (Table 1f)", random_sampling_best),
     ("lin_vs_random", "MAE features beat a random-init encoder under a linear probe", features_beat_random_init),
     ("mae_vs_scratch", "MAE pretraining beats training from scratch (Table 3)", mae_beats_scratch),
-    ("transfer_vs_scratch", "MAE transfers better than a random init (Tables 4-6)", transfer_beats_scratch),
+    ("transfer_vs_supervised", "MAE transfers better than supervised pretraining (Tables 4, 5)",
+     transfer_beats_supervised),
+    ("transfer_vs_scratch", "MAE transfers better than a random init (transfer, our baseline)",
+     transfer_beats_scratch),
     ("one_block", "Fine-tuning one block recovers at least half of the linear-to-full gap (Fig. 9)",
      one_block_far_above_linear),
     ("longer_schedule", "Longer pretraining keeps improving accuracy (Fig. 7)", longer_schedules_keep_improving),
 )
 
 
-def judge(outcome: Outcome | str) -> Verdict:
-    """The verdict of one claim from its margin on every replicate."""
+def judge(outcome: Outcome | str, tolerance: float = 0.0) -> Verdict:
+    """The verdict of one claim from its margin on every replicate: holds when the 95 % interval lies above
+    ``-tolerance`` (0 unless the claim is a non-inferiority statement), fails when it lies below."""
     if isinstance(outcome, str):
         return Verdict(NOT_RUN, evidence=outcome)
     margin = np.asarray(outcome.margin, dtype=float)
@@ -341,7 +358,7 @@ def judge(outcome: Outcome | str) -> Verdict:
         verdict = INCONCLUSIVE
         evidence += "; no interval: a value it needs has no per-image predictions"
     else:
-        verdict = HOLDS if lo > 0 else FAILS if hi < 0 else INCONCLUSIVE
+        verdict = HOLDS if lo > -tolerance else FAILS if hi < -tolerance else INCONCLUSIVE
     return Verdict(verdict, point, lo, hi, seeds, n_val, evidence)
 
 
@@ -353,7 +370,7 @@ def check_claims(frame: pd.DataFrame, replicates: dict | None = None, with_paper
     paper_ev = Evidence(paper_as_runs(), None, 0) if with_paper else None
     records = []
     for cid, text, fn in CLAIMS:
-        ours = judge(fn(ours_ev))
+        ours = judge(fn(ours_ev), TOLERANCE.get(cid, 0.0))
         rec = {"id": cid, "claim": text, "verdict": ours.verdict, "margin": ours.margin, "ci_lo": ours.lo,
                "ci_hi": ours.hi, "seeds": ours.seeds, "n_val": ours.n_val, "evidence": ours.evidence}
         if paper_ev is not None:
@@ -394,8 +411,9 @@ def main(args: argparse.Namespace) -> int:
             f"{counts.get(FAILS, 0)}, inconclusive: {counts.get(INCONCLUSIVE, 0)}, not run: "
             f"{counts.get(NOT_RUN, 0)}. A claim holds (fails) when the 95% interval of its margin lies above "
             "(below) zero: paired bootstrap over val images, seeds resampled where a setting has several. "
-            "Margins in accuracy points (mIoU/AP points for transfer), means over seeds; the paper's margin is "
-            "the same computation on the paper's numbers (ViT-L/16).\n\n")
+            "With one seed the interval covers val-image noise only (not training noise). 95% per claim, no "
+            "correction for testing several claims. Margins in accuracy points (mIoU/AP points for transfer), "
+            "means over seeds; the paper's margin is the same computation on the paper's numbers (ViT-L/16).\n\n")
     atomic_write_text(stem.with_suffix(".md"), head + to_markdown(shown) + "\n")
     for r in result.itertuples():
         log.info("%-20s %-12s %+.2f %s %s", r.id, r.verdict, r.margin, _interval(r.ci_lo, r.ci_hi), r.evidence)

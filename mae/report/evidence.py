@@ -5,7 +5,10 @@ A cell is one setting's value (e.g. "linear-probe top-1 of the runs with mask ra
 on bootstrap replicate ``b``. Replicate ``b`` resamples the *same* val images in every run (the canonical
 resamples of :mod:`mae.stats`, stored per row in ``replicates.npz`` by ``mae summarize``), so differences of
 cells are paired; a setting with two or more seeds has its seeds resampled too (with replacement, independently
-per setting). A value without per-image predictions has NaN replicates: its interval is unknown, never zero.
+per setting; the fine-tune and linear-probe cells of the same runs share their draws, as they share the
+pretrained models). With one seed an interval covers val-image noise only, not training noise; with k seeds
+the seed bootstrap understates the seed variance by a factor (k − 1)/k. A value without per-image
+predictions has NaN replicates: its interval is unknown, never zero.
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ class Evidence:
         out = np.empty(1 + self.n_boot)
         out[0] = values[:, 0].mean()
         if self.n_boot:
-            if k > 1:  # resample the seeds of this setting too
-                rng = np.random.default_rng([self.seed, zlib.crc32(repr(key).encode())])
+            if k > 1:  # resample the seeds of this setting too (same draws for every evaluation of these runs)
+                runs = "|".join(sorted(self.frame.loc[rows, "run"].astype(str)))
+                rng = np.random.default_rng([self.seed, zlib.crc32(runs.encode())])
                 draws = rng.integers(0, k, size=(k, self.n_boot))
                 out[1:] = values[draws, 1 + np.arange(self.n_boot)].mean(0)
             else:

@@ -135,7 +135,7 @@ def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
     for r in _load().itertuples(index=False):
         if r.model != model and not (r.table == "Fig 9" and r.model.startswith("MAE ")):
             continue
-        if r.metric not in ("ft_top1", "lin_top1", "top1"):
+        if r.metric not in ("ft_top1", "lin_top1", "top1", "ap_box", "miou"):
             continue
         if r.table == "Table 1a":
             depth = int(r.setting.split("=")[1])
@@ -170,6 +170,11 @@ def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
         elif r.table == "Table 3" and r.setting.startswith("method=MAE;"):
             # the paper's Table 3 MAE entry is the 1600-epoch, normalised-pixel model
             add("table3-mae", {"target": "norm_pixel", "pretrain_epochs": 1600}, "ft_top1", r.value, "3")
+        elif r.table in ("Table 4", "Table 5") and r.setting.startswith(("method=MAE;", "method=supervised;")):
+            init = "mae" if r.setting.startswith("method=MAE;") else "supervised"
+            ev = "transfer_det" if r.table == "Table 4" else "transfer_seg"
+            rows.append(dict(run="base" if init == "mae" else init, eval=ev, eval_setting="", init=init,
+                             **base, tables=r.table[-1], **{r.metric: r.value}))
     frame = pd.DataFrame(rows)
     # Pretraining speed (Table 2): images/s relative to the encoder with mask tokens, from the hours.
     t2 = paper_rows("Table 2", model=model, metric="hours")

@@ -162,8 +162,10 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
             if not isinstance(metrics, dict):
                 raise UserError(f"{metrics_path}: expected a JSON object of metrics")
             ev, setting = parsed
+            values = _metric_values(metrics)
+            values.setdefault("n_val", values.get("eval_images", math.nan))  # detection/segmentation
             rows.append({"run": name, "eval": ev, "eval_setting": setting, "init": init, **knobs,
-                         "tables": tables, **_metric_values(metrics)})
+                         "tables": tables, **values})
             found = True
         if not found:
             log.info("run %s: no evaluation with metrics.json yet", name)
@@ -211,10 +213,28 @@ def collect_replicates(runs_dir: str | Path) -> dict[str, dict[str, np.ndarray]]
         parsed = parse_eval_dir(path.parent.name)
         if parsed is None or not (path.parent / "metrics.json").is_file():
             continue
-        reps = replicates_of(read_per_image(path))
+        per_image = read_per_image(path)
+        if not _matches_metrics(path, per_image, _read_json(path.parent / "metrics.json")):
+            continue
+        reps = replicates_of(per_image)
         if reps:
             out[row_key(path.parent.parent.name, *parsed)] = reps
     return out
+
+
+def _matches_metrics(path: Path, per_image: dict[str, Any], metrics: Any) -> bool:
+    """Whether a predictions file is the one behind its metrics.json: a stale file would pair the wrong images,
+    so its row gets no interval (logged)."""
+    if not isinstance(metrics, dict) or "pred" not in per_image or "target" not in per_image:
+        return True
+    pred, target = np.asarray(per_image["pred"]), np.asarray(per_image["target"])
+    top1 = metrics.get("top1")
+    if pred.shape == target.shape and not (isinstance(top1, (int, float)) and len(target)
+                                           and abs(100.0 * float(np.mean(pred == target)) - top1) > 1e-6):
+        return True
+    log.warning("%s: predictions do not give top1=%s of metrics.json beside it; no interval for this row "
+                "(rerun the evaluation)", path, top1)
+    return False
 
 
 def add_intervals(frame: pd.DataFrame, replicates: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:

@@ -93,13 +93,14 @@ def per_image_iou_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: 
 
     Summed over images they give the confusion matrix's IoU terms, so any resample of images has an exact mIoU
     (:func:`mae.stats.miou_replicates`)."""
-    n = pred.shape[0]
+    n, c = pred.shape[0], num_classes
     pred, target = pred.reshape(n, -1).long(), target.reshape(n, -1).long()
     keep = target != ignore_index
-    classes = torch.arange(num_classes).view(1, num_classes, 1)
-    p = (pred.unsqueeze(1) == classes) & keep.unsqueeze(1)
-    t = (target.unsqueeze(1) == classes) & keep.unsqueeze(1)
-    return (p & t).sum(2).int(), (p | t).sum(2).int()
+    image = torch.arange(n).view(n, 1).expand_as(target)
+    idx = (image * c * c + target * c + pred)[keep]  # one confusion matrix per image, O(N·C²) memory
+    cm = torch.bincount(idx, minlength=n * c * c).view(n, c, c)
+    inter = cm.diagonal(dim1=1, dim2=2)
+    return inter.int(), (cm.sum(2) + cm.sum(1) - inter).int()
 
 
 def segmentation_metrics(cm: torch.Tensor | np.ndarray) -> dict[str, Any]:

@@ -54,12 +54,14 @@ PER_IMAGE = "predictions.npz"
 
 
 def write_per_image(out_dir: str | os.PathLike, arrays: dict) -> Path | None:
-    """``out_dir/predictions.npz`` (compressed) from named arrays; nothing when ``arrays`` is empty."""
+    """``out_dir/predictions.npz`` (compressed) from named arrays; when ``arrays`` is empty an old file is
+    removed (it would belong to an earlier evaluation)."""
     import numpy as np
 
-    if not arrays:
-        return None
     path = Path(out_dir) / PER_IMAGE
+    if not arrays:
+        path.unlink(missing_ok=True)
+        return None
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
