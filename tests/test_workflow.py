@@ -164,6 +164,12 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = (work / "results/summary/runs.csv").read_text().splitlines()
     assert len(summary) > 30  # 9 runs x (pretrain, linprobe, finetune) + base/scratch/supervised evaluations
+    # evidence: per-image predictions of every evaluation, replicates and intervals in the summary and claims
+    for folder in ("base/linprobe", "base/finetune", "base/knn", "scratch/linprobe", "base/transfer_seg",
+                   "base/transfer_det", "base/transfer_cls-digits"):
+        assert (work / "results/runs" / folder / "predictions.npz").is_file(), folder
+    assert (work / "results/summary/replicates.npz").is_file() and "top1_lo" in summary[0]
+    assert "95% CI" in (work / "results/claims/claims.md").read_text()
     tables = {p.stem for p in (work / "results/tables").glob("*.md")}
     for table in ("table1a_decoder_depth", "table1c_mask_token", "table1d_target", "table1f_mask_sampling",
                   "table2_wall_clock", "table3_scratch_vs_mae", "table4_detection", "table5_segmentation",
