@@ -250,7 +250,12 @@ def test_summary_without_study_infers_tables(tree):
 # --------------------------------------------------------------------------------------------- tables
 def test_tables_rows_and_paper_values(summary, replicates, tmp_path):
     tables = {t.id: t for t in T.build_tables(summary, replicates=replicates)}
-    assert set(tables) == {"1a", "1b", "1c", "1d", "1e", "1f", "2", "3", "4", "5", "6"}
+    assert set(tables) == {"1a", "1b", "1c", "1d", "1e", "1f", "2", "3", "4", "5", "6", "7"}
+    t7 = tables["7"].data.set_index("paper setting")  # the Table 1d runs, fine-tuned (+ transferred if run)
+    assert t7.loc["target=pixel (w/o norm)", "ft top-1 ours"] == pytest.approx(
+        _accuracy({**BASE, "target": "pixel"}, "ft"), abs=0.02)
+    assert t7.loc["target=pixel (w/ norm)", "AP box ours"] == pytest.approx(20.0)  # the base run's detection
+    assert t7.loc["target=dVAE token", "mIoU paper"] == pytest.approx(53.4)
     t1a = tables["1a"].data.set_index("paper setting")
     assert list(t1a.columns[:2]) == ["decoder depth", "ft top-1 ours"] or "ft top-1 ours" in t1a.columns
     # ours beside the paper's, adjacent columns

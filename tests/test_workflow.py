@@ -73,6 +73,7 @@ def test_study_parts_are_targets(repo_root):
     assert p.returncode == 0, p.stderr
     assert paper["pretrain"] == 32
     assert paper["partial_ft"] == 8
+    assert paper["transfer_det"] == paper["transfer_seg"] == 3 + 3  # Table 4/5 inits + Table 7 target runs
     assert paper["prepare_data"] == 5  # ImageNet, COCO, ADE20K, iNat, Places described by path
 
 

@@ -8,7 +8,7 @@ with the paper's rows and a note naming what is missing. The caption states the 
 
 Files (stems): table1a_decoder_depth, table1b_decoder_width, table1c_mask_token, table1d_target,
 table1e_augmentation, table1f_mask_sampling, table2_wall_clock, table3_scratch_vs_mae, table4_detection,
-table5_segmentation, table6_classification — plus ``tables.md`` with all of them.
+table5_segmentation, table6_classification, table7_pixels_vs_tokens — plus ``tables.md`` with all of them.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ class Ablation:
         ("linprobe", "top1", "lin_top1", "lin top-1"),
     )
     show: Callable[..., tuple] | None = None
+    runs_of: str = ""  # the table whose runs this one shows (default: its own id)
 
 
 ABLATIONS = (
@@ -168,10 +169,21 @@ def _paper_pivot(table: str, model: str, metrics: list[str]) -> pd.DataFrame:
     return piv
 
 
+#: Table 7: the Table 1d target runs fine-tuned and transferred (evaluations.per_table: {"1d": [transfer_det,
+#: transfer_seg]} runs the transfers on them)
+PIXELS_VS_TOKENS = Ablation(
+    "7", "table7_pixels_vs_tokens", "Table 7: pixels vs tokens in transfer", "Table 7", ("target",), ("target",),
+    lambda t: f"target={P.TARGET_LABELS[str(t)]}" if str(t) in P.TARGET_LABELS else None,
+    metrics=(("finetune", "top1", "ft_top1", "ft top-1"), ("transfer_det", "ap_box", "ap_box", "AP box"),
+             ("transfer_seg", "miou", "miou", "mIoU")),
+    runs_of="1d",
+)
+
+
 def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: dict[str, Any]) -> Table:
     frame = evidence.frame
     knobs = list(spec.knobs)
-    rows = table_runs(frame, spec.id, knobs) if len(frame) else frame
+    rows = table_runs(frame, spec.runs_of or spec.id, knobs) if len(frame) else frame
     ours: pd.DataFrame | None = None
     for ev, metric, _, label in spec.metrics:
         m = evidence.table(ev, metric, knobs, rows.index) if len(rows) else \
@@ -423,6 +435,8 @@ def build_tables(frame: pd.DataFrame, paper_model: str | None = None, replicates
                              paper_table="Table 5", ev="transfer_seg", metrics=[("miou", "miou", "mIoU")],
                              inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
     tables.append(table6(evidence, paper_model, scale))
+    t7_model = paper_model if len(P.paper_rows("Table 7", model=paper_model)) else P.DEFAULT_PAPER_MODEL
+    tables.append(ablation_table(evidence, PIXELS_VS_TOKENS, t7_model, scale))
     return tables
 
 
@@ -446,7 +460,8 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
 
 
 TABLE_STEMS = tuple([s.stem for s in ABLATIONS] + ["table2_wall_clock", "table3_scratch_vs_mae", "table4_detection",
-                                                     "table5_segmentation", "table6_classification"])
+                                                     "table5_segmentation", "table6_classification",
+                                                     PIXELS_VS_TOKENS.stem])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

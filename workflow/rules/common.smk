@@ -22,6 +22,8 @@ EVALS = config["evaluations"]
 EVERY_RUN = EVALS.get("every_run", [])
 BASE_RUN = EVALS.get("base_run", [])
 SCRATCH = EVALS.get("scratch", [])
+# Extra evaluations of every run of a table, e.g. {"1d": [transfer_det, transfer_seg]} for Table 7.
+PER_TABLE = EVALS.get("per_table") or {}
 # Knob name in the study config -> key of `mae pretrain`.
 PRETRAIN_KEYS = {"sampling": "sampler"}
 
@@ -99,18 +101,24 @@ def eval_files(run, ev):
     return [f"{R}/runs/{run}/{ev}/metrics.json"]
 
 
+def run_evals(run):
+    """The evaluations of a pretraining run: every-run ones plus those of the tables it serves (`per_table`)."""
+    extra = [ev for table in RUNS[run].tables for ev in PER_TABLE.get(table, [])]
+    return list(dict.fromkeys(EVERY_RUN + extra))
+
+
 def all_metrics():
     """Every metrics file of the study (the summary's inputs)."""
     files = []
     for run in RUNS:
         files.append(pretrain_done(run))
-        files += [f for ev in EVERY_RUN for f in eval_files(run, ev)]
+        files += [f for ev in run_evals(run) for f in eval_files(run, ev)]
     files += [f for ev in BASE_RUN for f in eval_files(BASE, ev)]
     for ev in SCRATCH:
         files += eval_files("scratch", ev)
         if ev.startswith("transfer_") and "finetune" in SCRATCH:
             files += eval_files("supervised", ev)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def study_parts():
@@ -122,7 +130,8 @@ def study_parts():
         for table in run.tables:
             files = parts.setdefault(table, [])
             files.append(pretrain_done(run_name))
-            files += [f for ev in EVERY_RUN for f in eval_files(run_name, ev)]
+            evals = EVERY_RUN + PER_TABLE.get(table, [])
+            files += [f for ev in evals for f in eval_files(run_name, ev)]
     base_evals = [f for ev in EVERY_RUN for f in eval_files(BASE, ev)]
     if "partial_ft" in BASE_RUN:
         parts["fig9"] = base_evals + eval_files(BASE, "partial_ft")
