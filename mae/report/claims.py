@@ -10,6 +10,11 @@ setting), so a shape such as "the probe peaks at a ratio ≥ 60 %" is resampled 
 ``fails`` when it lies below, ``inconclusive`` when it contains zero (or a value it needs has no per-image
 predictions), ``not run`` when the runs are missing. The same functions run on the paper's own numbers
 (:func:`mae.report.paper.paper_as_runs`, point values only), so the paper's margin is printed beside ours.
+
+Known bias: a claim that takes a maximum or a range over cells ("best at ≥ 60 %", "range over depths") is
+resampled as such, and the bootstrap of a maximum of close values leans upward (more so for the group with
+more cells); ranges of noisy cells are inflated, which makes "matters more for linear probing" conservative
+when fine-tuning is noisy and liberal when the probe is.
 """
 
 from __future__ import annotations
