@@ -8,7 +8,7 @@ tensor) and returns a :class:`MaskSample` in the layout of the reference random 
 - ``ids_restore`` (N, L) long — ``argsort`` of the shuffle: gathering ``[kept, removed]`` tokens with it
   restores the original patch order.
 
-The random sampler is the exact reference draw (DESIGN §4): one ``torch.rand(N, L)`` on the input's
+The random sampler is the exact reference draw (docs/ARCHITECTURE.md, "Reference facts"): one ``torch.rand(N, L)`` on the input's
 device, ``argsort`` twice, keep the first ``int(L * (1 - ratio))`` — so masks equal the original code's for
 the same seed. The other samplers build a boolean mask and convert it with :func:`sample_from_mask`.
 """

@@ -8,14 +8,13 @@ Writes ``OUT/checkpoint.pt`` (``'model'`` = the plain MAE state dict, reference 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from mae.config import PretrainConfig, add_common_arguments, config_from_args, config_to_dict
-from mae.engine import Task, fit, seed_everything
+from mae.engine import Task, fit, is_main_process, seed_everything
 from mae.utils.io import atomic_write_json
 
 
@@ -101,14 +100,9 @@ def run(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)  # model init: identical on every rank
     task = PretrainTask(cfg, data_dir)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
+    if is_main_process():
         atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir))
-    metrics = fit(task, cfg, out_dir)
-    if is_main and "params" not in metrics:
-        metrics.update(task.param_counts())
-        atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    return fit(task, cfg, out_dir, extra=task.param_counts())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(PretrainConfig, args)
     metrics = run(cfg, args.data, args.out)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return 0
     loss = metrics.get("loss")
     print(f"pretrain done: train_loss={metrics['train_loss']:.4f}"

@@ -24,15 +24,12 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mae.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TARGETS = ("pixel", "norm_pixel", "pca", "token")
 
 
@@ -173,42 +170,6 @@ def _load_file(path: str | Path, kind: str, key: str) -> dict:
     return blob
 
 
-# ----------------------------------------------------------------------------------------------- data access
-def load_train_images(data_dir: str | Path, max_images: int | None = None, seed: int = 0) -> torch.Tensor:
-    """ImageNet-normalised float (N, 3, H, W) images of the train split of a prepared dataset.
-
-    Reads ``DIR/train_images.npy`` (uint8 N,H,W,3) directly; other dataset kinds go through
-    ``mae.data.build_dataset`` with the evaluation transform. ``max_images`` picks a seeded random subset.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"--data: not a directory: {data_dir}")
-    npy = data_dir / "train_images.npy"
-    gen = np.random.default_rng(seed)
-    if npy.is_file():
-        arr = np.load(npy, mmap_mode="r")
-        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise UserError(f"{npy}: expected uint8 (N,H,W,3), got {arr.dtype} {arr.shape}")
-        idx = np.arange(len(arr))
-        if max_images and len(arr) > max_images:
-            idx = np.sort(gen.choice(len(arr), max_images, replace=False))
-        x = torch.from_numpy(np.ascontiguousarray(arr[idx])).permute(0, 3, 1, 2).float().div_(255)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (x - mean) / std
-    try:
-        from mae.data import build_dataset, load_meta
-        from mae.data.transforms import eval_transform
-    except ImportError as err:  # pragma: no cover - depends on the data package
-        raise UserError(f"--data {data_dir}: no train_images.npy and mae.data is unavailable ({err})") from err
-    meta = load_meta(data_dir)
-    ds = build_dataset(data_dir, "train", transform=eval_transform(meta["img_size"]))
-    idx = np.arange(len(ds))
-    if max_images and len(ds) > max_images:
-        idx = np.sort(gen.choice(len(ds), max_images, replace=False))
-    return torch.stack([ds[int(i)][0] for i in idx])
-
-
 # ----------------------------------------------------------------------------------------------- PCA fitting
 def fit_pca(images: torch.Tensor, patch_size: int, components: int, max_patches: int | None = None, seed: int = 0) -> dict:
     """Fit the PCA target on normalised images: returns the file dict (kind, mean, components, variances)."""
@@ -254,6 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from mae.data import load_train_images
     from mae.utils.io import atomic_torch_save
 
     start = time.time()

@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mae.targets import load_train_images
+    from mae.data import load_train_images
     from mae.utils.io import atomic_torch_save
 
     if args.vocab < 2 or args.epochs < 1 or args.batch_size < 1:

@@ -4,7 +4,8 @@ import torch
 
 from mae import cli
 from mae.errors import UserError
-from mae.targets import build_target, fit_pca, load_train_images, normalize_patches, patchify, unpatchify
+from mae.data import load_train_images
+from mae.targets import build_target, fit_pca, normalize_patches, patchify, unpatchify
 
 
 def test_patchify_layout_and_round_trip():

@@ -13,6 +13,7 @@ from mae.data.datasets import (
     build_detection_dataset,
     build_segmentation_dataset,
     load_meta,
+    load_train_images,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "build_segmentation_dataset",
     "detection_collate",
     "load_meta",
+    "load_train_images",
 ]

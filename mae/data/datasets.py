@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from mae.data import adapters
@@ -191,3 +192,34 @@ def build_segmentation_dataset(data_dir: str | Path, split: str, transform=None,
         pairs = [p for p in adapters.scan_ade20k(Path(meta["root"]), split) if p[0] not in ex and p[1] not in ex]
         return adapters.AdeSegmentation(pairs, len(meta["seg_classes"]), transform, skip)
     return _coco_dataset(data_dir, meta, split, "seg", transform, skip)
+
+
+def load_train_images(data_dir: str | Path, max_images: int | None = None, seed: int = 0) -> torch.Tensor:
+    """ImageNet-normalised float (N, 3, H, W) images of the train split of a prepared dataset.
+
+    Reads ``DIR/train_images.npy`` (uint8 N,H,W,3) directly; other dataset kinds go through
+    ``mae.data.build_dataset`` with the evaluation transform. ``max_images`` picks a seeded random subset.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"--data: not a directory: {data_dir}")
+    npy = data_dir / "train_images.npy"
+    gen = np.random.default_rng(seed)
+    if npy.is_file():
+        arr = np.load(npy, mmap_mode="r")
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise UserError(f"{npy}: expected uint8 (N,H,W,3), got {arr.dtype} {arr.shape}")
+        idx = np.arange(len(arr))
+        if max_images and len(arr) > max_images:
+            idx = np.sort(gen.choice(len(arr), max_images, replace=False))
+        x = torch.from_numpy(np.ascontiguousarray(arr[idx])).permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+    from mae.data.transforms import eval_transform
+    meta = load_meta(data_dir)
+    ds = build_dataset(data_dir, "train", transform=eval_transform(meta["img_size"]))
+    idx = np.arange(len(ds))
+    if max_images and len(ds) > max_images:
+        idx = np.sort(gen.choice(len(ds), max_images, replace=False))
+    return torch.stack([ds[int(i)][0] for i in idx])

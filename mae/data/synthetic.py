@@ -276,15 +276,21 @@ def generate_batch(
     style: Style | None = None,
 ) -> Batch:
     """Render ``b`` images of the built-in domain ``kind`` (``style`` overrides the domain's default)."""
-    from pycocotools import mask as mask_utils
-
     style = STYLES[kind] if style is None else style
     fams = FAMILIES[kind]
     n_cls = len(fams) if num_classes is None else num_classes
     s = img_size
     ys, xs = np.meshgrid(np.arange(s, dtype=np.float32) + 0.5, np.arange(s, dtype=np.float32) + 0.5, indexing="ij")
+    img = _background(rng, b, s, style, xs, ys)
+    img, obj_id, obj_cls, n_obj = _objects(rng, img, b, s, style, fams, n_cls, xs, ys)
+    img += rng.normal(0, style.noise_sigma, img.shape).astype(np.float32)
+    images = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    semseg, labels, instances = _annotations(obj_id, obj_cls, n_obj, style.max_objects, s)
+    return Batch(images=images, labels=labels, semseg=semseg, instances=instances)
 
-    # ---- background: low-frequency two-colour field + pattern + distractors
+
+def _background(rng: np.random.Generator, b: int, s: int, style: Style, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Low-frequency two-colour field + pattern + distractors (segments and blobs): float (b, s, s, 3)."""
     c_a = _colours(rng, b, "saturated")[:, None, None, :]
     c_b = rng.random((b, 1, 1, 3), dtype=np.float32)
     mix = _smooth_noise(rng, b, s, 4, 1)
@@ -313,8 +319,12 @@ def generate_batch(
         m = (_segment_dist(xs, ys, p0, p1) < width) & active
         col = rng.random((b, 1, 1, 3), dtype=np.float32)
         img = np.where(m[..., None], col, img)
+    return img
 
-    # ---- objects
+
+def _objects(rng: np.random.Generator, img: np.ndarray, b: int, s: int, style: Style, fams, n_cls: int,
+             xs: np.ndarray, ys: np.ndarray):
+    """Paint up to ``style.max_objects`` textured objects; returns (img, object id per pixel, classes, counts)."""
     n_obj = rng.integers(1, style.max_objects + 1, b)
     obj_id = np.full((b, s, s), -1, np.int8)
     obj_cls = rng.integers(0, n_cls, (b, style.max_objects))
@@ -348,16 +358,19 @@ def generate_batch(
         fill = (col1[:, None, None, :] * (1 - t[..., None]) + col2[:, None, None, :] * t[..., None]) * shade
         img = np.where(inside[..., None], fill, img)
         obj_id[inside] = k
+    return img, obj_id, obj_cls, n_obj
 
-    img += rng.normal(0, style.noise_sigma, img.shape).astype(np.float32)
-    images = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    # ---- annotations from the visible (post-occlusion) masks
+def _annotations(obj_id: np.ndarray, obj_cls: np.ndarray, n_obj: np.ndarray, max_objects: int, s: int):
+    """Semantic masks, image labels (the largest visible object) and COCO instances from the visible masks."""
+    from pycocotools import mask as mask_utils
+
+    b = obj_id.shape[0]
     min_area = max(4, int(round(0.004 * s * s)))
     semseg = np.zeros((b, s, s), np.uint8)
     labels = np.zeros(b, np.int64)
     instances: list[list[dict]] = []
-    areas = np.stack([(obj_id == k).sum((1, 2)) for k in range(style.max_objects)], 1)  # (B,K)
+    areas = np.stack([(obj_id == k).sum((1, 2)) for k in range(max_objects)], 1)  # (B,K)
     for i in range(b):
         anns = []
         best = int(np.argmax(areas[i]))
@@ -384,4 +397,4 @@ def generate_batch(
                 }
             )
         instances.append(anns)
-    return Batch(images=images, labels=labels, semseg=semseg, instances=instances)
+    return semseg, labels, instances

@@ -38,6 +38,11 @@ class DistEnv:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a plain process): the one that writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "cpu":
         return torch.device("cpu")

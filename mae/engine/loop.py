@@ -115,10 +115,13 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def autocast(device: torch.device, amp: str):
-    if amp == "none":
+def autocast(device: torch.device, amp: str | None):
+    """The one autocast of the package: ``bf16``, ``fp16`` (CUDA; bf16 on a CPU) or ``none``/None."""
+    if amp in (None, False, "none"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if amp not in ("bf16", "fp16"):
+        raise UserError(f"amp: invalid value '{amp}' (valid: bf16, fp16, none)")
+    dtype = torch.float16 if amp == "fp16" and device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -246,208 +249,246 @@ def _trim_log(path: Path, last_epoch: int) -> None:
 # ------------------------------------------------------------------------------------------------ fit
 
 
-def fit(task: Task, cfg: TrainConfig, out_dir: str | Path) -> dict:
+def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, extra: dict | None = None) -> dict:
     """Train ``task`` per ``cfg`` into ``out_dir``; resume from ``out_dir/checkpoint.pt`` if present.
 
-    Returns the final metrics (also written to ``out_dir/metrics.json`` by rank 0).
+    Returns the final metrics; rank 0 writes them once to ``out_dir/metrics.json`` with ``extra`` (the stage's own
+    keys) merged in, and the task's per-image results to ``predictions.npz`` beside it.
     """
     env = D.init_distributed(cfg.device)
     try:
-        return _fit(task, cfg, Path(out_dir), env)
+        return _Trainer(task, cfg, Path(out_dir), env).run(extra or {})
     finally:
         D.shutdown(env)
 
 
-def _fit(task: Task, cfg: TrainConfig, out_dir: Path, env: D.DistEnv) -> dict:
-    t_start = time.perf_counter()
-    device = env.device
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise UserError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=none on CPU")
-    ckpt_path = out_dir / CHECKPOINT
-    if env.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    D.barrier(env)
+def write_outputs(out_dir: str | Path, metrics: dict, per_image: dict | None = None) -> dict:
+    """The end of every stage: ``predictions.npz`` (per-image results), then ``metrics.json``."""
+    write_per_image(out_dir, per_image or {})
+    atomic_write_json(Path(out_dir) / METRICS, metrics)
+    return metrics
 
-    ckpt = None
-    if ckpt_path.exists():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem
-            raise UserError(f"cannot read checkpoint {ckpt_path}: {err}") from None
-        _check_resumable(ckpt, cfg, ckpt_path)
-        if ckpt.get("finished"):
-            metrics = _read_metrics(out_dir)
-            if metrics is not None:  # nothing to train: hand back the trained weights and the metrics
-                task.device = device
-                task.model.to(device).load_state_dict(ckpt["model"])
-                task.load_state_dict(ckpt.get("task") or {})
-                return metrics
 
-    task.device = device
-    model = task.model.to(device)
-    peak_lr = effective_lr(cfg, env.world_size)
-    if ckpt is None:
-        seed_everything(cfg.seed + env.rank)
-        D.broadcast_module(env, model)
-    groups = task.param_groups(cfg)
-    optimizer = task.optimizer(groups, peak_lr, cfg)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+class _Trainer:
+    """The state of one :func:`fit`: model, optimizer, position (epoch, step) and clock; one method per phase
+    (restore, train one epoch, one optimisation step, checkpoint, evaluate, finish)."""
 
-    start_epoch, step, wall_prev = 0, 0, 0.0
-    last = {"loss": float("nan"), "img_s": 0.0}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        task.load_state_dict(ckpt.get("task") or {})
-        start_epoch, step, wall_prev = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("wall_s", 0.0)
-        last = ckpt.get("last", last)
-        states = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        if env.rank < len(states):
-            _set_rng_state(states[env.rank])
-        else:
-            seed_everything(cfg.seed + env.rank + 7919 * start_epoch)
+    def __init__(self, task: Task, cfg: TrainConfig, out_dir: Path, env: D.DistEnv) -> None:
+        if cfg.amp == "fp16" and env.device.type != "cuda":
+            raise UserError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=none on CPU")
+        self.task, self.cfg, self.out_dir, self.env = task, cfg, out_dir, env
+        self.device = env.device
+        self.t_start = time.perf_counter()
+        self.ckpt_path = out_dir / CHECKPOINT
+        self.epoch, self.step, self.wall_prev = 0, 0, 0.0
+        self.last: dict = {"loss": float("nan"), "img_s": 0.0}
+        self.log_file = None
         if env.is_main:
-            _trim_log(out_dir / LOG, ckpt["epoch"])
-            print(f"resuming from {ckpt_path} after epoch {ckpt['epoch'] + 1}", flush=True)
-    finished = bool(ckpt and ckpt.get("finished"))
-    if cfg.compile:
-        model.compile()
+            out_dir.mkdir(parents=True, exist_ok=True)
+        D.barrier(env)
 
-    loader = _epoch_loader(task.train_loader(), env, cfg.seed)
-    iters = (len(loader) // cfg.accum_iter) * cfg.accum_iter
-    if iters == 0 and not finished:
-        raise UserError(
-            f"the training loader gives {len(loader)} batches per process, fewer than accum_iter={cfg.accum_iter}: "
-            "lower batch_size/accum_iter or use more data"
-        )
+    # ---- phases
+    def run(self, extra: dict) -> dict:
+        ckpt = self._read_checkpoint()
+        if ckpt is not None and ckpt.get("finished"):
+            metrics = _read_metrics(self.out_dir)
+            if metrics is not None:  # nothing to train: hand back the trained weights and the metrics
+                self.task.device = self.device
+                self.task.model.to(self.device).load_state_dict(ckpt["model"])
+                self.task.load_state_dict(ckpt.get("task") or {})
+                return metrics
+        self._build(ckpt)
+        finished = bool(ckpt and ckpt.get("finished"))
+        loader = _epoch_loader(self.task.train_loader(), self.env, self.cfg.seed)
+        self.iters = (len(loader) // self.cfg.accum_iter) * self.cfg.accum_iter
+        if self.iters == 0 and not finished:
+            raise UserError(
+                f"the training loader gives {len(loader)} batches per process, fewer than "
+                f"accum_iter={self.cfg.accum_iter}: lower batch_size/accum_iter or use more data"
+            )
+        self.log_file = open(self.out_dir / LOG, "a") if self.env.is_main else None  # noqa: SIM115
+        try:
+            train_time, train_images = 0.0, 0
+            while not finished and self.epoch < self.cfg.epochs:
+                seconds, images, finished = self._train_epoch(loader)
+                train_time, train_images = train_time + seconds, train_images + images
+            return self._finish(train_time, train_images, extra)
+        finally:
+            if self.log_file is not None:
+                self.log_file.close()
 
-    log_file = open(out_dir / LOG, "a") if env.is_main else None  # noqa: SIM115 - closed in finally
+    def _read_checkpoint(self) -> dict | None:
+        if not self.ckpt_path.exists():
+            return None
+        try:
+            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem
+            raise UserError(f"cannot read checkpoint {self.ckpt_path}: {err}") from None
+        _check_resumable(ckpt, self.cfg, self.ckpt_path)
+        return ckpt
 
-    def log(record: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+    def _build(self, ckpt: dict | None) -> None:
+        """Model on the device, optimizer and scaler; the training state of ``ckpt`` restored when resuming."""
+        task, cfg, env = self.task, self.cfg, self.env
+        task.device = self.device
+        self.model = task.model.to(self.device)
+        self.peak_lr = effective_lr(cfg, env.world_size)
+        if ckpt is None:
+            seed_everything(cfg.seed + env.rank)
+            D.broadcast_module(env, self.model)
+        self.optimizer = task.optimizer(task.param_groups(cfg), self.peak_lr, cfg)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        if ckpt is not None:
+            self._restore(ckpt)
+        if cfg.compile:
+            self.model.compile()
 
-    def save(epoch: int, done: bool) -> None:
-        D.broadcast_module(env, model, buffers_only=True)
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.task.load_state_dict(ckpt.get("task") or {})
+        self.epoch, self.step, self.wall_prev = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("wall_s", 0.0)
+        self.last = ckpt.get("last", self.last)
+        states = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if self.env.rank < len(states):
+            _set_rng_state(states[self.env.rank])
+        else:
+            seed_everything(self.cfg.seed + self.env.rank + 7919 * self.epoch)
+        if self.env.is_main:
+            _trim_log(self.out_dir / LOG, ckpt["epoch"])
+            print(f"resuming from {self.ckpt_path} after epoch {ckpt['epoch'] + 1}", flush=True)
+
+    def _train_epoch(self, loader: _EpochLoader) -> tuple[float, int, bool]:
+        """One epoch (or up to ``max_steps``); returns (seconds, images over all ranks, whether training is done)."""
+        cfg, epoch = self.cfg, self.epoch
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        meter, self.window = _Meter(), _Meter()
+        batches = loader.epoch(epoch)
+        bar = tqdm(total=self.iters, desc=f"{getattr(cfg, 'stage', 'train')} {epoch + 1}/{cfg.epochs}",
+                   disable=not self.env.is_main, dynamic_ncols=True, leave=False)
+        self.lr = lr_at(epoch, cfg, self.peak_lr)
+        stop = False
+        for it in range(self.iters):
+            value, stop = self._iteration(next(batches), it, meter)
+            bar.update(1)
+            elapsed = time.perf_counter() - meter.start
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr:.2e}",
+                            img_s=f"{meter.images * self.env.world_size / max(elapsed, 1e-9):.1f}")
+            if stop:
+                break
+        bar.close()
+        del batches
+        self.last = meter.means(self.env)
+        self._log({"kind": "epoch", "epoch": epoch, "step": self.step, "lr": self.lr, **self.last})
+        done = stop or epoch + 1 == cfg.epochs
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not done:
+            self._log({"kind": "eval", "epoch": epoch, "step": self.step, **self._evaluate()})
+        if done or (epoch + 1) % cfg.save_every == 0:
+            self._save(epoch, done)
+        self.epoch += 1
+        return time.perf_counter() - meter.start, meter.images * self.env.world_size, done
+
+    def _iteration(self, batch: Any, it: int, meter: _Meter) -> tuple[float, bool]:
+        """Forward + backward of one batch; an optimiser step every ``accum_iter`` batches. Returns (loss, stop)."""
+        cfg = self.cfg
+        if it % cfg.accum_iter == 0:
+            self.lr = lr_at(self.epoch + it / self.iters, cfg, self.peak_lr)
+            set_lr(self.optimizer, self.lr)
+        with autocast(self.device, cfg.amp):
+            loss, n_images, extras = self.task.train_step(batch)
+        value = float(loss.detach())
+        self._check_finite(value, it)
+        scaled = loss / cfg.accum_iter
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        meter.add(value, int(n_images), extras)
+        self.window.add(value, int(n_images), extras)
+        if (it + 1) % cfg.accum_iter:
+            return value, False
+        self._optimizer_step()
+        self.step += 1
+        if self.step % cfg.log_every == 0:
+            self._log({"kind": "step", "epoch": self.epoch, "step": self.step, "lr": self.lr,
+                       **self.window.means(self.env)})
+            self.window = _Meter()
+        return value, cfg.max_steps is not None and self.step >= cfg.max_steps
+
+    def _check_finite(self, value: float, it: int) -> None:
+        bad = not math.isfinite(value)
+        if self.env.distributed:
+            bad = D.all_reduce_mean(self.env, [float(bad)])[0] > 0
+        if bad:
+            kept = (f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists()
+                    else "no checkpoint was written")
+            raise NonFiniteLossError(
+                f"non-finite loss {value} at epoch {self.epoch} step {self.step} (iteration {it}); {kept}")
+
+    def _optimizer_step(self) -> None:
+        """Average gradients over ranks, clip, step (through the GradScaler under fp16), zero."""
+        D.average_gradients(self.env, self.params)
+        clip = self.cfg.clip_grad
+        if self.scaler is not None:
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _save(self, epoch: int, done: bool) -> None:
+        env = self.env
+        D.broadcast_module(env, self.model, buffers_only=True)
         rngs = D.all_gather_object(env, _rng_state())
         if env.is_main:
             atomic_torch_save(
                 {
-                    "model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "epoch": epoch, "step": step, "rng": rngs[0], "rng_ranks": rngs,
-                    "config": config_to_dict(cfg), "stage": getattr(cfg, "stage", "train"),
-                    "task": task.state_dict(), "finished": done, "last": last,
-                    "wall_s": wall_prev + time.perf_counter() - t_start, "world_size": env.world_size,
+                    "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "epoch": epoch, "step": self.step, "rng": rngs[0], "rng_ranks": rngs,
+                    "config": config_to_dict(self.cfg), "stage": getattr(self.cfg, "stage", "train"),
+                    "task": self.task.state_dict(), "finished": done, "last": self.last,
+                    "wall_s": self.wall_prev + time.perf_counter() - self.t_start, "world_size": env.world_size,
                 },
-                ckpt_path,
+                self.ckpt_path,
             )
         D.barrier(env)
 
-    def evaluate() -> dict:
-        model.eval()
-        with torch.no_grad(), autocast(device, cfg.amp):
-            result = task.evaluate() or {}
-        model.train()
+    def _evaluate(self) -> dict:
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.cfg.amp):
+            result = self.task.evaluate() or {}
+        self.model.train()
         return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
 
-    train_time, train_images, epochs_done = 0.0, 0, start_epoch
-    try:
-        epoch = start_epoch
-        while not finished and epoch < cfg.epochs:
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            epoch_meter, window = _Meter(), _Meter()
-            batches = loader.epoch(epoch)
-            bar = tqdm(total=iters, desc=f"{getattr(cfg, 'stage', 'train')} {epoch + 1}/{cfg.epochs}",
-                       disable=not env.is_main, dynamic_ncols=True, leave=False)
-            lr = lr_at(epoch, cfg, peak_lr)
-            stop = False
-            for it in range(iters):
-                batch = next(batches)
-                if it % cfg.accum_iter == 0:
-                    lr = lr_at(epoch + it / iters, cfg, peak_lr)
-                    set_lr(optimizer, lr)
-                with autocast(device, cfg.amp):
-                    loss, n_images, extras = task.train_step(batch)
-                value = float(loss.detach())
-                bad = not math.isfinite(value)
-                if env.distributed:
-                    bad = D.all_reduce_mean(env, [float(bad)])[0] > 0
-                if bad:
-                    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint was written"
-                    raise NonFiniteLossError(
-                        f"non-finite loss {value} at epoch {epoch} step {step} (iteration {it}); {kept}"
-                    )
-                scaled = loss / cfg.accum_iter
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                n_images = int(n_images)
-                epoch_meter.add(value, n_images, extras)
-                window.add(value, n_images, extras)
-                if (it + 1) % cfg.accum_iter == 0:
-                    D.average_gradients(env, params)
-                    if scaler is not None:
-                        if cfg.clip_grad is not None:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        if cfg.clip_grad is not None:
-                            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    if step % cfg.log_every == 0:
-                        stats = window.means(env)
-                        log({"kind": "step", "epoch": epoch, "step": step, "lr": lr, **stats})
-                        window = _Meter()
-                    if cfg.max_steps is not None and step >= cfg.max_steps:
-                        stop = True
-                bar.update(1)
-                elapsed = time.perf_counter() - epoch_meter.start
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{epoch_meter.images * env.world_size / max(elapsed, 1e-9):.1f}")
-                if stop:
-                    break
-            bar.close()
-            del batches
-            last = epoch_meter.means(env)
-            train_time += time.perf_counter() - epoch_meter.start
-            train_images += epoch_meter.images * env.world_size
-            log({"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, **last})
-            epochs_done = epoch + 1
-            done = stop or epoch + 1 == cfg.epochs
-            if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not done:
-                log({"kind": "eval", "epoch": epoch, "step": step, **evaluate()})
-            if done or (epoch + 1) % cfg.save_every == 0:
-                save(epoch, done)
-            finished = done
-            epoch += 1
-
-        final = evaluate()
+    def _finish(self, train_time: float, train_images: int, extra: dict) -> dict:
+        final = self._evaluate()
         metrics = {
-            "train_loss": last.get("loss"),
-            "epochs": epochs_done,
-            "steps": step,
-            "wall_s": wall_prev + time.perf_counter() - t_start,
-            "img_s": train_images / train_time if train_time > 0 else last.get("img_s", 0.0),
-            "lr": peak_lr,
-            "eff_batch_size": cfg.batch_size * cfg.accum_iter * env.world_size,
-            "world_size": env.world_size,
-            "config": config_to_dict(cfg),
+            "train_loss": self.last.get("loss"),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "wall_s": self.wall_prev + time.perf_counter() - self.t_start,
+            "img_s": train_images / train_time if train_time > 0 else self.last.get("img_s", 0.0),
+            "lr": self.peak_lr,
+            "eff_batch_size": self.cfg.batch_size * self.cfg.accum_iter * self.env.world_size,
+            "world_size": self.env.world_size,
+            "config": config_to_dict(self.cfg),
             **final,
+            **extra,
         }
-        if env.is_main:
-            log({"kind": "eval", "epoch": epochs_done - 1, "step": step, **final})
-            write_per_image(out_dir, task.per_image())
-            atomic_write_json(out_dir / METRICS, metrics)
-        D.barrier(env)
+        if self.env.is_main:
+            self._log({"kind": "eval", "epoch": self.epoch - 1, "step": self.step, **final})
+            write_outputs(self.out_dir, metrics, self.task.per_image())
+        D.barrier(self.env)
         return metrics
-    finally:
-        if log_file is not None:
-            log_file.close()
+
+    def _log(self, record: dict) -> None:
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()

@@ -9,7 +9,6 @@ to the engine's ``fit()``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mae.engine import Task
+from mae.engine import Task, autocast, is_main_process
 from mae.errors import UserError
 
 DEFAULT_MODEL = "mae_vit_micro_patch4"
@@ -56,21 +55,6 @@ def engine_device(cfg: Any) -> torch.device:
     from mae.engine.distributed import resolve_device
 
     return resolve_device(getattr(cfg, "device", "auto") or "auto", int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def autocast(device: torch.device, amp: str | None):
-    """Autocast context for inference (training autocast is owned by the engine)."""
-    if amp in (None, "none", False):
-        return contextlib.nullcontext()
-    if amp == "bf16" or device.type == "cpu":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if amp == "fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
-    raise UserError(f"amp: invalid value '{amp}' (valid: bf16, fp16, none)")
 
 
 # ----------------------------------------------------------------------------------------------- encoder
@@ -130,38 +114,20 @@ def build_encoder(
     Returns ``(model, load_report)``; the report is ``None`` for a random init.
     """
     from mae.models import create_encoder, load_encoder_checkpoint
+    from mae.models.attention import auto_kernels
 
     if global_pool not in ("avg", "token"):
         raise UserError(f"global_pool: invalid value '{global_pool}' (valid: avg, token)")
     model = create_encoder(
         model_name, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path, img_size=img_size
     )
-    auto_attention_kernels(model)
+    auto_kernels(model)  # explicit softmax attention under CPU bf16 autocast (mae.models.attention)
     report = None
     if init:
         if not Path(init).is_file():
             raise UserError(f"--init: checkpoint file '{init}' does not exist")
         report = load_encoder_checkpoint(model, init)
     return model, report
-
-
-def _select_attention(model: nn.Module, args: tuple) -> None:
-    x = args[0] if args else None
-    cpu_bf16 = (
-        isinstance(x, torch.Tensor) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-    for block in getattr(model, "blocks", ()):
-        attn = getattr(block, "attn", None)
-        if attn is not None and hasattr(attn, "fused_attn"):
-            attn.fused_attn = not cpu_bf16
-
-
-def auto_attention_kernels(model: nn.Module) -> None:
-    """Pick the attention kernel per forward, as the MAE model's ``attention='auto'``: explicit
-    softmax(QK^T)V under CPU bf16 autocast (the fused CPU backward in bf16 is slow: ~2x fewer img/s when
-    fine-tuning the micro model), timm's fused SDPA otherwise. Same function, different kernels."""
-    model.register_forward_pre_hook(_select_attention)
 
 
 def init_head(head: nn.Linear, std: float) -> None:
@@ -425,20 +391,6 @@ def knn_scores(
 # -------------------------------------------------------------------------------------------- outputs
 
 
-def write_metrics(out_dir: str | Path, metrics: dict) -> dict:
-    from mae.utils.io import atomic_write_json
-
-    atomic_write_json(Path(out_dir) / METRICS_FILE, metrics)
-    return metrics
-
-
-def finish_metrics(out_dir: str | Path, metrics: dict, **extra: Any) -> dict:
-    """Add the evaluation's own keys to the metrics ``fit()`` returned and rewrite ``metrics.json``."""
-    merged = dict(metrics)
-    merged.update(extra)
-    return write_metrics(out_dir, merged)
-
-
 def save_model(model: nn.Module, out_dir: str | Path, meta: dict | None = None) -> Path:
     """The trained ``VisionTransformer`` as ``out_dir/model.pt`` in the reference ``{'model': state_dict}`` format
     (loadable with ``timm.create_model``; ``meta`` lands beside it under ``'config'``)."""
@@ -452,20 +404,6 @@ def save_model(model: nn.Module, out_dir: str | Path, meta: dict | None = None) 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
-
-
-def _finished_checkpoint(out: Path) -> dict | None:
-    """The model state of a finished training in ``out`` (``fit`` then returns without training), else None."""
-    from mae.engine.loop import CHECKPOINT, METRICS
-
-    path = out / CHECKPOINT
-    if not (path.is_file() and (out / METRICS).is_file()):
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - fit() reports unreadable checkpoints itself
-        return None
-    return ckpt.get("model") if isinstance(ckpt, dict) and ckpt.get("finished") else None
 
 
 def run_task(
@@ -483,35 +421,20 @@ def run_task(
     extra: dict | None = None,
     started: float | None = None,
 ) -> dict:
-    """Train ``task`` with the engine's ``fit()`` and complete ``metrics.json`` with the evaluation's keys:
-    ``params`` (trainable), ``best_top1``, ``init``, ``model``; with ``save_weights`` also ``out/model.pt``."""
+    """Train ``task`` with the engine's ``fit()``, which writes ``metrics.json`` (with the evaluation's keys:
+    ``eval``, ``init``, ``model``, ``params`` (trainable), ``setup_s``, the load report) and ``predictions.npz``;
+    with ``save_weights`` also ``out/model.pt``."""
     from mae.engine import fit
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    params = trainable_params(task.model)
-    finished_before = _finished_checkpoint(out)
-    setup_s = time.perf_counter() - started if started is not None else 0.0
-    metrics = fit(task, cfg, out)
-    if not is_main_process():
-        return metrics
-    if finished_before is not None:  # fit() only re-read the metrics: restore the trained weights
-        task.model.load_state_dict(finished_before)
-    if save_weights:
-        save_model(task.model, out, model_meta)
     added: dict[str, Any] = {
         "eval": evaluation,
         "init": init,
         "init_path": str(init_path) if init_path else None,
         "model": model_name,
-        "params": params,
-        "epochs": metrics.get("epochs", getattr(cfg, "epochs", None)),
+        "params": trainable_params(task.model),
+        "setup_s": time.perf_counter() - started if started is not None else 0.0,  # model + feature caching
+        **(extra or {}),
     }
-    if started is not None and finished_before is None:  # incl. model setup and feature caching before fit()
-        added["fit_wall_s"] = metrics.get("wall_s")
-        added["wall_s"] = float(metrics.get("wall_s") or 0.0) + setup_s
-    if task.history:
-        added["best_top1"] = max(task.history)
     if load_report is not None:
         added["init_report"] = {
             "loaded": load_report.get("loaded"),
@@ -519,5 +442,7 @@ def run_task(
             "missing": list(load_report.get("missing", [])),
             "pos_embed_resampled": load_report.get("pos_embed_resampled"),
         } if isinstance(load_report, dict) else str(load_report)
-    added.update(extra or {})
-    return finish_metrics(out, metrics, **added)
+    metrics = fit(task, cfg, out_dir, extra=added)
+    if save_weights and is_main_process():  # fit() returns the trained (or restored) weights in task.model
+        save_model(task.model, out_dir, model_meta)
+    return metrics

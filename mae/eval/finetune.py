@@ -1,12 +1,12 @@
 """``mae finetune``: end-to-end fine-tuning of the encoder (``--scratch``: the from-scratch baseline).
 
-Recipe (paper Table 9 / DESIGN §4): timm ``VisionTransformer`` with global average pooling + ``fc_norm``
+Recipe (paper Table 9 / docs/ARCHITECTURE.md, "Reference facts"): timm ``VisionTransformer`` with global average pooling + ``fc_norm``
 (``global_pool=token``: cls token), head initialised trunc_normal(std 2e-5), AdamW β=(0.9, 0.999), layer-wise lr
 decay (timm grouping, :func:`mae.optim.param_groups_layer_decay`), drop path, mixup 0.8 / cutmix 1.0 with label
 smoothing 0.1, RandAugment m9-mstd0.5, random erasing 0.25, warmup + half-cycle cosine (the engine). Top-1/top-5
 on val every ``eval_every`` epochs and at the end; ``metrics.json`` holds the last (``top1``) and the best
 (``best_top1``). The trained model is saved as ``out/model.pt`` = ``{'model': VisionTransformer state dict}``,
-loadable by ``timm.create_model`` (see docs/eval.md).
+loadable by ``timm.create_model`` (see the README, "Evaluations").
 """
 
 from __future__ import annotations

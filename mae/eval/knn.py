@@ -18,7 +18,7 @@ import torch
 from mae.config import add_common_arguments, config_from_args, config_to_dict
 from mae.errors import UserError
 from mae.eval import common
-from mae.utils.io import write_per_image
+from mae.engine import write_outputs
 
 
 @dataclass
@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics["init_report"] = {"loaded": report.get("loaded"), "missing": list(report.get("missing", []))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_per_image(out, per_image)
-    common.write_metrics(out, metrics)
+    write_outputs(out, metrics, per_image)
     print(f"knn k={cfg.k} T={cfg.temperature}: top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}")
     return metrics
 

@@ -1,6 +1,6 @@
 """``mae linprobe``: linear probing of the frozen encoder.
 
-Recipe (paper / DESIGN §4): every encoder parameter frozen; feature = cls token after the final norm
+Recipe (paper / docs/ARCHITECTURE.md, "Reference facts"): every encoder parameter frozen; feature = cls token after the final norm
 (``global_pool=avg``: average of the patch tokens + a parameter-free ``fc_norm``); head =
 ``BatchNorm1d(affine=False, eps=1e-6)`` + ``Linear`` (trunc_normal std 0.01); timm ``Lars`` with momentum 0.9,
 base_lr 0.1 × batch/256, weight decay 0, warmup + cosine; RandomResizedCrop + flip
@@ -9,7 +9,7 @@ to biases), as in the reference.
 
 ``cached_features=true`` (fast mode) runs the encoder once over train and val *without augmentation* and trains
 the head on the stored features — a deterministic approximation of the protocol (no new crop per epoch), much
-cheaper on a CPU. See docs/eval.md.
+cheaper on a CPU. See the README, "Evaluations".
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class LinprobeConfig(TrainConfig):
     img_size: Optional[int] = None  # None: the dataset's image size
     global_pool: Literal["token", "avg"] = "token"
     head_init_std: float = 0.01
-    cached_features: bool = False  # fast mode: features once, no augmentation (see docs/eval.md)
+    cached_features: bool = False  # fast mode: features once, no augmentation (see the README, "Evaluations")
 
     def check(self) -> None:
         super().check()

@@ -1,6 +1,6 @@
 """Reading and writing MAE checkpoints in the reference format: ``{'model': state_dict, ...}``.
 
-Keys follow the original implementation (DESIGN §4), so original pretrain checkpoints (full model) load
+Keys follow the original implementation (docs/ARCHITECTURE.md, "Reference facts"), so original pretrain checkpoints (full model) load
 into :class:`~mae.models.MaskedAutoencoderViT` with ``strict=True``, and ours load into the original code.
 Released pretrain files hold the encoder only; :func:`split_encoder_keys` separates the two halves.
 """

@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Mapping
 
-import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 

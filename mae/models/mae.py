@@ -2,7 +2,7 @@
 
 Built from timm's ``PatchEmbed`` and ``Block``; parameter names equal the reference implementation, so a
 reference ``{'model': state_dict}`` file loads with ``strict=True`` (see ``mae.models.checkpoint``).
-Reference behaviour (DESIGN §4): fixed 2-D sin-cos position tables (non-trainable Parameters, zero cls row)
+Reference behaviour (docs/ARCHITECTURE.md, "Reference facts"): fixed 2-D sin-cos position tables (non-trainable Parameters, zero cls row)
 added before masking; the random sampler is the reference draw; loss = per-patch loss averaged over removed
 patches; xavier-uniform init of every Linear and of the patch projection viewed as a matrix, cls/mask token
 normal(0.02), LayerNorm eps 1e-6.
@@ -29,12 +29,13 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from mae.models.attention import check_attention, set_kernels, use_fused
+
 from mae.errors import UserError
 from mae.masking import build_sampler
 from mae.models.pos_embed import sincos_2d
 from mae.targets import build_target, patchify, unpatchify
 
-ATTENTION_CHOICES = ("sdpa", "math", "auto")
 
 
 class MaskedAutoencoderViT(nn.Module):
@@ -48,10 +49,8 @@ class MaskedAutoencoderViT(nn.Module):
             if target not in ("pixel", "norm_pixel"):
                 raise UserError(f"norm_pix_loss=True conflicts with target '{target}'")
             target = "norm_pixel"
-        if attention not in ATTENTION_CHOICES:
-            raise UserError(f"unknown attention '{attention}' (valid: {', '.join(ATTENTION_CHOICES)})")
         self.patch_size, self.in_chans = patch_size, in_chans
-        self.target_kind, self.attention = target, attention
+        self.target_kind, self.attention = target, check_attention(attention)
         self.norm_pix_loss = target == "norm_pixel"
         self.mask_token_in_encoder = bool(mask_token_in_encoder)
         self.sampler = build_sampler(sampler)
@@ -116,19 +115,10 @@ class MaskedAutoencoderViT(nn.Module):
         return names | ({"encoder_mask_token"} if self.mask_token_in_encoder else set())
 
     def set_attention(self, attention: str) -> None:
-        if attention not in ATTENTION_CHOICES:
-            raise UserError(f"unknown attention '{attention}' (valid: {', '.join(ATTENTION_CHOICES)})")
-        self.attention = attention
+        self.attention = check_attention(attention)
 
     def _select_attention_kernels(self, device: torch.device) -> None:
-        fused = self.attention == "sdpa"
-        if self.attention == "auto":
-            cpu_bf16 = (device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                        and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-            fused = not cpu_bf16
-        for blk in (*self.blocks, *self.decoder_blocks):
-            if blk.attn.fused_attn != fused:
-                blk.attn.fused_attn = fused
+        set_kernels((*self.blocks, *self.decoder_blocks), use_fused(self.attention, device))
 
     # ------------------------------------------------------------------------------------------ layout
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -98,83 +99,66 @@ def pct(ratio: float) -> int:
     return int(round(float(ratio) * 100))
 
 
+def _after_eq(setting: str) -> str:
+    return setting.split("=")[1]
+
+
+#: paper table -> (our table id, paper setting label -> our knobs): each ablation owns its label mapping
+ABLATION_LABELS: dict[str, tuple[str, Callable[[str], dict]]] = {
+    "Table 1a": ("1a", lambda s: {"decoder_depth": int(_after_eq(s))}),
+    "Table 1b": ("1b", lambda s: {"decoder_width": int(_after_eq(s))}),
+    "Table 1c": ("1c", lambda s: {"mask_token_in_encoder": {v: k for k, v in MASK_TOKEN_LABELS.items()}[s]}),
+    "Table 1d": ("1d", lambda s: {"target": {v: k for k, v in TARGET_LABELS.items()}[s]}),
+    "Table 1e": ("1e", lambda s: {"aug": {v: k for k, v in AUG_LABELS.items()}[s]}),
+    "Table 1f": ("1f", lambda s: {"sampling": s.split()[0], "mask_ratio": int(s.split()[1]) / 100}),
+    "Fig 5": ("fig5", lambda s: {"mask_ratio": int(_after_eq(s)) / 100}),
+    "Fig 7": ("fig7", lambda s: {"pretrain_epochs": int(_after_eq(s))}),
+}
+#: the paper's default setting (Table 1 baselines: pixels w/o norm, decoder 8 x 512, 800 epochs)
+PAPER_BASE = dict(dataset="IN1K", img_size=224, patch_size=16, mask_ratio=0.75, decoder_depth=8, decoder_width=512,
+                  mask_token_in_encoder=False, target="pixel", aug="crop_rand", sampling="random",
+                  pretrain_epochs=800, seed=0)
+_EVAL_OF = {"ft_top1": "finetune", "lin_top1": "linprobe"}
+
+
+def _paper_row(r: Any, base: dict) -> dict | None:
+    """One paper number as a runs.csv row (None when it is not one the claims read)."""
+    row = dict(eval_setting="", init="mae", **base)
+    if r.table in ABLATION_LABELS and r.metric in _EVAL_OF:
+        table, knobs_of = ABLATION_LABELS[r.table]
+        knobs = knobs_of(r.setting)
+        return {**row, **knobs, "run": "_".join(f"{k}-{v}" for k, v in knobs.items()), "eval": _EVAL_OF[r.metric],
+                "tables": table, "top1": r.value}
+    if r.table == "Fig 9" and r.setting.startswith("blocks=") and r.model.startswith("MAE "):
+        return {**row, "run": "base", "eval": "partial_ft", "eval_setting": _after_eq(r.setting), "tables": "fig9",
+                "top1": r.value}
+    if r.table == "Table 3" and r.metric == "ft_top1" and r.setting.startswith(("method=scratch", "method=MAE;")):
+        if r.setting.startswith("method=scratch"):
+            return {**row, "run": "scratch", "eval": "finetune", "init": "scratch", "tables": "3", "top1": r.value}
+        # the paper's Table 3 MAE entry is the 1600-epoch, normalised-pixel model
+        return {**row, "run": "table3-mae", "eval": "finetune", "target": "norm_pixel", "pretrain_epochs": 1600,
+                "tables": "3", "top1": r.value}
+    if r.table in ("Table 4", "Table 5") and r.setting.startswith(("method=MAE;", "method=supervised;")):
+        init = "mae" if r.setting.startswith("method=MAE;") else "supervised"
+        if r.metric in ("ap_box", "miou"):
+            return {**row, "run": "base" if init == "mae" else init, "init": init, "tables": r.table[-1],
+                    "eval": "transfer_det" if r.table == "Table 4" else "transfer_seg", r.metric: r.value}
+    return None
+
+
 def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
-    """The paper's ablation numbers recast as rows of our runs.csv (one row per setting × evaluation).
+    """The paper's numbers recast as rows of our runs.csv (one row per setting × evaluation).
 
     Lets the claim checks run on the paper's own numbers (their margins appear beside ours) and documents
-    the mapping between the paper's labels and our knobs. The paper's default setting: decoder 8×512,
-    mask ratio 0.75, random sampling, norm-pixel target (the Table 1 baselines use pixels w/o norm; the
-    800-epoch default is the shaded row), crop_rand, no mask token in the encoder, 800 epochs.
+    the mapping between the paper's labels and our knobs (:data:`ABLATION_LABELS`).
     """
-    base = dict(
-        model=model,
-        dataset="IN1K",
-        img_size=224,
-        patch_size=16,
-        mask_ratio=0.75,
-        decoder_depth=8,
-        decoder_width=512,
-        mask_token_in_encoder=False,
-        target="pixel",
-        aug="crop_rand",
-        sampling="random",
-        pretrain_epochs=800,
-        seed=0,
-    )
-    evals = {"ft_top1": ("finetune", ""), "lin_top1": ("linprobe", "")}
-    rows: list[dict] = []
-
-    def add(run: str, knobs: dict, metric: str, value: float, tables: str, eval_=None, init="mae"):
-        ev, setting = eval_ if eval_ else evals[metric]
-        rows.append(dict(run=run, eval=ev, eval_setting=setting, init=init, **{**base, **knobs},
-                         tables=tables, top1=value))
-
-    inverse_target = {v: k for k, v in TARGET_LABELS.items()}
-    inverse_aug = {v: k for k, v in AUG_LABELS.items()}
-    inverse_token = {v: k for k, v in MASK_TOKEN_LABELS.items()}
+    base = {"model": model, **PAPER_BASE}
+    rows = []
     for r in _load().itertuples(index=False):
-        if r.model != model and not (r.table == "Fig 9" and r.model.startswith("MAE ")):
-            continue
-        if r.metric not in ("ft_top1", "lin_top1", "top1", "ap_box", "miou"):
-            continue
-        if r.table == "Table 1a":
-            depth = int(r.setting.split("=")[1])
-            add(f"decoder_depth-{depth}", {"decoder_depth": depth}, r.metric, r.value, "1a")
-        elif r.table == "Table 1b":
-            width = int(r.setting.split("=")[1])
-            add(f"decoder_width-{width}", {"decoder_width": width}, r.metric, r.value, "1b")
-        elif r.table == "Table 1c":
-            flag = inverse_token[r.setting]
-            add(f"mask_token-{flag}", {"mask_token_in_encoder": flag}, r.metric, r.value, "1c")
-        elif r.table == "Table 1d":
-            target = inverse_target[r.setting]
-            add(f"target-{target}", {"target": target}, r.metric, r.value, "1d")
-        elif r.table == "Table 1e":
-            aug = inverse_aug[r.setting]
-            add(f"aug-{aug}", {"aug": aug}, r.metric, r.value, "1e")
-        elif r.table == "Table 1f":
-            kind, ratio = r.setting.split()
-            add(f"sampling-{kind}-{ratio}", {"sampling": kind, "mask_ratio": int(ratio) / 100},
-                r.metric, r.value, "1f")
-        elif r.table == "Fig 5":
-            ratio = int(r.setting.split("=")[1])
-            add(f"mask_ratio-{ratio}", {"mask_ratio": ratio / 100}, r.metric, r.value, "fig5")
-        elif r.table == "Fig 7":
-            epochs = int(r.setting.split("=")[1])
-            add(f"epochs-{epochs}", {"pretrain_epochs": epochs}, r.metric, r.value, "fig7")
-        elif r.table == "Fig 9" and r.setting.startswith("blocks="):
-            blocks = int(r.setting.split("=")[1])
-            add("base", {}, "top1", r.value, "fig9", eval_=("partial_ft", str(blocks)))
-        elif r.table == "Table 3" and r.setting.startswith("method=scratch"):
-            add("scratch", {}, "ft_top1", r.value, "3", init="scratch")
-        elif r.table == "Table 3" and r.setting.startswith("method=MAE;"):
-            # the paper's Table 3 MAE entry is the 1600-epoch, normalised-pixel model
-            add("table3-mae", {"target": "norm_pixel", "pretrain_epochs": 1600}, "ft_top1", r.value, "3")
-        elif r.table in ("Table 4", "Table 5") and r.setting.startswith(("method=MAE;", "method=supervised;")):
-            init = "mae" if r.setting.startswith("method=MAE;") else "supervised"
-            ev = "transfer_det" if r.table == "Table 4" else "transfer_seg"
-            rows.append(dict(run="base" if init == "mae" else init, eval=ev, eval_setting="", init=init,
-                             **base, tables=r.table[-1], **{r.metric: r.value}))
+        if r.model == model or (r.table == "Fig 9" and r.model.startswith("MAE ")):
+            row = _paper_row(r, base)
+            if row is not None:
+                rows.append(row)
     frame = pd.DataFrame(rows)
     # Pretraining speed (Table 2): images/s relative to the encoder with mask tokens, from the hours.
     t2 = paper_rows("Table 2", model=model, metric="hours")

@@ -220,16 +220,14 @@ def run_transfer(args, config_cls, task_cls, evaluation: str, metric_keys: Seque
     metrics; a missing evaluation metric is an error (never an empty result)."""
     from mae.config import config_from_args
     from mae.engine import fit
-    from mae.eval.common import finish_metrics, init_label, is_main_process
+    from mae.eval.common import init_label
 
     cfg = config_from_args(config_cls, args)
     torch.manual_seed(cfg.seed)
     init = None if args.scratch else args.init
     task = task_cls(cfg, args.data, init)
-    metrics = fit(task, cfg, args.out)
-    if is_main_process():
-        metrics = finish_metrics(args.out, metrics, eval=evaluation, init=init_label(args), init_path=init,
-                                 model=task.model_name, dataset=task.dataset_name)
+    metrics = fit(task, cfg, args.out, extra={"eval": evaluation, "init": init_label(args), "init_path": init,
+                                              "model": task.model_name, "dataset": task.dataset_name})
     missing = [k for k in metric_keys if k not in metrics]
     if missing:
         raise UserError(f"{evaluation}: evaluation produced no {missing[0]}")

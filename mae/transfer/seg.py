@@ -35,7 +35,7 @@ IGNORE_INDEX = 255
 
 @dataclass
 class SegConfig(TrainConfig):
-    """Segmentation transfer. Study-scale defaults; the paper's ADE20K values are in docs/transfer.md."""
+    """Segmentation transfer. Study-scale defaults; the paper's ADE20K values are in config/paper.yaml."""
 
     stage = "transfer_seg"
 
