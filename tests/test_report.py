@@ -424,7 +424,7 @@ def test_claims_not_run_and_seeds(tmp_path):
     assert (result.loc[["transfer_vs_scratch", "transfer_vs_supervised"], "verdict"] == C.NOT_RUN).all()
     # fixture: seed 1 adds 0.3 to every linear probe -> the mean over seeds cancels in differences
     assert result.loc["mask_token", "margin"] == pytest.approx(8.0, abs=0.03)
-    assert "speedup without [M] 3.00" in result.loc["mask_token", "evidence"]
+    assert "speedup without [M] 3.00×" in result.loc["mask_token", "evidence"]
     # resampling the seeds widens the interval of a difference of seed means
     one_seed = C.check_claims(frame[frame["seed"].fillna(0) == 0], reps, with_paper=False).set_index("id")
     width = lambda r: r["ci_hi"] - r["ci_lo"]  # noqa: E731

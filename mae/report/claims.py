@@ -61,7 +61,6 @@ class Outcome:
     margin: np.ndarray
     cells: list[Cell]
     evidence: str
-    ok: bool = True  # a side condition without an interval (e.g. "and it is slower"): False -> fails
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -179,23 +178,20 @@ def random_sampling_best(ev: Evidence) -> Outcome | str:
     return Outcome(np.minimum.reduce(margins), used, "; ".join(parts))
 
 
-def mask_token_slower_and_worse(ev: Evidence) -> Outcome | str:
-    """An encoder that sees mask tokens is worse for linear probing (margin = lin top-1 without minus with)
-    and slower to pretrain (images/s without ÷ with > 1, when measured: else the claim fails)."""
+def mask_token_worse_for_linear(ev: Evidence) -> Outcome | str:
+    """An encoder that sees mask tokens is worse for linear probing (margin = lin top-1 without minus with).
+    The pretraining speedup without mask tokens is reported beside it (and in Table 2) but does not decide the
+    verdict: images/s is a measurement of the machine's load, with no interval."""
     lin = _by_key(ev.cells(["mask_token_in_encoder"], "lin"))
     lin = {bool(k): v for k, v in lin.items()}
     if True not in lin or False not in lin:
         return "needs linear probes with and without mask tokens in the encoder"
     margin = lin[False].values - lin[True].values
     speed = {bool(k): v.point for k, v in _by_key(ev.cells(["mask_token_in_encoder"], "img_s")).items()}
-    evidence, ok = f"lin w/o−w/ [M] {margin[0]:+.2f}", True
+    evidence = f"lin w/o−w/ [M] {margin[0]:+.2f}"
     if speed.get(True, 0) > 0 and False in speed:
-        ratio = speed[False] / speed[True]
-        evidence += f"; pretraining speedup without [M] {ratio:.2f}×"
-        ok = ratio > 1
-    else:
-        evidence += "; pretraining speed not measured"
-    return Outcome(margin, [lin[False], lin[True]], evidence, ok)
+        evidence += f"; pretraining speedup without [M] {speed[False] / speed[True]:.2f}× (not part of the verdict)"
+    return Outcome(margin, [lin[False], lin[True]], evidence)
 
 
 def aug_robust_under_finetuning(ev: Evidence) -> Outcome | str:
@@ -323,8 +319,7 @@ CLAIMS: tuple[tuple[str, str, Callable[[Evidence], Outcome | str]], ...] = (
      decoder_depth_matters_more_for_linear),
     ("decoder_width", "Decoder width matters more for linear probing than for fine-tuning (Table 1b)",
      decoder_width_matters_more_for_linear),
-    ("mask_token", "A mask token in the encoder is slower and worse for linear probing (Tables 1c, 2)",
-     mask_token_slower_and_worse),
+    ("mask_token", "A mask token in the encoder is worse for linear probing (Table 1c)", mask_token_worse_for_linear),
     ("norm_pixels", "Normalized pixels are a better target than raw pixels (Table 1d)",
      norm_pixels_at_least_pixels),
     ("pca_target", "Normalized pixels are a better target than PCA coefficients (Table 1d)", norm_pixels_beat_pca),
@@ -357,9 +352,7 @@ def judge(outcome: Outcome | str, tolerance: float = 0.0) -> Verdict:
     seeds = min((c.seeds for c in outcome.cells), default=0)
     n_val = min((c.n_val for c in outcome.cells if math.isfinite(c.n_val)), default=math.nan)
     evidence = outcome.evidence
-    if not outcome.ok:
-        verdict = FAILS
-    elif math.isnan(lo):
+    if math.isnan(lo):
         verdict = INCONCLUSIVE
         evidence += "; no interval: a value it needs has no per-image predictions"
     else:
