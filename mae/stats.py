@@ -35,8 +35,8 @@ def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = BOOTSTRAP_SEED) 
 def bootstrap_counts(n: int, n_boot: int = N_BOOT, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """``(n_boot, n)`` float32: how often each image is drawn in each replicate of :func:`bootstrap_indices`."""
     idx = bootstrap_indices(n, n_boot, seed)
-    counts = np.zeros((n_boot, n), dtype=np.float32)
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
+    flat = (np.arange(n_boot, dtype=np.int64)[:, None] * n + idx).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
     counts.setflags(write=False)
     return counts
 
