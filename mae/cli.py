@@ -11,19 +11,14 @@ import importlib
 import sys
 
 from mae.errors import UserError
+from mae.evaluations import EVALUATIONS
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("mae.data.prepare", "generate the built-in datasets or describe a real one"),
     "fit-pca": ("mae.targets", "fit the PCA target on training patches"),
     "train-tokenizer": ("mae.tokenizer", "train the discrete-token (dVAE stand-in) tokenizer"),
     "pretrain": ("mae.pretrain", "MAE pretraining"),
-    "finetune": ("mae.eval.finetune", "end-to-end fine-tuning (or --scratch)"),
-    "linprobe": ("mae.eval.linprobe", "linear probing of the frozen encoder"),
-    "partial-ft": ("mae.eval.partial_ft", "fine-tune the last K blocks"),
-    "knn": ("mae.eval.knn", "weighted k-NN monitor on frozen features"),
-    "transfer-det": ("mae.transfer.det", "ViTDet-style Mask R-CNN detection transfer"),
-    "transfer-seg": ("mae.transfer.seg", "semantic segmentation transfer"),
-    "transfer-cls": ("mae.transfer.cls", "classification transfer"),
+    **{ev.command: (ev.module, ev.help) for ev in EVALUATIONS.values()},
     "summarize": ("mae.report.summary", "collect metrics into results/summary/runs.csv"),
     "tables": ("mae.report.tables", "paper tables beside our numbers"),
     "figures": ("mae.report.figures", "paper figures"),

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Iterable, Literal, Optional, TypeVar
 import yaml
 
 from mae.errors import UserError
+from mae.knobs import FITTED_TARGETS, KNOBS
 
 C = TypeVar("C")
 
@@ -85,34 +86,38 @@ class PretrainConfig(TrainConfig):
 
     stage: ClassVar[str] = "pretrain"
 
-    epochs: int = 800
+    epochs: int = KNOBS["epochs"].default
     warmup_epochs: float = 40.0
     base_lr: float = 1.5e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
 
-    model: str = "mae_vit_micro_patch4"
-    mask_ratio: float = 0.75
-    decoder_depth: Optional[int] = None  # None: the model's default
-    decoder_width: Optional[int] = None  # decoder_embed_dim; None: the model's default
+    # the pretraining knobs (mae.knobs declares their choices, ranges and defaults)
+    model: str = KNOBS["model"].default
+    mask_ratio: float = KNOBS["mask_ratio"].default
+    decoder_depth: Optional[int] = KNOBS["decoder_depth"].default
+    decoder_width: Optional[int] = KNOBS["decoder_width"].default
+    mask_token_in_encoder: bool = KNOBS["mask_token_in_encoder"].default
+    target: str = KNOBS["target"].default
+    aug: str = KNOBS["aug"].default
+    sampling: str = KNOBS["sampling"].default
+
     decoder_heads: Optional[int] = None  # decoder_num_heads; None: the model's default
-    sampler: Literal["random", "block", "grid"] = "random"
-    target: Literal["pixel", "norm_pixel", "pca", "token"] = "norm_pixel"
     target_path: Optional[str] = None  # fitted PCA / tokenizer file for target=pca|token
-    mask_token_in_encoder: bool = False
-    aug: Literal["none", "crop_fixed", "crop_rand", "crop_rand_jitter"] = "crop_rand"
     img_size: Optional[int] = None  # None: the dataset's image size
     eval_images: int = 1024  # val images for the reconstruction-loss monitor (0: skip)
 
     def check(self) -> None:
         super().check()
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise UserError(f"mask_ratio={self.mask_ratio!r} for pretrain must be in [0, 1)")
-        for key in ["decoder_depth", "decoder_width", "decoder_heads", "img_size"]:
+        for name in KNOBS:
+            value = getattr(self, name)
+            if value is not None or KNOBS[name].default is not None:
+                KNOBS[name].check(value, "pretrain")
+        for key in ["decoder_heads", "img_size"]:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"{key}={value!r} for pretrain must be >= 1 (or null)")
-        if self.target in ("pca", "token") and not self.target_path:
+        if self.target in FITTED_TARGETS and not self.target_path:
             raise UserError(f"target={self.target} needs target_path (the fitted {self.target} file)")
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from mae.errors import UserError
+from mae.knobs import add_choice
 
 
 @dataclass
@@ -162,7 +163,15 @@ class GridSampler(MaskSampler):
         return sample_from_mask((~kept).reshape(batch_size, gh * gw).to(device))
 
 
-SAMPLERS = {"random": RandomSampler, "block": BlockSampler, "grid": GridSampler}
+#: the sampler registry; its names are the choices of the `sampling` knob (mae/knobs.py)
+SAMPLERS: dict[str, type[MaskSampler]] = {"random": RandomSampler, "block": BlockSampler, "grid": GridSampler}
+
+
+def register_sampler(name: str, cls: type[MaskSampler]) -> None:
+    """Add a sampler (e.g. from a plug-in): ``sampling=<name>`` then works in study configs, ``mae pretrain``,
+    the summary and the tables."""
+    SAMPLERS[name] = cls
+    add_choice("sampling", name)
 
 
 def build_sampler(name: str | MaskSampler) -> MaskSampler:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset
 
 from mae.config import PretrainConfig, add_common_arguments, config_from_args, config_to_dict
 from mae.engine import Task, fit, is_main_process, seed_everything
+from mae.knobs import model_kwargs
 from mae.utils.io import atomic_write_json
 
 
@@ -30,14 +31,10 @@ class PretrainTask(Task):
         self.meta = load_meta(data_dir)
         spec = model_spec(cfg.model)
         self.img_size = cfg.img_size or spec["img_size"]
-        overrides = {
-            "decoder_depth": cfg.decoder_depth, "decoder_embed_dim": cfg.decoder_width,
-            "decoder_num_heads": cfg.decoder_heads, "img_size": cfg.img_size,
-        }
+        overrides = {"decoder_num_heads": cfg.decoder_heads, "img_size": cfg.img_size}
         self.model = create_mae(
-            cfg.model, sampler=cfg.sampler, target=cfg.target, target_path=cfg.target_path,
-            mask_token_in_encoder=cfg.mask_token_in_encoder, norm_pix_loss=cfg.target == "norm_pixel",
-            **{k: v for k, v in overrides.items() if v is not None},
+            cfg.model, target_path=cfg.target_path, norm_pix_loss=cfg.target == "norm_pixel",
+            **model_kwargs(cfg), **{k: v for k, v in overrides.items() if v is not None},
         )
         self.resolved = {
             "decoder_depth": cfg.decoder_depth or spec["decoder_depth"],
@@ -86,13 +83,11 @@ class PretrainTask(Task):
 
 
 def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path) -> dict:
-    """The run's full knob set: every config key, plus the resolved names the summary uses."""
+    """The run's full knob set: every config key (knobs by their :mod:`mae.knobs` names), the model defaults
+    it resolved, and the dataset."""
     out = config_to_dict(cfg)
     out.update(task.resolved)
-    out.update({
-        "stage": "pretrain", "data": str(data_dir), "dataset": task.meta.get("name", Path(data_dir).name),
-        "sampling": cfg.sampler, "pretrain_epochs": cfg.epochs,
-    })
+    out.update({"stage": "pretrain", "data": str(data_dir), "dataset": task.meta.get("name", Path(data_dir).name)})
     return out
 
 

@@ -14,40 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mae.errors import UserError
-
-# Pretraining knobs that define a run, in naming order.
-KNOBS = (
-    "model",
-    "mask_ratio",
-    "decoder_depth",
-    "decoder_width",
-    "mask_token_in_encoder",
-    "target",
-    "aug",
-    "sampling",
-    "epochs",
-    "seed",
-)
-
-# Knobs allowed in an ablation entry, with the type each value must have.
-KNOB_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "mask_ratio": (float, int),
-    "decoder_depth": (int,),
-    "decoder_width": (int,),
-    "mask_token_in_encoder": (bool,),
-    "target": (str,),
-    "aug": (str,),
-    "sampling": (str,),
-    "epochs": (int,),
-    "seed": (int,),
-}
-CHOICES = {
-    "target": ("pixel", "norm_pixel", "pca", "token"),
-    "aug": ("none", "crop_fixed", "crop_rand", "crop_rand_jitter"),
-    "sampling": ("random", "block", "grid"),
-}
-
+from mae.knobs import FITTED_TARGETS, KNOBS
+from mae.knobs import check as check_knobs
+from mae.report.ablations import STUDY_TABLES
 
 @dataclass
 class Run:
@@ -73,24 +42,11 @@ def run_name(settings: dict[str, Any], base: dict[str, Any]) -> str:
     return "_".join(parts) if parts else "base"
 
 
-def _check_knobs(where: str, setting: dict[str, Any]) -> None:
-    for key, value in setting.items():
-        if key not in KNOB_TYPES:
-            raise UserError(f"{where}: unknown knob '{key}' (valid: {', '.join(KNOBS)})")
-        types = KNOB_TYPES[key]
-        if isinstance(value, bool) and bool not in types:
-            raise UserError(f"{where}: bad value {value!r} for '{key}'")
-        if not isinstance(value, types):
-            raise UserError(f"{where}: bad value {value!r} for '{key}' (expected {types[0].__name__})")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(f"{where}: bad value {value!r} for '{key}' (choose from {', '.join(CHOICES[key])})")
-        if key == "mask_ratio" and not 0.0 < float(value) < 1.0:
-            raise UserError(f"{where}: bad value {value!r} for 'mask_ratio' (must be in (0, 1))")
-
-
 def _table_settings(table: str, spec: Any) -> list[dict[str, Any]]:
     """A table spec is a one-factor sweep ``{knob: [values]}`` or an explicit list of setting dicts."""
     where = f"ablations.{table}"
+    if table not in STUDY_TABLES:
+        raise UserError(f"ablations: unknown table '{table}' (valid: {', '.join(STUDY_TABLES)})")
     if isinstance(spec, dict):
         if len(spec) != 1:
             raise UserError(f"{where}: a sweep names exactly one knob (got {', '.join(spec) or 'none'})")
@@ -102,19 +58,16 @@ def _table_settings(table: str, spec: Any) -> list[dict[str, Any]]:
         settings = spec
     else:
         raise UserError(f"{where}: expected {{knob: [values]}} or a list of settings")
-    for setting in settings:
-        _check_knobs(where, setting)
-    return settings
+    return [check_knobs(setting, where) for setting in settings]
 
 
 def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
     """All pretraining runs of a study, deduplicated, keyed by name (base first, then in table order)."""
-    base = dict(config["base"])
-    _check_knobs("base", base)
+    base = check_knobs(dict(config["base"]), "base")
     missing = [k for k in KNOBS if k not in base]
     if missing:
         raise UserError(f"base: missing knob(s) {', '.join(missing)}")
-    seeds = list(config.get("seeds") or [base["seed"]])
+    seeds = [check_knobs({"seed": s}, "seeds")["seed"] for s in config.get("seeds") or [base["seed"]]]
     runs: dict[str, Run] = {}
 
     def add(setting: dict[str, Any], table: str | None) -> None:
@@ -136,7 +89,7 @@ def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
 
 def needs_target_file(run: Run) -> str | None:
     """'pca' or 'token' when the run's target needs a fitted file, else None."""
-    return run.settings["target"] if run.settings["target"] in ("pca", "token") else None
+    return run.settings["target"] if run.settings["target"] in FITTED_TARGETS else None
 
 
 def write_plan(config: dict[str, Any], path: str | Path) -> None:

@@ -50,7 +50,8 @@ def test_pretrain_end_to_end(tiny_data, tmp_path):
     assert metrics["config"]["mask_ratio"] == 0.75
     settings = json.loads((out.parent / "settings.json").read_text())
     assert settings["decoder_depth"] == 1 and settings["decoder_width"] == 64 and settings["patch_size"] == 4
-    assert settings["sampling"] == "random" and settings["pretrain_epochs"] == 2 and settings["dataset"]
+    assert settings["sampling"] == "random" and settings["epochs"] == 2 and settings["dataset"]
+    assert "sampler" not in settings  # one name per knob (mae/knobs.py)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if r["kind"] == "step"]
     assert len(steps) == 8 and all(r["loss"] > 0 for r in steps)

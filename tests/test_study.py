@@ -7,7 +7,7 @@ from mae.errors import UserError
 from mae.study import plan_runs, run_name
 
 BASE = {
-    "model": "m",
+    "model": "mae_vit_micro_patch4",
     "mask_ratio": 0.75,
     "decoder_depth": 2,
     "decoder_width": 128,

@@ -219,8 +219,12 @@ def _read_metrics(out_dir: Path) -> dict | None:
     return None
 
 
+#: config keys renamed since a checkpoint may have been written (old -> new)
+RENAMED_KEYS = {"sampler": "sampling"}
+
+
 def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
-    old = ckpt.get("config", {})
+    old = {RENAMED_KEYS.get(k, k): v for k, v in ckpt.get("config", {}).items()}
     new = config_to_dict(cfg)
     for key in sorted(set(old) | set(new)):
         if key in RUNTIME_KEYS:

@@ -407,7 +407,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def run_task(
-    task: ClassificationTask,
+    task: Task,
     cfg: Any,
     out_dir: str | Path,
     *,
@@ -421,7 +421,8 @@ def run_task(
     extra: dict | None = None,
     started: float | None = None,
 ) -> dict:
-    """Train ``task`` with the engine's ``fit()``, which writes ``metrics.json`` (with the evaluation's keys:
+    """The one way an evaluation or transfer stage ends (k-NN, which trains nothing, uses the same writer):
+    train ``task`` with the engine's ``fit()``, which writes ``metrics.json`` (with the evaluation's keys:
     ``eval``, ``init``, ``model``, ``params`` (trainable), ``setup_s``, the load report) and ``predictions.npz``;
     with ``save_weights`` also ``out/model.pt``."""
     from mae.engine import fit

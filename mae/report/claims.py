@@ -166,7 +166,7 @@ def random_sampling_best(ev: Evidence) -> Outcome | str:
     for kind in ("ft", "lin"):
         c = ev.cells(["sampling", "mask_ratio"], kind)
         rnd = [x for x in c if x.key[0] == "random" and abs(float(x.key[1]) - base_ratio) < 1e-9]
-        for other in (x for x in c if x.key[0] in ("block", "grid")):
+        for other in (x for x in c if x.key[0] != "random"):
             if not rnd:
                 break
             m = rnd[0].values - other.values
@@ -240,11 +240,11 @@ def features_beat_random_init(ev: Evidence) -> Outcome | str:
     return _beats_scratch(ev, "lin")
 
 
-def _transfer_beats(ev: Evidence, init: str) -> Outcome | str:
-    """Margin = the smallest MAE − ``init`` difference over the transfer evaluations run (detection AP box,
+def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER) -> Outcome | str:
+    """Margin = the smallest MAE − ``init`` difference over the ``transfers`` run (detection AP box,
     segmentation mIoU, classification top-1 per dataset)."""
     margins, used, parts = [], [], []
-    for evaluation, metric in TRANSFER:
+    for evaluation, metric in transfers:
         settings = sorted(set(ev.frame.loc[ev.frame["eval"] == evaluation, "eval_setting"].fillna(""))) \
             if len(ev.frame) else []
         for setting in settings:
@@ -266,9 +266,11 @@ def transfer_beats_scratch(ev: Evidence) -> Outcome | str:
 
 
 def transfer_beats_supervised(ev: Evidence) -> Outcome | str:
-    """MAE transfers better than supervised pretraining (Tables 4, 5: ours = the from-scratch fine-tuned
-    encoder on the same data; the paper's = supervised ImageNet-1K pretraining)."""
-    return _transfer_beats(ev, "supervised")
+    """MAE transfers better than supervised pretraining in detection and segmentation (Tables 4, 5: ours = the
+    from-scratch fine-tuned encoder on the same data; the paper's = supervised ImageNet-1K pretraining). Table 6
+    (classification transfer) compares with other methods' published numbers, not with supervised
+    pretraining, so classification transfer is not part of this claim."""
+    return _transfer_beats(ev, "supervised", TRANSFER[:2])
 
 
 def one_block_far_above_linear(ev: Evidence) -> Outcome | str:
@@ -330,7 +332,8 @@ CLAIMS: tuple[tuple[str, str, Callable[[Evidence], Outcome | str]], ...] = (
     ("random_sampling", "Random sampling is better than block and grid sampling (Table 1f)", random_sampling_best),
     ("lin_vs_random", "MAE features beat a random-init encoder under a linear probe", features_beat_random_init),
     ("mae_vs_scratch", "MAE pretraining beats training from scratch (Table 3)", mae_beats_scratch),
-    ("transfer_vs_supervised", "MAE transfers better than supervised pretraining (Tables 4, 5)",
+    ("transfer_vs_supervised", "MAE transfers better than supervised pretraining in detection and segmentation "
+                               "(Tables 4, 5)",
      transfer_beats_supervised),
     ("transfer_vs_scratch", "MAE transfers better than a random init (transfer, our baseline)",
      transfer_beats_scratch),

@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from mae.errors import UserError  # noqa: E402
+from mae.knobs import KNOBS  # noqa: E402
 from mae.report import paper as P  # noqa: E402
 from mae.report.evidence import Evidence  # noqa: E402
 from mae.report.summary import (  # noqa: E402
@@ -278,15 +279,11 @@ def load_pretrained(run_dir: Path, knobs: dict[str, Any]):
     target = str(knobs.get("target") or "pixel")
     if target not in ("pixel", "norm_pixel"):
         raise Skip(f"base run target '{target}' does not predict pixels")
-    overrides: dict[str, Any] = {"target": target}
-    for knob, kw in (("decoder_depth", "decoder_depth"), ("decoder_width", "decoder_embed_dim"),
-                     ("img_size", "img_size"), ("patch_size", "patch_size")):
-        if not _missing(knobs.get(knob)):
-            overrides[kw] = int(knobs[knob])
-    if not _missing(knobs.get("mask_token_in_encoder")):
-        overrides["mask_token_in_encoder"] = bool(knobs["mask_token_in_encoder"])
-    if not _missing(knobs.get("sampling")):
-        overrides["sampler"] = str(knobs["sampling"])
+    overrides: dict[str, Any] = {k: int(knobs[k]) for k in ("img_size", "patch_size") if not _missing(knobs.get(k))}
+    for k in KNOBS.values():
+        if k.model_key and not _missing(knobs.get(k.column)):
+            overrides[k.model_key] = k.type(knobs[k.column])
+    overrides["target"] = target
     model = create_mae(str(knobs.get("model")), **overrides)
     load_mae_checkpoint(model, ckpt, strict=True)
     return model.eval()

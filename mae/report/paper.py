@@ -1,5 +1,5 @@
-"""The paper's published numbers (shipped as ``mae/report/paper_results.csv``) and the map between our knobs
-and the paper's setting labels.
+"""The paper's published numbers (shipped as ``mae/report/paper_results.csv``) and the paper's rows recast as
+runs of ours (setting labels mapped to knobs by :mod:`mae.report.ablations`).
 
 The CSV is read through :mod:`importlib.resources` and never edited. Columns: ``table, setting_group, setting,
 model, metric, value, status, source``. Metrics used here: ``ft_top1`` (end-to-end fine-tuning), ``lin_top1``
@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
-PAPER_CSV = "paper_results.csv"
+from mae.knobs import KNOBS
+from mae.report.ablations import ABLATIONS
 
-#: knobs of a run (the columns of runs.csv that describe a pretraining setting)
-KNOBS = (
-    "model",
-    "dataset",
-    "img_size",
-    "patch_size",
-    "mask_ratio",
-    "decoder_depth",
-    "decoder_width",
-    "mask_token_in_encoder",
-    "target",
-    "aug",
-    "sampling",
-    "pretrain_epochs",
-    "seed",
-)
+PAPER_CSV = "paper_results.csv"
 
 #: our model name -> the paper's model row. Models smaller than ViT-B compare with ViT-L/16, the model of
 #: the paper's ablations (Table 1, Figures 5/7/9).
@@ -42,21 +28,6 @@ PAPER_MODEL_OF = {
     "mae_vit_huge_patch14": "ViT-H/14",
 }
 DEFAULT_PAPER_MODEL = "ViT-L/16"
-
-TARGET_LABELS = {
-    "pixel": "pixel (w/o norm)",
-    "norm_pixel": "pixel (w/ norm)",
-    "pca": "PCA",
-    "token": "dVAE token",
-}
-AUG_LABELS = {
-    "none": "none",
-    "crop_fixed": "crop, fixed size",
-    "crop_rand": "crop, rand size",
-    "crop_rand_jitter": "crop + color jit",
-}
-MASK_TOKEN_LABELS = {True: "encoder w/ [M]", False: "encoder w/o [M]"}
-
 
 def paper_model_for(model: str | None) -> str:
     """The paper's model row that our model is compared with."""
@@ -94,41 +65,30 @@ def paper_value(table: str, setting: str, metric: str, model: str | None = None)
     return float(rows["value"].iloc[0]) if len(rows) else float("nan")
 
 
-def pct(ratio: float) -> int:
-    """Mask ratio 0.75 -> 75 (the paper's labels are in percent)."""
-    return int(round(float(ratio) * 100))
-
-
 def _after_eq(setting: str) -> str:
     return setting.split("=")[1]
 
 
-#: paper table -> (our table id, paper setting label -> our knobs): each ablation owns its label mapping
-ABLATION_LABELS: dict[str, tuple[str, Callable[[str], dict]]] = {
-    "Table 1a": ("1a", lambda s: {"decoder_depth": int(_after_eq(s))}),
-    "Table 1b": ("1b", lambda s: {"decoder_width": int(_after_eq(s))}),
-    "Table 1c": ("1c", lambda s: {"mask_token_in_encoder": {v: k for k, v in MASK_TOKEN_LABELS.items()}[s]}),
-    "Table 1d": ("1d", lambda s: {"target": {v: k for k, v in TARGET_LABELS.items()}[s]}),
-    "Table 1e": ("1e", lambda s: {"aug": {v: k for k, v in AUG_LABELS.items()}[s]}),
-    "Table 1f": ("1f", lambda s: {"sampling": s.split()[0], "mask_ratio": int(s.split()[1]) / 100}),
-    "Fig 5": ("fig5", lambda s: {"mask_ratio": int(_after_eq(s)) / 100}),
-    "Fig 7": ("fig7", lambda s: {"pretrain_epochs": int(_after_eq(s))}),
-}
 #: the paper's default setting (Table 1 baselines: pixels w/o norm, decoder 8 x 512, 800 epochs)
 PAPER_BASE = dict(dataset="IN1K", img_size=224, patch_size=16, mask_ratio=0.75, decoder_depth=8, decoder_width=512,
                   mask_token_in_encoder=False, target="pixel", aug="crop_rand", sampling="random",
                   pretrain_epochs=800, seed=0)
 _EVAL_OF = {"ft_top1": "finetune", "lin_top1": "linprobe"}
+#: paper table -> the ablation with runs of its own (Table 7 shows Table 1d's runs: not a row set of its own)
+_ABLATION_OF = {a.paper_table: a for a in ABLATIONS.values() if not a.runs_of}
 
 
 def _paper_row(r: Any, base: dict) -> dict | None:
     """One paper number as a runs.csv row (None when it is not one the claims read)."""
     row = dict(eval_setting="", init="mae", **base)
-    if r.table in ABLATION_LABELS and r.metric in _EVAL_OF:
-        table, knobs_of = ABLATION_LABELS[r.table]
-        knobs = knobs_of(r.setting)
+    spec = _ABLATION_OF.get(r.table)
+    if spec is not None and r.metric in _EVAL_OF:
+        values = spec.from_paper(r.setting)
+        if values is None:
+            return None
+        knobs = {KNOBS[k].column: v for k, v in values.items()}
         return {**row, **knobs, "run": "_".join(f"{k}-{v}" for k, v in knobs.items()), "eval": _EVAL_OF[r.metric],
-                "tables": table, "top1": r.value}
+                "tables": spec.id, "top1": r.value}
     if r.table == "Fig 9" and r.setting.startswith("blocks=") and r.model.startswith("MAE "):
         return {**row, "run": "base", "eval": "partial_ft", "eval_setting": _after_eq(r.setting), "tables": "fig9",
                 "top1": r.value}
@@ -150,7 +110,7 @@ def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
     """The paper's numbers recast as rows of our runs.csv (one row per setting × evaluation).
 
     Lets the claim checks run on the paper's own numbers (their margins appear beside ours) and documents
-    the mapping between the paper's labels and our knobs (:data:`ABLATION_LABELS`).
+    the mapping between the paper's labels and our knobs (:data:`mae.report.ablations.ABLATIONS`).
     """
     base = {"model": model, **PAPER_BASE}
     rows = []

@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from mae.errors import UserError
-from mae.report.paper import KNOBS
+from mae.evaluations import EVALUATIONS
+from mae.knobs import KNOBS as PRETRAIN_KNOBS
+from mae.knobs import columns as knob_columns
 from mae.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("mae.report.summary")
@@ -54,20 +56,20 @@ METRICS = (
 #: (``<m>_seed_mean``/``<m>_seed_sd``, ``seeds`` = seeds of the setting)
 CI_METRICS = ("top1", "miou", "ap_box", "ap_mask")
 CI_COLUMNS = (*(f"{m}_{s}" for m in CI_METRICS for s in ("lo", "hi", "seed_mean", "seed_sd")), "seeds", "n_val")
+#: what describes a run in runs.csv: the model and data, then every pretraining knob (by its runs.csv column)
+KNOBS = ("model", "dataset", "img_size", "patch_size",
+         *(k.column for k in PRETRAIN_KNOBS.values() if k.name != "model"))
 COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS, *CI_COLUMNS)
 #: the evaluations that are part of an evaluation folder's name: ``partial_ft-4`` -> (partial_ft, "4")
-EVALS = ("pretrain", "finetune", "linprobe", "knn", "partial_ft", "transfer_det", "transfer_seg", "transfer_cls")
+EVALS = ("pretrain", *EVALUATIONS)
 #: runs whose folder name says how the encoder was initialised (no pretraining of ours)
 BASELINE_INITS = ("scratch", "supervised")
 #: bootstrap replicates of the summary's metrics, beside runs.csv (read by tables, figures and claims)
 REPLICATES = "replicates.npz"
-#: knob aliases accepted in settings.json / STUDY.json
-ALIASES = {"epochs": "pretrain_epochs", "decoder_embed_dim": "decoder_width"}
-
-INT_KNOBS = ("img_size", "patch_size", "decoder_depth", "decoder_width", "pretrain_epochs", "seed")
-FLOAT_KNOBS = ("mask_ratio",)
-BOOL_KNOBS = ("mask_token_in_encoder",)
-STR_KNOBS = ("model", "dataset", "target", "aug", "sampling")
+#: settings.json / study.json key -> runs.csv column (a knob's name -> its column)
+ALIASES = {k.name: k.column for k in PRETRAIN_KNOBS.values()}
+#: runs.csv column -> its type
+KNOB_TYPES = {"dataset": str, "img_size": int, "patch_size": int, **{c: k.type for c, k in knob_columns().items()}}
 
 
 # --------------------------------------------------------------------------------------------- collecting
@@ -351,16 +353,16 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Give knob columns stable dtypes (nullable ints/floats/bools, strings) so that equality works."""
     frame = frame.copy()
-    for col in INT_KNOBS:
-        if col in frame:
+    for col, kind in KNOB_TYPES.items():
+        if col not in frame:
+            continue
+        if kind is int:
             frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
-    for col in FLOAT_KNOBS:
-        if col in frame:
+        elif kind is float:
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Float64")
-    for col in BOOL_KNOBS:
-        if col in frame:
+        elif kind is bool:
             frame[col] = frame[col].map(_to_bool).astype("boolean")
-    for col in (*STR_KNOBS, "run", "eval", "eval_setting", "init", "tables"):
+    for col in (*(c for c, t in KNOB_TYPES.items() if t is str), "run", "eval", "eval_setting", "init", "tables"):
         if col in frame:
             frame[col] = frame[col].map(lambda v: None if _missing(v) else str(v)).astype("string")
     frame["eval_setting"] = frame["eval_setting"].fillna("")

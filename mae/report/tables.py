@@ -18,12 +18,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from mae.errors import UserError
+from mae.knobs import KNOBS
 from mae.report import paper as P
+from mae.report.ablations import ABLATIONS, Ablation
 from mae.report.evidence import Evidence
 from mae.report.summary import (REPLICATES, base_knobs, base_run, differs_only_in, read_replicates, read_summary,
                                 seed_mean, table_runs)
@@ -121,40 +123,8 @@ def scale_text(scale: dict[str, Any], paper_model: str, paper_epochs: int | str 
 
 
 # --------------------------------------------------------------------------------------------- ablations
-@dataclass
-class Ablation:
-    id: str
-    stem: str
-    title: str
-    paper_table: str
-    knobs: tuple[str, ...]
-    headers: tuple[str, ...]
-    to_paper: Callable[..., str | None]
-    metrics: tuple[tuple[str, str, str, str], ...] = (
-        ("finetune", "top1", "ft_top1", "ft top-1"),
-        ("linprobe", "top1", "lin_top1", "lin top-1"),
-    )
-    show: Callable[..., tuple] | None = None
-    runs_of: str = ""  # the table whose runs this one shows (default: its own id)
-
-
-ABLATIONS = (
-    Ablation("1a", "table1a_decoder_depth", "Table 1a: decoder depth", "Table 1a", ("decoder_depth",),
-             ("decoder depth",), lambda d: f"depth={int(d)}"),
-    Ablation("1b", "table1b_decoder_width", "Table 1b: decoder width", "Table 1b", ("decoder_width",),
-             ("decoder width",), lambda w: f"width={int(w)}"),
-    Ablation("1c", "table1c_mask_token", "Table 1c: mask token in the encoder", "Table 1c",
-             ("mask_token_in_encoder",), ("case",), lambda m: P.MASK_TOKEN_LABELS.get(bool(m)),
-             show=lambda m: (P.MASK_TOKEN_LABELS.get(bool(m)),)),
-    Ablation("1d", "table1d_target", "Table 1d: reconstruction target", "Table 1d", ("target",),
-             ("target",), lambda t: P.TARGET_LABELS.get(str(t))),
-    Ablation("1e", "table1e_augmentation", "Table 1e: data augmentation", "Table 1e", ("aug",),
-             ("augmentation",), lambda a: P.AUG_LABELS.get(str(a))),
-    Ablation("1f", "table1f_mask_sampling", "Table 1f: mask sampling", "Table 1f", ("sampling", "mask_ratio"),
-             ("sampling", "ratio %"), lambda s, r: f"{s} {P.pct(r)}", show=lambda s, r: (str(s), P.pct(r))),
-)
-
-
+#: Tables 1a-f (the ablations with a table of their own and runs of their own)
+TABLE1 = tuple(a for a in ABLATIONS.values() if a.stem and not a.runs_of)
 
 
 def _paper_pivot(table: str, model: str, metrics: list[str]) -> pd.DataFrame:
@@ -169,20 +139,9 @@ def _paper_pivot(table: str, model: str, metrics: list[str]) -> pd.DataFrame:
     return piv
 
 
-#: Table 7: the Table 1d target runs fine-tuned and transferred (evaluations.per_table: {"1d": [transfer_det,
-#: transfer_seg]} runs the transfers on them)
-PIXELS_VS_TOKENS = Ablation(
-    "7", "table7_pixels_vs_tokens", "Table 7: pixels vs tokens in transfer", "Table 7", ("target",), ("target",),
-    lambda t: f"target={P.TARGET_LABELS[str(t)]}" if str(t) in P.TARGET_LABELS else None,
-    metrics=(("finetune", "top1", "ft_top1", "ft top-1"), ("transfer_det", "ap_box", "ap_box", "AP box"),
-             ("transfer_seg", "miou", "miou", "mIoU")),
-    runs_of="1d",
-)
-
-
 def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: dict[str, Any]) -> Table:
     frame = evidence.frame
-    knobs = list(spec.knobs)
+    knobs = list(spec.columns)
     rows = table_runs(frame, spec.runs_of or spec.id, knobs) if len(frame) else frame
     ours: pd.DataFrame | None = None
     for ev, metric, _, label in spec.metrics:
@@ -214,7 +173,7 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
         if any(v is pd.NA or (isinstance(v, float) and math.isnan(v)) for v in vals):
             display.append(tuple("" for _ in knobs))
         else:
-            display.append(spec.show(*vals) if spec.show else tuple(vals))
+            display.append(spec.show(*vals))
     out = pd.DataFrame(display, columns=list(spec.headers), index=merged.index) if display else \
         pd.DataFrame({h: [""] * len(merged) for h in spec.headers}, index=merged.index)
     out["paper setting"] = merged["paper setting"]
@@ -246,7 +205,7 @@ def _add_time_rel(out: pd.DataFrame, frame: pd.DataFrame, rows: pd.DataFrame) ->
         ref = sp.loc[sp["mask_token_in_encoder"] == False, "mean"]  # noqa: E712
         if len(ref) and ref.iloc[0] > 0:
             for flag, speed in zip(sp["mask_token_in_encoder"], sp["mean"]):
-                ours[P.MASK_TOKEN_LABELS[bool(flag)]] = float(ref.iloc[0]) / float(speed) if speed > 0 else math.nan
+                ours[KNOBS["mask_token_in_encoder"].label(bool(flag))] = float(ref.iloc[0]) / float(speed) if speed > 0 else math.nan
     pp = _paper_pivot("Table 1c", P.DEFAULT_PAPER_MODEL, ["flops_rel"])
     paper_flops = dict(zip(pp["paper setting"] if "paper setting" in pp else pp["setting"], pp["flops_rel"]))
     pos = out.columns.get_loc("seeds")
@@ -420,7 +379,7 @@ def build_tables(frame: pd.DataFrame, paper_model: str | None = None, replicates
     scale = our_scale(frame)
     paper_model = paper_model or P.paper_model_for(scale["model"])
     abl_model = P.DEFAULT_PAPER_MODEL if not len(P.paper_rows("Table 1a", model=paper_model)) else paper_model
-    tables = [ablation_table(evidence, spec, abl_model, scale) for spec in ABLATIONS]
+    tables = [ablation_table(evidence, spec, abl_model, scale) for spec in TABLE1]
     t2_model = paper_model if len(P.paper_rows("Table 2", model=paper_model)) else P.DEFAULT_PAPER_MODEL
     tables.append(table2(frame, t2_model, scale))
     tables.append(init_table(evidence, id_="3", stem="table3_scratch_vs_mae", title="Table 3: MAE vs scratch fine-tuning",
@@ -436,7 +395,7 @@ def build_tables(frame: pd.DataFrame, paper_model: str | None = None, replicates
                              inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
     tables.append(table6(evidence, paper_model, scale))
     t7_model = paper_model if len(P.paper_rows("Table 7", model=paper_model)) else P.DEFAULT_PAPER_MODEL
-    tables.append(ablation_table(evidence, PIXELS_VS_TOKENS, t7_model, scale))
+    tables.append(ablation_table(evidence, ABLATIONS["7"], t7_model, scale))
     return tables
 
 
@@ -459,9 +418,9 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
     return written
 
 
-TABLE_STEMS = tuple([s.stem for s in ABLATIONS] + ["table2_wall_clock", "table3_scratch_vs_mae", "table4_detection",
-                                                     "table5_segmentation", "table6_classification",
-                                                     PIXELS_VS_TOKENS.stem])
+TABLE_STEMS = tuple([s.stem for s in TABLE1] + ["table2_wall_clock", "table3_scratch_vs_mae", "table4_detection",
+                                                  "table5_segmentation", "table6_classification",
+                                                  ABLATIONS["7"].stem])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

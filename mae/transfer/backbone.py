@@ -14,6 +14,7 @@ init (``--scratch``).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Sequence
 
@@ -219,15 +220,15 @@ def run_transfer(args, config_cls, task_cls, evaluation: str, metric_keys: Seque
     """Build ``task_cls(cfg, data, init)`` from the CLI, train it with the engine's ``fit`` and write the
     metrics; a missing evaluation metric is an error (never an empty result)."""
     from mae.config import config_from_args
-    from mae.engine import fit
-    from mae.eval.common import init_label
+    from mae.eval.common import init_label, run_task
 
+    started = time.perf_counter()
     cfg = config_from_args(config_cls, args)
     torch.manual_seed(cfg.seed)
     init = None if args.scratch else args.init
     task = task_cls(cfg, args.data, init)
-    metrics = fit(task, cfg, args.out, extra={"eval": evaluation, "init": init_label(args), "init_path": init,
-                                              "model": task.model_name, "dataset": task.dataset_name})
+    metrics = run_task(task, cfg, args.out, evaluation=evaluation, init=init_label(args), init_path=init,
+                       model_name=task.model_name, extra={"dataset": task.dataset_name}, started=started)
     missing = [k for k in metric_keys if k not in metrics]
     if missing:
         raise UserError(f"{evaluation}: evaluation produced no {missing[0]}")

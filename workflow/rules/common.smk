@@ -2,6 +2,7 @@
 import os
 import sys
 
+from mae.evaluations import EVALUATIONS, check_study_evaluations, folders
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
 
 
@@ -16,6 +17,7 @@ os.environ["PATH"] = os.pathsep.join(
 
 R = config["results"]
 RUNS = plan_runs(config)
+check_study_evaluations(config)
 BASE = "base"
 PRETRAIN_DATA = config["pretrain_dataset"]
 EVALS = config["evaluations"]
@@ -24,8 +26,6 @@ BASE_RUN = EVALS.get("base_run", [])
 SCRATCH = EVALS.get("scratch", [])
 # Extra evaluations of every run of a table, e.g. {"1d": [transfer_det, transfer_seg]} for Table 7.
 PER_TABLE = EVALS.get("per_table") or {}
-# Knob name in the study config -> key of `mae pretrain`.
-PRETRAIN_KEYS = {"sampling": "sampler"}
 
 
 wildcard_constraints:
@@ -39,17 +39,24 @@ def data_dir(name):
     return f"{R}/data/{name}"
 
 
+def section_overrides(section, drop=()):
+    """A stage's config section as `--set key=value` flags, without the keys the DAG itself uses (`drop`, and
+    an evaluation's list of settings, e.g. partial_ft.blocks)."""
+    ev = EVALUATIONS.get(section)
+    drop = (*drop, ev.per) if ev and ev.per else drop
+    return cli_overrides(
+        {k: v for k, v in (config.get(section) or {}).items() if k not in drop}
+    )
+
+
 def stage_flags(section, drop=()):
-    """`--device` and the config section of a stage as `--set key=value` flags (keys the DAG itself uses
-    are dropped)."""
-    values = {k: v for k, v in (config.get(section) or {}).items() if k not in drop}
-    return f"--device {config['device']} {cli_overrides(values)}"
+    """`--device` and the stage's section as `--set` flags."""
+    return f"--device {config['device']} {section_overrides(section, drop)}"
 
 
 def run_flags(run):
     """The pretraining knobs of a run as `--set` flags for `mae pretrain`."""
-    settings = {PRETRAIN_KEYS.get(k, k): v for k, v in RUNS[run].settings.items()}
-    return cli_overrides(settings)
+    return cli_overrides(RUNS[run].settings)
 
 
 def target_file(run):
@@ -88,17 +95,7 @@ def init_flag(wildcards):
 
 def eval_files(run, ev):
     """The metrics files of evaluation `ev` of `run` (one per block count / transfer dataset)."""
-    if ev == "partial_ft":
-        return [
-            f"{R}/runs/{run}/partial_ft-{k}/metrics.json"
-            for k in config["partial_ft"]["blocks"]
-        ]
-    if ev == "transfer_cls":
-        return [
-            f"{R}/runs/{run}/transfer_cls-{d}/metrics.json"
-            for d in config["transfer_cls"]["datasets"]
-        ]
-    return [f"{R}/runs/{run}/{ev}/metrics.json"]
+    return [f"{R}/runs/{run}/{folder}/metrics.json" for folder in folders(ev, config)]
 
 
 def run_evals(run):
@@ -116,7 +113,7 @@ def all_metrics():
     files += [f for ev in BASE_RUN for f in eval_files(BASE, ev)]
     for ev in SCRATCH:
         files += eval_files("scratch", ev)
-        if ev.startswith("transfer_") and "finetune" in SCRATCH:
+        if EVALUATIONS[ev].transfer and "finetune" in SCRATCH:
             files += eval_files("supervised", ev)
     return list(dict.fromkeys(files))
 
@@ -135,12 +132,12 @@ def study_parts():
     base_evals = [f for ev in EVERY_RUN for f in eval_files(BASE, ev)]
     if "partial_ft" in BASE_RUN:
         parts["fig9"] = base_evals + eval_files(BASE, "partial_ft")
-    scratch = [ev for ev in SCRATCH if not ev.startswith("transfer_")]
+    scratch = [ev for ev in SCRATCH if not EVALUATIONS[ev].transfer]
     if scratch:
         parts["scratch"] = base_evals + [
             f for ev in scratch for f in eval_files("scratch", ev)
         ]
-    transfer = [ev for ev in BASE_RUN if ev.startswith("transfer_")]
+    transfer = [ev for ev in BASE_RUN if EVALUATIONS[ev].transfer]
     if transfer:
         inits = [BASE] + [
             r
@@ -175,5 +172,4 @@ def partial_ft_flags(wildcards):
     `partial_ft` overrides (paper Fig. 9)."""
     if int(wildcards.blocks) == 0:
         return stage_flags("linprobe")
-    overrides = {k: v for k, v in config["partial_ft"].items() if k != "blocks"}
-    return f"{stage_flags('finetune')} {cli_overrides(overrides)}"
+    return f"{stage_flags('finetune')} {section_overrides('partial_ft')}"

@@ -4,7 +4,7 @@
 
 rule transfer_det:
     input:
-        data=data_dir(config["transfer_det"].get("dataset", PRETRAIN_DATA)),
+        data=data_dir((config.get("transfer_det") or {}).get("dataset", PRETRAIN_DATA)),
         init=init_input,
     output:
         metrics=f"{R}/runs/{{any_run}}/transfer_det/metrics.json",
@@ -29,7 +29,7 @@ rule transfer_det:
 
 rule transfer_seg:
     input:
-        data=data_dir(config["transfer_seg"].get("dataset", PRETRAIN_DATA)),
+        data=data_dir((config.get("transfer_seg") or {}).get("dataset", PRETRAIN_DATA)),
         init=init_input,
     output:
         metrics=f"{R}/runs/{{any_run}}/transfer_seg/metrics.json",
@@ -71,7 +71,7 @@ rule transfer_cls:
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
-        stage=stage_flags("transfer_cls", drop=("datasets",)),
+        stage=stage_flags("transfer_cls"),
     shell:
         "OMP_NUM_THREADS={threads} mae transfer-cls --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
