@@ -212,8 +212,11 @@ def _coerce(value: Any, hint: Any, key: str, stage: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"bad value {key}={value!r} for {stage} (expected a mapping)")
         return dict(value)
-    if hint is Any:
-        return value
+    return _coerce_scalar(value, hint, key, stage)
+
+
+def _coerce_scalar(value: Any, hint: Any, key: str, stage: str) -> Any:
+    """``value`` as a bool / int / float / str (``hint``), or a UserError naming key and value."""
     if hint is bool:
         if isinstance(value, bool):
             return value
