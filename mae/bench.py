@@ -8,6 +8,9 @@ by window (so machine noise hits all variants alike):
                     under CPU bf16, where the fused CPU SDPA backward is slow; SDPA on CUDA), optionally
                     ``torch.compile`` (``--compile``); encoder on the visible tokens only;
 - ``mask_token_encoder``  the fast path with mask tokens in the encoder (Table 1c ablation);
+- ``hand_tuned``    what a user does by hand to the reference code: the baseline model + bf16 autocast +
+                    explicit-softmax attention + ``torch.compile`` of the forward, nothing else (``--no-hand-tuned``
+                    skips it: compiling takes a minute on 2 cores);
 - with ``--extra``, for the record: ``fp32_math`` (fp32, explicit-softmax attention), ``bf16_sdpa`` (autocast with
   the fused kernel) and ``bf16_weights`` (the whole model cast to bf16, no autocast casts — a bound on what
   removing casts can give, not a training recipe: AdamW then updates bf16 weights).
@@ -15,16 +18,26 @@ by window (so machine noise hits all variants alike):
 
 Each number is the median over ``--windows`` (≥ 5) timed windows after ``--warmup`` untimed steps; before
 each window a variant runs ``--rewarm`` untimed steps, because switching between fp32 and bf16 models evicts
-cached CPU kernels (oneDNN primitives) and the first step after a switch is much slower.
+cached CPU kernels (oneDNN primitives) and the first step after a switch is much slower. ``--mode interleaved``
+(default) times the variants window by window; ``--mode sequential`` times all windows of one variant, then
+the next, so the cost of kernel-cache switches shows as the difference between the two.
+
+**Roofline.** Every variant also gets its **% of the roofline**: FLOPs per image of its training step
+(``torch.utils.flop_counter``, forward + backward) × img/s ÷ the bf16 matrix-product rate of this machine,
+which the bench measures on the step's own matrix shapes (every ``mm``/``addmm``/``bmm`` of one bf16 step,
+each timed alone, weighted by how often the step runs it). The CPU model and its vector/matrix flags are
+printed too: compare only ratios and percentages measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -79,12 +92,119 @@ class StepRunner:
             torch.cuda.synchronize()
 
 
+# ----------------------------------------------------------------------------------------------- roofline
+#: flags that decide what a CPU's matrix units can do in bf16
+CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+GEMM_OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+def cpu_info() -> dict:
+    """The CPU model and which of :data:`CPU_FLAGS` it has (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def step_flops(runner: "StepRunner") -> float:
+    """FLOPs of one training step (forward + backward) per image, counted on the eager model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(runner.device.type, dtype=torch.bfloat16, enabled=runner.variant.bf16):
+        loss, _, _ = runner.model(runner.images, runner.mask_ratio)
+        loss.backward()
+    runner.opt.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / runner.images.shape[0]
+
+
+def step_gemm_shapes(runner: "StepRunner") -> Counter:
+    """How often one training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes: Counter = Counter()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in GEMM_OPS:
+                a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+                shapes[(name, tuple(a.shape), tuple(b.shape))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Record(), torch.autocast(runner.device.type, dtype=torch.bfloat16, enabled=True):
+        loss, _, _ = runner.model(runner.images, runner.mask_ratio)
+        loss.backward()
+    runner.opt.zero_grad(set_to_none=True)
+    return shapes
+
+
+def gemm_rate(shapes: Counter, device: torch.device, repeats: int = 5) -> float:
+    """bf16 FLOP/s of this machine on ``shapes``: each product timed alone (best of ``repeats``), the rates
+    combined with the weights the step gives them (total FLOPs ÷ total time)."""
+    flops = seconds = 0.0
+    for (op, sa, sb), count in shapes.items():
+        a = torch.randn(sa, device=device, dtype=torch.bfloat16)
+        b = torch.randn(sb, device=device, dtype=torch.bfloat16)
+        fn = torch.bmm if op in ("bmm", "baddbmm") else torch.mm
+        fn(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        batch = sa[0] if len(sa) == 3 else 1
+        flops += count * 2.0 * batch * sa[-2] * sa[-1] * sb[-1]
+        seconds += count * best
+    return flops / seconds
+
+
+def _time_windows(runners: list["StepRunner"], windows: int, steps: int, rewarm: int, mode: str,
+                  progress: bool) -> dict[str, list[float]]:
+    """Seconds per timed window of every runner; ``mode`` interleaved (window by window) or sequential."""
+    times: dict[str, list[float]] = {r.variant.name: [] for r in runners}
+    n = runners[0].images.shape[0] * steps
+    order = [r for _ in range(windows) for r in runners] if mode == "interleaved" else \
+        [r for r in runners for _ in range(windows)]
+    bar = tqdm(total=len(order) * n, unit="img", unit_scale=True, disable=not progress, desc=f"bench ({mode})")
+    for r in order:
+        for _ in range(rewarm):  # untimed: re-warms kernel caches (oneDNN primitives) after a switch
+            r.step()
+        r.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            r.step()
+        r.sync()
+        times[r.variant.name].append(time.perf_counter() - start)
+        bar.update(n)
+        bar.set_postfix({r.variant.name: f"{n / times[r.variant.name][-1]:.0f} img/s"})
+    bar.close()
+    return times
+
+
+
 def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int = 5, steps_per_window: int = 1,
                    warmup: int = 2, compile: bool = False, device: str | None = None, progress: bool = True,
-                   rewarm: int = 1, extra: bool = False) -> dict:
+                   rewarm: int = 1, extra: bool = False, hand_tuned: bool = True,
+                   mode: str = "interleaved") -> dict:
     """Measure the variants on one preset; returns the JSON-able result dict."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset '{preset_name}' (valid: {', '.join(PRESETS)})")
+    if mode not in ("interleaved", "sequential"):
+        raise UserError(f"unknown mode '{mode}' (valid: interleaved, sequential)")
     preset = dict(PRESETS[preset_name])
     if batch_size:
         preset["batch_size"] = batch_size
@@ -96,45 +216,49 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
         Variant("fast", bf16=True, attention="auto", compile=compile),
         Variant("mask_token_encoder", bf16=True, attention="auto", mask_token_in_encoder=True, compile=compile),
     ]
+    if hand_tuned:
+        variants.append(Variant("hand_tuned", bf16=True, attention="math", compile=True))
     if extra:
         variants += [Variant("fp32_math", bf16=False, attention="math"),
                      Variant("bf16_sdpa", bf16=True, attention="sdpa"),
                      Variant("bf16_weights", bf16=False, attention="math", compile=compile, bf16_weights=True)]
     runners = [StepRunner(v, preset, dev) for v in variants]
+    # FLOPs of the architecture, counted once on the fast path (the fused attention kernel's count differs)
+    arch = {r.variant.mask_token_in_encoder: step_flops(r) for r in runners
+            if r.variant.name in ("fast", "mask_token_encoder")}
+    flops = {r.variant.name: arch[r.variant.mask_token_in_encoder] for r in runners}
+    rate = gemm_rate(step_gemm_shapes(runners[1]), dev)
     for r in runners:
         for _ in range(warmup):
             r.step()
         r.sync()
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    times = _time_windows(runners, windows, steps_per_window, rewarm, mode, progress)
     n = preset["batch_size"] * steps_per_window
-    bar = tqdm(total=windows * len(runners) * n, unit="img", unit_scale=True, disable=not progress, desc="bench")
-    for _ in range(windows):
-        for r in runners:  # interleaved: the same noise window hits every variant
-            for _ in range(rewarm):  # untimed: re-warms kernel caches (oneDNN primitives) after a switch
-                r.step()
-            r.sync()
-            start = time.perf_counter()
-            for _ in range(steps_per_window):
-                r.step()
-            r.sync()
-            times[r.variant.name].append(time.perf_counter() - start)
-            bar.update(n)
-            bar.set_postfix({r.variant.name: f"{n / times[r.variant.name][-1]:.0f} img/s"})
-    bar.close()
     rates = {name: [n / t for t in ts] for name, ts in times.items()}
     med = {name: statistics.median(v) for name, v in rates.items()}
-    spread = {name: (min(v), max(v)) for name, v in rates.items()}
-    return {
+    res = {
         "preset": preset_name, "model": preset["model"], "batch_size": preset["batch_size"],
         "mask_ratio": preset["mask_ratio"], "device": str(dev), "threads": torch.get_num_threads(),
-        "windows": windows, "steps_per_window": steps_per_window, "rewarm": rewarm, "compile": compile,
-        "baseline_img_s": med["baseline"], "fast_img_s": med["fast"], "visible_only_img_s": med["fast"],
-        "mask_token_encoder_img_s": med["mask_token_encoder"],
-        "speedup_fast_vs_baseline": med["fast"] / med["baseline"],
-        "speedup_visible_vs_mask_token": med["fast"] / med["mask_token_encoder"],
-        "range_img_s": spread,
-        "extra_img_s": {name: v for name, v in med.items() if name not in ("baseline", "fast", "mask_token_encoder")},
+        **(cpu_info() if dev.type == "cpu" else {"gpu": torch.cuda.get_device_name(dev)}),
+        "mode": mode, "windows": windows, "steps_per_window": steps_per_window, "rewarm": rewarm, "compile": compile,
+        "img_s": med, "range_img_s": {name: (min(v), max(v)) for name, v in rates.items()},
+        "gflop_per_image": {name: f / 1e9 for name, f in flops.items()}, "bf16_gemm_gflop_s": rate / 1e9,
+        "roofline_pct": {name: 100.0 * flops[name] * med[name] / rate for name in med},
     }
+    return {**res, **_legacy_keys(med)}
+
+
+def _legacy_keys(med: dict[str, float]) -> dict:
+    """The headline ratios (and the flat keys earlier versions of the bench printed)."""
+    out = {"baseline_img_s": med["baseline"], "fast_img_s": med["fast"], "visible_only_img_s": med["fast"],
+           "mask_token_encoder_img_s": med["mask_token_encoder"],
+           "speedup_fast_vs_baseline": med["fast"] / med["baseline"],
+           "speedup_visible_vs_mask_token": med["fast"] / med["mask_token_encoder"],
+           "extra_img_s": {k: v for k, v in med.items()
+                           if k not in ("baseline", "fast", "mask_token_encoder", "hand_tuned")}}
+    if "hand_tuned" in med:
+        out["speedup_fast_vs_hand_tuned"] = med["fast"] / med["hand_tuned"]
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,6 +273,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the fast variants")
     p.add_argument("--device", default=None, help="override the preset's device")
     p.add_argument("--extra", action="store_true", help="also time fp32_math, bf16_sdpa and bf16_weights")
+    p.add_argument("--no-hand-tuned", action="store_true", help="skip the hand_tuned variant (saves its compile)")
+    p.add_argument("--mode", default="interleaved", choices=["interleaved", "sequential"],
+                   help="time the variants window by window, or one variant's windows after the other's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -156,18 +283,23 @@ def main(args: argparse.Namespace) -> int:
     if args.windows < 5:
         raise UserError(f"--windows must be >= 5, got {args.windows}")
     res = bench_pretrain(args.preset, args.batch_size, args.windows, args.steps_per_window, args.warmup,
-                         args.compile, args.device, progress=not args.json, rewarm=args.rewarm, extra=args.extra)
+                         args.compile, args.device, progress=not args.json, rewarm=args.rewarm, extra=args.extra,
+                         hand_tuned=not args.no_hand_tuned, mode=args.mode)
     if args.json:
         print(json.dumps(res))
-    else:
-        print(f"{res['preset']} ({res['model']}, batch {res['batch_size']}, {res['device']}, "
-              f"{res['threads']} threads, median of {res['windows']} windows)")
-        for key in ("baseline_img_s", "fast_img_s", "mask_token_encoder_img_s"):
-            print(f"  {key:28s} {res[key]:9.1f} img/s")
-        for name, value in res["extra_img_s"].items():
-            print(f"  {name + '_img_s':28s} {value:9.1f} img/s")
-        print(f"  fast / baseline               {res['speedup_fast_vs_baseline']:.2f}x")
-        print(f"  visible-only / mask-token enc {res['speedup_visible_vs_mask_token']:.2f}x")
+        return 0
+    where = res.get("cpu") or res.get("gpu")
+    print(f"{res['preset']} ({res['model']}, batch {res['batch_size']}, {res['device']}: {where}"
+          f"{' [' + ' '.join(res['flags']) + ']' if res.get('flags') else ''}, {res['threads']} threads, "
+          f"median of {res['windows']} windows, {res['mode']})")
+    print(f"  bf16 matrix products of the step's shapes: {res['bf16_gemm_gflop_s']:.0f} GFLOP/s (the roofline)")
+    print(f"  {'variant':22s} {'img/s':>9s} {'GFLOP/img':>10s} {'% roofline':>11s}")
+    for name, value in res["img_s"].items():
+        print(f"  {name:22s} {value:9.1f} {res['gflop_per_image'][name]:10.3f} {res['roofline_pct'][name]:10.1f}%")
+    print(f"  fast / baseline               {res['speedup_fast_vs_baseline']:.2f}x")
+    if "speedup_fast_vs_hand_tuned" in res:
+        print(f"  fast / hand_tuned             {res['speedup_fast_vs_hand_tuned']:.2f}x")
+    print(f"  visible-only / mask-token enc {res['speedup_visible_vs_mask_token']:.2f}x")
     return 0
 
 

@@ -1,20 +1,45 @@
 import json
 
-from mae.bench import PRESETS, add_arguments, bench_pretrain, main
+import pytest
+import torch
+
+from mae.bench import (PRESETS, StepRunner, Variant, add_arguments, bench_pretrain, cpu_info, gemm_rate, main,
+                       step_flops, step_gemm_shapes)
 
 
 def test_bench_smoke_positive_numbers():
-    res = bench_pretrain("cpu-tiny", batch_size=2, windows=5, warmup=1, progress=False)
+    res = bench_pretrain("cpu-tiny", batch_size=2, windows=5, warmup=1, progress=False, hand_tuned=False)
     for key in ("baseline_img_s", "fast_img_s", "visible_only_img_s", "mask_token_encoder_img_s"):
         assert res[key] > 0
     assert res["model"] == PRESETS["cpu-tiny"]["model"] and res["batch_size"] == 2
-    assert res["extra_img_s"] == {}
+    assert res["extra_img_s"] == {} and "hand_tuned" not in res["img_s"]
+    # % of roofline = FLOPs per image x img/s / the measured bf16 matrix-product rate
+    for name, pct in res["roofline_pct"].items():
+        expected = 100 * res["gflop_per_image"][name] * res["img_s"][name] / res["bf16_gemm_gflop_s"]
+        assert pct == pytest.approx(expected) and pct > 0
+    assert res["gflop_per_image"]["mask_token_encoder"] > res["gflop_per_image"]["fast"]
+    assert res["gflop_per_image"]["fast"] == pytest.approx(res["gflop_per_image"]["baseline"], rel=1e-6)
+    assert res["cpu"] and isinstance(res["flags"], list)
 
 
-def test_bench_extra_variants():
-    res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, extra=True)
-    assert set(res["extra_img_s"]) == {"fp32_math", "bf16_sdpa", "bf16_weights"}
+def test_bench_extra_variants_sequential():
+    res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, extra=True,
+                         hand_tuned=False, mode="sequential")
+    assert set(res["extra_img_s"]) == {"fp32_math", "bf16_sdpa", "bf16_weights"} and res["mode"] == "sequential"
     assert all(v > 0 for v in res["extra_img_s"].values())
+
+
+def test_flops_and_gemm_shapes_of_a_step():
+    """FLOPs of the tiny step match the count of its own matrix products (they dominate); the rate is finite."""
+    runner = StepRunner(Variant("fast", bf16=True, attention="auto"), dict(PRESETS["cpu-micro"], batch_size=2),
+                        torch.device("cpu"))
+    shapes = step_gemm_shapes(runner)
+    gemm_flops = sum(c * 2 * (a[0] if len(a) == 3 else 1) * a[-2] * a[-1] * b[-1] for (_, a, b), c in shapes.items())
+    flops = step_flops(runner) * 2
+    assert 0.8 * flops < gemm_flops <= 1.05 * flops
+    assert {op for op, _, _ in shapes} <= {"mm", "addmm", "bmm", "baddbmm"}
+    assert 1e6 < gemm_rate(shapes, torch.device("cpu"), repeats=2) < 1e15
+    assert "cpu" in cpu_info()
 
 
 def test_bench_cli_json(capsys):
@@ -22,7 +47,14 @@ def test_bench_cli_json(capsys):
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["pretrain", "--preset", "cpu-micro", "--batch-size", "2", "--warmup", "1", "--json"])
+    args = parser.parse_args(["pretrain", "--preset", "cpu-micro", "--batch-size", "2", "--warmup", "1", "--json",
+                              "--no-hand-tuned"])
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["fast_img_s"] > 0 and out["windows"] == 5
+    assert out["fast_img_s"] > 0 and out["windows"] == 5 and out["mode"] == "interleaved"
+
+
+@pytest.mark.slow
+def test_bench_hand_tuned_variant_compiles():
+    res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False)
+    assert res["img_s"]["hand_tuned"] > 0 and res["speedup_fast_vs_hand_tuned"] > 0

@@ -252,3 +252,15 @@ def test_fit_on_cuda(tmp_path, amp):
     fit(resumed, cfg, tmp_path / "r")
     for k, v in weights(task).items():
         torch.testing.assert_close(v, weights(resumed)[k], rtol=1e-5, atol=1e-6)
+
+
+def test_atomic_writes_get_umask_permissions(tmp_path):
+    from mae.utils.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left

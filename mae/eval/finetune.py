@@ -82,17 +82,12 @@ class FinetuneConfig(TrainConfig):
 
 
 class FinetuneTask(common.ClassificationTask):
-    """Classification with layer-wise lr decay over the trainable parameters, optimizer from ``cfg``."""
+    """Classification with layer-wise lr decay over the trainable parameters (optimizer ``cfg.optimizer``)."""
 
     def param_groups(self, cfg: FinetuneConfig) -> list[dict]:
         from mae.optim import param_groups_layer_decay
 
         return param_groups_layer_decay(self.model, cfg.weight_decay, cfg.layer_decay)
-
-    def optimizer(self, groups: list[dict], lr: float, cfg: FinetuneConfig):
-        from mae.optim import build_optimizer
-
-        return build_optimizer(cfg.optimizer, groups, lr, cfg)
 
 
 def _pillow_posterize_zero_ok() -> bool:
@@ -165,10 +160,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_init_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
+def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneConfig) -> dict:
+    """Run the evaluation; returns the metrics (also in ``out/metrics.json``). ``config_cls`` of another stage
+    (classification transfer) records that stage and its dataset, and saves no weights."""
     started = time.perf_counter()
-    cfg = config_from_args(FinetuneConfig, args)
+    cfg = config_from_args(config_cls, args)
     meta = common.dataset_info(args.data)
     num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
     device = common.engine_device(cfg)
@@ -176,17 +172,12 @@ def run(args: argparse.Namespace) -> dict:
     model.to(device)
     train_set, val_set, mixup = build_finetune_data(args.data, cfg, img_size, num_classes)
     task = FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
+    finetune = cfg.stage == FinetuneConfig.stage
+    extra = None if finetune else {"dataset": meta.get("name"), "dataset_kind": meta.get("kind"),
+                                   "num_classes": num_classes, "img_size": img_size, "train_images": len(train_set)}
     return common.run_task(
-        task,
-        cfg,
-        args.out,
-        evaluation="finetune",
-        init=common.init_label(args),
-        init_path=args.init,
-        model_name=name,
-        load_report=report,
-        save_weights=True,
-        started=started,
+        task, cfg, args.out, evaluation=cfg.stage, init=common.init_label(args), init_path=args.init,
+        model_name=name, load_report=report, save_weights=finetune, started=started, extra=extra,
         model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
                     "finetune_config": config_to_dict(cfg)},
     )

@@ -92,11 +92,6 @@ class LinprobeTask(common.ClassificationTask):
 
         return param_groups_weight_decay(self.model, cfg.weight_decay)
 
-    def optimizer(self, groups: list[dict], lr: float, cfg: LinprobeConfig):
-        from mae.optim import build_optimizer
-
-        return build_optimizer(cfg.optimizer, groups, lr, cfg)
-
 
 def build_probe_model(cfg: LinprobeConfig, init: str | None, num_classes: int, img_size: int):
     """Frozen encoder whose head is the probe head; only the head's Linear is trainable."""

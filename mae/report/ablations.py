@@ -53,8 +53,12 @@ class Ablation:
             return None
 
     def show(self, *values: Any) -> tuple:
-        return tuple(KNOBS[k].label(KNOBS[k].type(v)) for k, v in zip(self.knobs, values)) if self.show_labels \
-            else tuple(values)
+        """Our setting as the table displays it: the values, or (``show_labels``) the paper's labels, a ratio
+        in percent as a number."""
+        if not self.show_labels:
+            return tuple(values)
+        labels = [(KNOBS[k], KNOBS[k].label(KNOBS[k].type(v))) for k, v in zip(self.knobs, values)]
+        return tuple(int(text) if knob.percent else text for knob, text in labels)
 
     def from_paper(self, label: str) -> dict[str, Any] | None:
         """The paper's label -> our knob values (None when it is not a setting we can express)."""

@@ -35,6 +35,7 @@ import seaborn as sns  # noqa: E402
 from mae.errors import UserError  # noqa: E402
 from mae.knobs import KNOBS  # noqa: E402
 from mae.report import paper as P  # noqa: E402
+from mae.report.ablations import ABLATIONS  # noqa: E402
 from mae.report.evidence import Evidence  # noqa: E402
 from mae.report.summary import (  # noqa: E402
     REPLICATES,
@@ -119,24 +120,26 @@ def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: s
 
 def fig5(evidence: Evidence, paper_model: str) -> plt.Figure:
     frame = evidence.frame
-    rows = table_runs(frame, "fig5", ["mask_ratio"]) if len(frame) else frame
+    spec = ABLATIONS["fig5"]
+    rows = table_runs(frame, spec.id, list(spec.columns)) if len(frame) else frame
     rows = rows[rows["sampling"].fillna("random") == "random"] if len(rows) else rows
     ours = _ours_long(evidence, rows, "mask_ratio") if len(rows) else pd.DataFrame()
     if not len(ours) or ours["x"].nunique() < 2:
         raise Skip("needs fine-tune or linear-probe results at two or more mask ratios")
     ours["x"] = ours["x"] * 100
-    paper = _paper_long("Fig 5", paper_model, lambda s: float(s.split("=")[1]))
-    return _curve_figure(ours, paper, "masking ratio (%)", "Masking ratio (paper Fig. 5)")
+    paper = _paper_long(spec.paper_table, paper_model, lambda s: round(100 * spec.from_paper(s)["mask_ratio"], 6))
+    return _curve_figure(ours, paper, spec.headers[0], spec.title)
 
 
 def fig7(evidence: Evidence, paper_model: str) -> plt.Figure:
     frame = evidence.frame
-    rows = table_runs(frame, "fig7", ["pretrain_epochs"]) if len(frame) else frame
-    ours = _ours_long(evidence, rows, "pretrain_epochs") if len(rows) else pd.DataFrame()
+    spec = ABLATIONS["fig7"]
+    rows = table_runs(frame, spec.id, list(spec.columns)) if len(frame) else frame
+    ours = _ours_long(evidence, rows, spec.columns[0]) if len(rows) else pd.DataFrame()
     if not len(ours) or ours["x"].nunique() < 2:
         raise Skip("needs fine-tune or linear-probe results at two or more pretraining schedules")
-    paper = _paper_long("Fig 7", paper_model, lambda s: float(s.split("=")[1]))
-    return _curve_figure(ours, paper, "pretraining epochs", "Training schedule (paper Fig. 7)", logx=True)
+    paper = _paper_long(spec.paper_table, paper_model, lambda s: float(spec.from_paper(s)["epochs"]))
+    return _curve_figure(ours, paper, spec.headers[0], spec.title, logx=True)
 
 
 def fig9(evidence: Evidence) -> plt.Figure:
