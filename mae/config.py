@@ -156,6 +156,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterabl
         except yaml.YAMLError:
             value = text
         values[_check_key(cls, key, stage, "")] = value
+    return config_from_mapping(cls, values)
+
+
+def config_from_mapping(cls: type[C], values: dict[str, Any], where: str = "") -> C:
+    """``cls`` from a mapping of its keys (defaults for the rest), every key and value checked; ``where`` is
+    added to an unknown-key message (e.g. " (in the study config's 'pretrain:')")."""
+    stage = getattr(cls, "stage", cls.__name__)
+    for key in values:
+        _check_key(cls, str(key), stage, where)
     hints = typing.get_type_hints(cls)
     kwargs = {key: _coerce(value, hints[key], key, stage) for key, value in values.items()}
     cfg = cls(**kwargs)

@@ -1,15 +1,17 @@
 """The evaluations of a pretrained encoder, declared once.
 
-Each :class:`Evaluation` names its ``mae`` sub-command and module, its folder under ``runs/<run>/`` and, for an
-evaluation run once per setting (partial fine-tuning per block count, classification transfer per dataset), the
-key of its config section that lists the settings (folders ``<name>-<setting>``). The ``mae`` command line
-(:mod:`mae.cli`), the DAG (``workflow/rules/common.smk``: which metrics files a study needs), the study-config
-check (:func:`check_study_evaluations`) and the summary (:mod:`mae.report.summary`: which folders are
-evaluations) read :data:`EVALUATIONS`. Kept free of torch and pandas: the Snakefile imports it.
+Each :class:`Evaluation` names its ``mae`` sub-command and module, its settings class, its folder under
+``runs/<run>/`` and, for an evaluation run once per setting (partial fine-tuning per block count, classification
+transfer per dataset), the key of its config section that lists the settings (folders ``<name>-<setting>``).
+The ``mae`` command line (:mod:`mae.cli`), the DAG (``workflow/rules/common.smk``: which metrics files a study
+needs), the plan-time checks of a study config (:func:`check_study_evaluations`, :func:`check_study_sections`)
+and the summary (:mod:`mae.report.summary`: which folders are evaluations) read :data:`EVALUATIONS`. Kept free
+of torch and pandas: the Snakefile imports it.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,25 +23,66 @@ class Evaluation:
     name: str  # folder and config-section name
     module: str  # defines add_arguments(parser) and main(args)
     help: str
+    config: str  # its settings class, "module:Class" (the shipped ones in mae.stage_configs: no torch import)
     per: str = ""  # key of the config section listing its settings: one run per setting, folder <name>-<setting>
     transfer: bool = False  # runs on another task/dataset (Tables 4-7); the supervised encoder is transferred too
+    dag_keys: tuple[str, ...] = ()  # keys of its config section that the DAG uses (not passed to the command)
 
     @property
     def command(self) -> str:
         return self.name.replace("_", "-")
 
+    def config_class(self) -> type:
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
 
+
+SC = "mae.stage_configs:"
 EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
-    Evaluation("finetune", "mae.eval.finetune", "end-to-end fine-tuning (or --scratch)"),
-    Evaluation("linprobe", "mae.eval.linprobe", "linear probing of the frozen encoder"),
-    Evaluation("partial_ft", "mae.eval.partial_ft", "fine-tune the last K blocks", per="blocks"),
-    Evaluation("knn", "mae.eval.knn", "weighted k-NN monitor on frozen features"),
-    Evaluation("transfer_det", "mae.transfer.det", "ViTDet-style Mask R-CNN detection transfer", transfer=True),
-    Evaluation("transfer_seg", "mae.transfer.seg", "semantic segmentation transfer", transfer=True),
-    Evaluation("transfer_cls", "mae.transfer.cls", "classification transfer", per="datasets", transfer=True),
+    Evaluation("finetune", "mae.eval.finetune", "end-to-end fine-tuning (or --scratch)", SC + "FinetuneConfig"),
+    Evaluation("linprobe", "mae.eval.linprobe", "linear probing of the frozen encoder", SC + "LinprobeConfig"),
+    # K > 0 blocks: the fine-tuning settings with the partial_ft section over them; K = 0: the linprobe settings
+    Evaluation("partial_ft", "mae.eval.partial_ft", "fine-tune the last K blocks", SC + "FinetuneConfig",
+               per="blocks"),
+    Evaluation("knn", "mae.eval.knn", "weighted k-NN monitor on frozen features", SC + "KnnConfig"),
+    Evaluation("transfer_det", "mae.transfer.det", "ViTDet-style Mask R-CNN detection transfer", SC + "DetConfig",
+               transfer=True, dag_keys=("dataset",)),
+    Evaluation("transfer_seg", "mae.transfer.seg", "semantic segmentation transfer", SC + "SegConfig",
+               transfer=True, dag_keys=("dataset",)),
+    Evaluation("transfer_cls", "mae.transfer.cls", "classification transfer", SC + "TransferClsConfig",
+               per="datasets", transfer=True),
 )}
 #: the lists under `evaluations:` in a study config
 GROUPS = ("every_run", "base_run", "scratch", "per_table")
+
+
+#: sections of a study config laid over another stage's section (scratch fine-tuning, partial fine-tuning)
+OVERLAYS = {"scratch_finetune": "finetune", "partial_ft": "finetune"}
+
+
+def check_study_sections(config: dict[str, Any]) -> None:
+    """Every stage section of a study config (``pretrain:``, ``finetune:``, …) against its settings class, at
+    plan time: a typo'd key or a bad value fails ``snakemake -n`` with one line naming it."""
+    from mae.config import PretrainConfig, config_from_mapping
+
+    classes = {"pretrain": lambda: PretrainConfig, "scratch_finetune": EVALUATIONS["finetune"].config_class,
+               **{e.name: e.config_class for e in EVALUATIONS.values()}}
+    for section, config_class in classes.items():
+        values = config.get(section)
+        if values is None:
+            continue
+        cls = config_class()
+        where = f"study config '{section}:'"
+        if not isinstance(values, dict):
+            raise UserError(f"{where} must be a mapping of key: value")
+        ev = EVALUATIONS.get(section)
+        drop = (ev.per, *ev.dag_keys) if ev else ()
+        own = {k: v for k, v in values.items() if k not in drop}
+        base = config.get(OVERLAYS[section]) or {} if section in OVERLAYS else {}
+        try:
+            config_from_mapping(cls, {**base, **own})
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
 
 
 def evaluation(name: str, where: str) -> Evaluation:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset
 
 from mae.config import PretrainConfig, add_common_arguments, config_from_args, config_to_dict
 from mae.engine import Task, fit, is_main_process, seed_everything
+from mae.errors import UserError
 from mae.knobs import model_kwargs
 from mae.utils.io import atomic_write_json
 
@@ -30,8 +31,12 @@ class PretrainTask(Task):
         self.cfg = cfg
         self.meta = load_meta(data_dir)
         spec = model_spec(cfg.model)
-        self.img_size = cfg.img_size or spec["img_size"]
-        overrides = {"decoder_num_heads": cfg.decoder_heads, "img_size": cfg.img_size}
+        # None: the dataset's image size (the position tables are built for it), else the model's
+        self.img_size = cfg.img_size or int(self.meta.get("img_size") or spec["img_size"])
+        if self.img_size % spec["patch_size"]:
+            raise UserError(f"img_size={self.img_size} for pretrain is not a multiple of {cfg.model}'s patch size "
+                            f"{spec['patch_size']}")
+        overrides = {"decoder_num_heads": cfg.decoder_heads, "img_size": self.img_size}
         self.model = create_mae(
             cfg.model, target_path=cfg.target_path, norm_pix_loss=cfg.target == "norm_pixel",
             **model_kwargs(cfg), **{k: v for k, v in overrides.items() if v is not None},
@@ -95,9 +100,10 @@ def run(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)  # model init: identical on every rank
     task = PretrainTask(cfg, data_dir)
-    if is_main_process():
+    metrics = fit(task, cfg, out_dir, extra=task.param_counts())
+    if is_main_process():  # after fit: a refused resume (a changed knob) leaves the run's settings untouched
         atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir))
-    return fit(task, cfg, out_dir, extra=task.param_counts())
+    return metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from mae.masking import BlockSampler, GridSampler, RandomSampler, build_sampler,
 
 
 def reference_random_masking(n, num_patches, ratio, device="cpu"):
-    """DESIGN §4, transcribed directly."""
+    """The reference masking (docs/ARCHITECTURE.md, "Reference facts"), transcribed directly."""
     len_keep = int(num_patches * (1 - ratio))
     noise = torch.rand(n, num_patches, device=device)
     ids_shuffle = torch.argsort(noise, dim=1)

@@ -32,7 +32,7 @@ def expected_keys(depth, decoder_depth):
     return keys
 
 
-# ------------------------------------------------------------------ independent reference (DESIGN §4, fp32 eager)
+# ----------------------------------- independent reference (docs/ARCHITECTURE.md, "Reference facts"; fp32 eager)
 def ref_sincos(dim, grid):
     def one_d(d, pos):
         omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2.0))
@@ -45,7 +45,7 @@ def ref_sincos(dim, grid):
 
 
 class ReferenceMAE(nn.Module):
-    """Plain transcription of DESIGN §4 with timm Blocks (default attention) — shares weights by state dict."""
+    """Plain transcription of the reference facts (docs/ARCHITECTURE.md) with timm Blocks (default attention) — shares weights by state dict."""
 
     def __init__(self, img_size, patch_size, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
                  decoder_num_heads, mlp_ratio, norm_pix):

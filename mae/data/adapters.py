@@ -156,9 +156,20 @@ def load_coco_json(path: Path) -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"invalid JSON in {path}: {err}") from None
+    except OSError as err:
+        raise UserError(f"cannot read COCO annotation file {path}: {err.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"COCO file {path}: the top level must be an object, not a {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise UserError(f"COCO file {path} has no '{key}' list")
+    required = {"images": ("id", "file_name"), "categories": ("id", "name"), "annotations": ("id", "image_id",
+                                                                                              "category_id")}
+    for key, fields in required.items():
+        for i, entry in enumerate(data[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise UserError(f"COCO file {path}: {key}[{i}] has no '{missing[0]}'")
     return data
 
 

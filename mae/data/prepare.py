@@ -253,6 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
+    if args.img_size is not None and args.img_size < 8:  # 0 is not "the default"
+        raise UserError(f"--img-size must be >= 8, got {args.img_size}")
     if args.kind in FOLDER_KINDS:
         meta = prepare_folder(out, args.kind, args.root, args.img_size or 224, args.verify, args.skip_bad,
                               args.num_classes, args.name)

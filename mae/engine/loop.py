@@ -27,7 +27,8 @@ from mae.config import TrainConfig, config_to_dict, effective_lr
 from mae.engine import distributed as D
 from mae.errors import UserError
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
-from mae.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, write_per_image
+from mae.utils.io import (atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps,
+                          write_per_image)
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -289,6 +290,7 @@ class _Trainer:
         self.log_file = None
         if env.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(out_dir)  # of writes a kill interrupted
         D.barrier(env)
 
     # ---- phases
@@ -340,6 +342,8 @@ class _Trainer:
         if ckpt is None:
             seed_everything(cfg.seed + env.rank)
             D.broadcast_module(env, self.model)
+            if env.is_main:  # a start from zero (e.g. killed before its first checkpoint) starts a new log
+                (self.out_dir / LOG).unlink(missing_ok=True)
         self.optimizer = task.optimizer(task.param_groups(cfg), self.peak_lr, cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None

@@ -14,71 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 import sys
-from dataclasses import dataclass
-from typing import ClassVar, Literal, Optional
 
 import torch
 
-from mae.config import TrainConfig, add_common_arguments, config_from_args, config_to_dict
-from mae.errors import UserError
+from mae.config import add_common_arguments, config_from_args, config_to_dict
 from mae.eval import common
-
-
-@dataclass
-class FinetuneConfig(TrainConfig):
-    """Fine-tuning settings (defaults: the paper's ViT-B recipe, batch per process)."""
-
-    stage: ClassVar[str] = "finetune"
-
-    epochs: int = 100
-    batch_size: int = 64
-    base_lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: float = 5.0
-    weight_decay: float = 0.05
-    optimizer: Literal["adamw", "lars", "sgd"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eval_every: int = 1
-
-    model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
-    img_size: Optional[int] = None  # None: the dataset's image size (pos_embed is interpolated)
-    global_pool: Literal["avg", "token"] = "avg"
-    drop_path: float = 0.1
-    layer_decay: float = 0.75  # 1.0: no layer-wise decay (the paper's from-scratch recipe)
-    head_init_std: float = 2e-5  # trunc_normal std of the new head (with --init)
-    # mixup / cutmix (timm Mixup); mixup = cutmix = 0 disables it (then label-smoothing CE)
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    cutmix_minmax: Optional[tuple[float, float]] = None
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
-    smoothing: float = 0.1
-    # timm augmentation (RandAugment + random erasing)
-    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    color_jitter: Optional[float] = None
-    reprob: float = 0.25
-    remode: Literal["pixel", "rand", "const"] = "pixel"
-    recount: int = 1
-
-    def check(self) -> None:
-        super().check()
-        for key in ("drop_path", "mixup", "cutmix", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob"):
-            if getattr(self, key) < 0:
-                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 0")
-        for key in ("drop_path", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob"):
-            if getattr(self, key) > 1:
-                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be <= 1")
-        if not 0 < self.layer_decay <= 1:
-            raise UserError(f"layer_decay={self.layer_decay!r} for {self.stage} must be in (0, 1]")
-        if self.head_init_std <= 0:
-            raise UserError(f"head_init_std={self.head_init_std!r} for {self.stage} must be > 0")
-        if self.img_size is not None and self.img_size < 4:
-            raise UserError(f"img_size={self.img_size!r} for {self.stage} must be >= 4 (or null)")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"crop_scale={list(self.crop_scale)!r} for {self.stage} must satisfy 0 < min <= max <= 1")
+from mae.stage_configs import FinetuneConfig
 
 
 class FinetuneTask(common.ClassificationTask):

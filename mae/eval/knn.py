@@ -9,44 +9,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
 
 import torch
 
 from mae.config import add_common_arguments, config_from_args, config_to_dict
-from mae.errors import UserError
 from mae.eval import common
 from mae.engine import write_outputs
-
-
-@dataclass
-class KnnConfig:
-    """k-NN monitor settings."""
-
-    stage: ClassVar[str] = "knn"
-
-    k: int = 20
-    temperature: float = 0.07
-    global_pool: Literal["token", "avg"] = "token"
-    model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
-    img_size: Optional[int] = None  # None: the dataset's image size
-    batch_size: int = 256
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
-    num_workers: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0  # random init with --scratch
-
-    def check(self) -> None:
-        if self.k < 1:
-            raise UserError(f"k={self.k!r} for knn must be >= 1")
-        if self.temperature <= 0:
-            raise UserError(f"temperature={self.temperature!r} for knn must be > 0")
-        if self.batch_size < 1:
-            raise UserError(f"batch_size={self.batch_size!r} for knn must be >= 1")
-        if self.num_workers < 0:
-            raise UserError(f"num_workers={self.num_workers!r} for knn must be >= 0")
+from mae.stage_configs import KnnConfig
 
 
 def knn_metrics(train_feats, train_labels, val_feats, val_labels, num_classes: int, k: int,

@@ -16,49 +16,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
-from typing import ClassVar, Literal, Optional
 
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from mae.config import TrainConfig, add_common_arguments, config_from_args
-from mae.errors import UserError
+from mae.config import add_common_arguments, config_from_args
 from mae.eval import common
-
-
-@dataclass
-class LinprobeConfig(TrainConfig):
-    """Linear-probe settings (defaults: the paper's recipe; batch per process)."""
-
-    stage: ClassVar[str] = "linprobe"
-
-    epochs: int = 90
-    batch_size: int = 256
-    base_lr: float = 0.1
-    min_lr: float = 0.0
-    warmup_epochs: float = 10.0
-    weight_decay: float = 0.0
-    optimizer: Literal["adamw", "lars", "sgd"] = "lars"
-    momentum: float = 0.9
-    trust_coeff: float = 1e-3  # LARS trust coefficient (reference 0.001): per-step change = lr*coeff*|w|
-    eval_every: int = 1
-
-    model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
-    img_size: Optional[int] = None  # None: the dataset's image size
-    global_pool: Literal["token", "avg"] = "token"
-    head_init_std: float = 0.01
-    cached_features: bool = False  # fast mode: features once, no augmentation (see the README, "Evaluations")
-
-    def check(self) -> None:
-        super().check()
-        if self.trust_coeff <= 0:
-            raise UserError(f"trust_coeff={self.trust_coeff!r} for {self.stage} must be > 0")
-        if self.head_init_std <= 0:
-            raise UserError(f"head_init_std={self.head_init_std!r} for {self.stage} must be > 0")
-        if self.img_size is not None and self.img_size < 4:
-            raise UserError(f"img_size={self.img_size!r} for {self.stage} must be >= 4 (or null)")
+from mae.stage_configs import LinprobeConfig
 
 
 def probe_head(dim: int, num_classes: int, std: float) -> nn.Sequential:

@@ -399,11 +399,37 @@ def read_summary(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={"eval_setting": str, "tables": str})
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame(columns=list(COLUMNS))
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as err:
+        raise UserError(f"{path}: not a runs.csv ({str(err).splitlines()[0][:120]})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
     missing = [c for c in ("run", "eval", "init") if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
     frame = frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
+    _check_values(frame, path)
     return normalise(frame)
+
+
+def _check_values(frame: pd.DataFrame, path: Path) -> None:
+    """A metric that is not a number, or a knob that is not of its type, names its row and column (instead of
+    silently dropping the claims that read it)."""
+    numeric = [c for c in (*METRICS, *CI_COLUMNS) if c in frame]
+    numeric += [c for c, t in KNOB_TYPES.items() if t in (int, float) and c in frame]
+    for col in numeric:
+        values = frame[col]
+        bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise UserError(f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): "
+                            f"{col}={values.iloc[i]!r} is not a number")
+    mae = frame["init"].fillna("mae") == "mae"
+    for col in (c for c in KNOBS if c in frame and c not in ("dataset", "img_size", "patch_size")):
+        bad = mae & frame[col].isna() & frame["eval"].notna()
+        if bad.any() and frame.loc[mae, col].notna().any():
+            i = int(bad.to_numpy().argmax())
+            raise UserError(f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): "
+                            f"the knob {col} is empty")
 
 
 def pretraining_knobs() -> tuple[str, ...]:

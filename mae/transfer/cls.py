@@ -9,17 +9,8 @@ the stage name and the recorded dataset differ, and no weights are saved. ``metr
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import ClassVar
 
-from mae.eval.finetune import FinetuneConfig
-
-
-@dataclass
-class TransferClsConfig(FinetuneConfig):
-    """The fine-tuning recipe (:class:`mae.eval.finetune.FinetuneConfig`), recorded as stage transfer_cls."""
-
-    stage: ClassVar[str] = "transfer_cls"
+from mae.stage_configs import TransferClsConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,82 +24,20 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from mae.config import TrainConfig
 from mae.data import detection_collate
 from mae.engine import Task
 from mae.errors import UserError
 from mae.stats import BOOTSTRAP_SEED, N_BOOT, bootstrap_counts, percentile_interval
+from mae.stage_configs import DetConfig
 
 METRIC_KEYS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
-
-
-@dataclass
-class DetConfig(TrainConfig):
-    """Detection transfer. Study-scale defaults; ViTDet (ViT-B, COCO) values in config/paper.yaml."""
-
-    stage = "transfer_det"
-
-    epochs: int = 12
-    batch_size: int = 16
-    base_lr: float = 8e-3  # lr = base_lr * batch / 256 = 5e-4 at batch 16 (ViTDet: 1e-4 at batch 64)
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-
-    model: Optional[str] = None  # None: the name recorded in --init (or the study default)
-    img_size: Optional[int] = None  # detector canvas = encoder input; None: the dataset's image size
-    drop_path: float = 0.1
-    layer_decay: float = 0.7  # layer-wise lr decay of the ViT (1.0: off)
-    out_channels: int = 64  # pyramid / head width (ViTDet: 256)
-    scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)  # pyramid levels relative to the stride-p map
-    anchor_scale: float = 4.0  # anchor side = anchor_scale x level stride (ViTDet: 8 -> 32..512 px)
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_batch_size: int = 64  # anchors sampled per image for the RPN loss (ViTDet: 256)
-    rpn_pre_nms_train: int = 256  # per level (ViTDet: 2000)
-    rpn_post_nms_train: int = 128  # (ViTDet: 1000)
-    rpn_pre_nms_test: int = 128  # (ViTDet: 1000)
-    rpn_post_nms_test: int = 64  # (ViTDet: 1000)
-    box_batch_size: int = 64  # RoIs sampled per image for the box/mask heads (ViTDet: 512)
-    roi_sampling_ratio: int = 1  # RoIAlign samples per bin side (ViTDet: 0 = adaptive; its CPU backward is slow)
-    box_head_dim: int = 256  # TwoMLPHead width (ViTDet: 1024)
-    mask_head_dim: int = 64  # mask head conv width (ViTDet: 256)
-    detections_per_img: int = 100
-    score_thresh: float = 0.05
-    hflip: bool = True  # random horizontal flip (train)
-    train_images: Optional[int] = None  # train on the first N train images (None: all)
-    eval_images: Optional[int] = None  # evaluate on the first N val images (None: all)
-    eval_batch_size: int = 32
-
-    def check(self) -> None:
-        super().check()
-        for key in ("out_channels", "rpn_batch_size", "rpn_pre_nms_train", "rpn_post_nms_train",
-                    "rpn_pre_nms_test", "rpn_post_nms_test", "box_batch_size", "box_head_dim", "mask_head_dim",
-                    "detections_per_img", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1")
-        if self.img_size is not None and self.img_size < 4:
-            raise UserError(f"img_size={self.img_size!r} for {self.stage} must be >= 4 (or null)")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise UserError(f"layer_decay={self.layer_decay!r} for {self.stage} must be in (0, 1]")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise UserError(f"drop_path={self.drop_path!r} for {self.stage} must be in [0, 1)")
-        if self.anchor_scale <= 0 or not self.aspect_ratios or min(self.aspect_ratios) <= 0:
-            raise UserError(f"anchor_scale/aspect_ratios for {self.stage} must be > 0")
-        if self.roi_sampling_ratio < 0:
-            raise UserError(f"roi_sampling_ratio={self.roi_sampling_ratio!r} for {self.stage} must be >= 0")
-        for key in ("train_images", "eval_images"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1 (or null)")
-
-
-# ------------------------------------------------------------------------------------------------- model
 
 
 def build_detector(vit: nn.Module, num_classes: int, cfg: DetConfig, img_size: int) -> nn.Module:

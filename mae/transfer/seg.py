@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,53 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from mae.config import TrainConfig
 from mae.engine import Task
 from mae.errors import UserError
+from mae.stage_configs import SegConfig
 
 IGNORE_INDEX = 255
-
-
-@dataclass
-class SegConfig(TrainConfig):
-    """Segmentation transfer. Study-scale defaults; the paper's ADE20K values are in config/paper.yaml."""
-
-    stage = "transfer_seg"
-
-    epochs: int = 10
-    batch_size: int = 64
-    base_lr: float = 4e-3  # lr = base_lr * batch / 256 (1e-3 at batch 64)
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-
-    model: Optional[str] = None  # None: the name recorded in --init (or the study default)
-    img_size: Optional[int] = None  # crop / eval size; None: the dataset's image size (ADE20K: 512)
-    drop_path: float = 0.1
-    layer_decay: float = 0.65
-    out_channels: int = 64  # pyramid / head width (UperNet in the paper: 512 / 768)
-    scale_factors: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
-    train_aug: bool = True  # RandomResizedCrop(0.5-1) + flip (mae.data.transforms.seg_transform)
-    train_images: Optional[int] = None  # train on the first N images (None: all)
-    eval_images: Optional[int] = None  # evaluate on the first N val images (None: all)
-    eval_batch_size: int = 128
-
-    def check(self) -> None:
-        super().check()
-        for key in ("out_channels", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1")
-        for key in ("img_size", "train_images", "eval_images"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise UserError(f"{key}={value!r} for {self.stage} must be >= 1 (or null)")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise UserError(f"layer_decay={self.layer_decay!r} for {self.stage} must be in (0, 1]")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise UserError(f"drop_path={self.drop_path!r} for {self.stage} must be in [0, 1)")
-
-
-# ---------------------------------------------------------------------------------------------- metrics
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

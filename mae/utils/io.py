@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any, Iterator
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` (with the permissions a new
-    file gets under the umask, not mkstemp's 0600), on error removed."""
+    """Yield a temporary path beside ``path``; on success it is flushed to disk (fsync) and renamed to ``path``
+    (with the permissions a new file gets under the umask, not mkstemp's 0600), on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
@@ -26,10 +27,34 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o666 & ~_umask())
+            _fsync(tmp_path)  # the data on disk before the name points at it
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: the temp files of :func:`atomic_path`: ".<name>.<8 random chars><suffix>"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.[A-Za-z0-9]+$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that interrupted atomic writes left in ``folder`` (call it where one writer owns
+    the folder, e.g. when a stage starts); returns what was removed."""
+    removed = []
+    for path in Path(folder).iterdir():
+        if path.is_file() and _TEMP.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

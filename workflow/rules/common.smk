@@ -2,8 +2,14 @@
 import os
 import sys
 
-from mae.evaluations import EVALUATIONS, check_study_evaluations, folders
+from mae.evaluations import (
+    EVALUATIONS,
+    check_study_evaluations,
+    check_study_sections,
+    folders,
+)
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
+from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
 
 
 envvars:
@@ -18,6 +24,7 @@ os.environ["PATH"] = os.pathsep.join(
 R = config["results"]
 RUNS = plan_runs(config)
 check_study_evaluations(config)
+check_study_sections(config)
 BASE = "base"
 PRETRAIN_DATA = config["pretrain_dataset"]
 EVALS = config["evaluations"]
@@ -39,19 +46,19 @@ def data_dir(name):
     return f"{R}/data/{name}"
 
 
-def section_overrides(section, drop=()):
-    """A stage's config section as `--set key=value` flags, without the keys the DAG itself uses (`drop`, and
-    an evaluation's list of settings, e.g. partial_ft.blocks)."""
+def section_overrides(section):
+    """A stage's config section as `--set key=value` flags, without the keys the DAG itself uses (an
+    evaluation's list of settings, e.g. partial_ft.blocks, and its `dag_keys`)."""
     ev = EVALUATIONS.get(section)
-    drop = (*drop, ev.per) if ev and ev.per else drop
+    drop = (ev.per, *ev.dag_keys) if ev else ()
     return cli_overrides(
         {k: v for k, v in (config.get(section) or {}).items() if k not in drop}
     )
 
 
-def stage_flags(section, drop=()):
+def stage_flags(section):
     """`--device` and the stage's section as `--set` flags."""
-    return f"--device {config['device']} {section_overrides(section, drop)}"
+    return f"--device {config['device']} {section_overrides(section)}"
 
 
 def run_flags(run):
@@ -173,3 +180,16 @@ def partial_ft_flags(wildcards):
     if int(wildcards.blocks) == 0:
         return stage_flags("linprobe")
     return f"{stage_flags('finetune')} {section_overrides('partial_ft')}"
+
+
+# One study per results folder (mae/utils/lock.py): real runs only; dry runs and remote jobs take no lock.
+onstart:
+    take_study_lock(R, {"scale": config.get("scale", "")})
+
+
+onsuccess:
+    release_study_lock(R)
+
+
+onerror:
+    release_study_lock(R)

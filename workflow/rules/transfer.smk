@@ -21,7 +21,7 @@ rule transfer_det:
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
-        stage=stage_flags("transfer_det", drop=("dataset",)),
+        stage=stage_flags("transfer_det"),
     shell:
         "OMP_NUM_THREADS={threads} mae transfer-det --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
@@ -46,7 +46,7 @@ rule transfer_seg:
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
-        stage=stage_flags("transfer_seg", drop=("dataset",)),
+        stage=stage_flags("transfer_seg"),
     shell:
         "OMP_NUM_THREADS={threads} mae transfer-seg --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"

@@ -1,0 +1,223 @@
+"""Reliability: one study per results folder (mae/utils/lock.py) and study-config sections checked at plan time
+(mae.evaluations.check_study_sections, called by the Snakefile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mae.errors import UserError
+from mae.evaluations import check_study_sections
+from mae.utils import lock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _holder(path: Path, **fields) -> None:
+    path.write_text(json.dumps({"host": socket.gethostname(), "checkout": "/elsewhere", "started": "t", **fields}))
+
+
+def test_lock_taken_released_and_refused_while_held(tmp_path):
+    path = lock.acquire(tmp_path, {"scale": "toy"})
+    holder = json.loads(path.read_text())
+    assert holder["pid"] == os.getpid() and holder["scale"] == "toy"
+    assert lock.acquire(tmp_path) == path  # the same process again: fine
+    lock.release(tmp_path)
+    assert not path.exists()
+    _holder(path, pid=os.getppid())  # a live process of this host
+    with pytest.raises(UserError, match=rf"in use by another study run: pid {os.getppid()} on .* delete {path}"):
+        lock.acquire(tmp_path)
+    lock.release(tmp_path)  # never removes another run's lock
+    assert json.loads(path.read_text())["pid"] == os.getppid()
+
+
+def test_stale_lock_is_reported_and_replaced(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _holder(tmp_path / lock.LOCK, pid=dead.pid)
+    path = lock.acquire(tmp_path)
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert f"removing the stale lock of pid {dead.pid}" in capsys.readouterr().err
+
+
+def test_lock_of_another_host_is_refused_with_how_to_clear(tmp_path):
+    _holder(tmp_path / lock.LOCK, pid=1, host="node-17")
+    with pytest.raises(UserError, match=r"pid 1 on node-17 from /elsewhere .* delete .*\.study\.lock"):
+        lock.acquire(tmp_path)
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"pretrain": {"epochz": 3}}, "study config 'pretrain:': unknown key 'epochz' for pretrain (valid: epochs,"),
+    ({"finetune": {"layer_decay": 2.0}}, "study config 'finetune:': layer_decay=2.0 for finetune must be in (0, 1]"),
+    ({"linprobe": {"optimizer": "adam"}}, "study config 'linprobe:': bad value optimizer='adam' for linprobe"),
+    ({"knn": {"k": 0}}, "study config 'knn:': k=0 for knn must be >= 1"),
+    ({"transfer_det": {"dataset": "coco", "out_channel": 8}}, "'transfer_det:': unknown key 'out_channel'"),
+    ({"partial_ft": {"blocks": [0, 1], "epoch": 1}}, "study config 'partial_ft:': unknown key 'epoch' for finetune"),
+    ({"scratch_finetune": {"layer_decay": 0}}, "study config 'scratch_finetune:': layer_decay=0.0 for finetune"),
+    ({"transfer_cls": "fast"}, "study config 'transfer_cls:' must be a mapping"),
+])
+def test_study_sections_are_checked_at_plan_time(sections, message):
+    with pytest.raises(UserError) as err:
+        check_study_sections(sections)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shipped_study_configs_pass_the_section_check():
+    import yaml
+
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for name in ("config", "smoke", "cpu", "paper", "mae_vs_scratch"):
+        check_study_sections({**base, **yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())})
+
+
+def test_dry_run_names_a_typo_in_a_stage_section(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("pretrain: {epochz: 3}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+                           "config/smoke.yaml", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "study config 'pretrain:': unknown key 'epochz' for pretrain" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- pretrain
+@pytest.fixture(scope="module")
+def data48(tmp_path_factory):
+    from mae.data.prepare import prepare_builtin
+
+    out = tmp_path_factory.mktemp("data") / "shapes48"
+    prepare_builtin(out, "shapes", img_size=48, n_train=32, n_val=16, seed=0)
+    return out
+
+
+def _pretrain(data, out, *sets):
+    from tests.test_pretrain import run_cli
+
+    return run_cli(data, out, "epochs=1", "warmup_epochs=0", "eval_images=16", *sets)
+
+
+def test_pretrain_trains_at_the_datasets_size_and_cleans_up(data48, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run" / "pretrain"
+    out.mkdir(parents=True)
+    stale = out / ".checkpoint.pt.ab12cd34.tmp"  # left by a write that a kill interrupted
+    stale.write_bytes(b"half a checkpoint")
+    (out / "log.jsonl").write_text('{"kind": "step", "epoch": 0.5, "step": 1, "loss": 9.0}\n')  # killed run
+    assert _pretrain(data48, out) == 0
+    assert not stale.exists()
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r.get("loss") != 9.0 for r in log)  # started from zero: a new log, no duplicate epochs
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["model"]["pos_embed"].shape[1] == 1 + (48 // 4) ** 2  # img_size None: the dataset's 48 px
+    settings_path = out.parent / "settings.json"
+    before = settings_path.read_bytes()
+    assert json.loads(before)["img_size"] == 48
+    # a changed knob is refused and the run's settings stay as they were
+    assert _pretrain(data48, out, "mask_ratio=0.5") == 2
+    assert "mask_ratio" in capsys.readouterr().err and settings_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind, extra", [("shapes", []), ("imagefolder", ["--root", "."])])
+@pytest.mark.parametrize("size", ["0", "-32"])
+def test_prepare_data_refuses_a_non_positive_image_size(tmp_path, capsys, kind, extra, size):
+    from mae.cli import main as cli_main
+
+    assert cli_main(["prepare-data", "--kind", kind, "--out", str(tmp_path / "d"), "--img-size", size, *extra]) == 2
+    assert f"--img-size must be >= 8, got {size}" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "the top level must be an object, not a list"),
+    ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "images[0] has no 'file_name'"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1}], "categories": []}',
+     "annotations[0] has no 'category_id'"),
+    ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', "categories[0] has no 'name'"),
+    ('{"images": [], "annotations": []}', "has no 'categories' list"),
+])
+def test_bad_coco_json_is_a_named_error(tmp_path, capsys, content, message):
+    from mae.cli import main as cli_main
+
+    root = tmp_path / "coco"
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for split in ("train2017", "val2017"):
+        (root / "annotations" / f"instances_{split}.json").write_text(content)
+    assert cli_main(["prepare-data", "--kind", "coco", "--root", str(root), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "instances_train2017.json" in err and "\n" not in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("command", ["tables", "claims"])
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 50, "not a runs.csv"),
+    (lambda text: text.replace(",18.06,", ',"abc",', 1).encode(), "top1='abc' is not a number"),
+    (lambda text: text.replace("\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,0.75,",
+                               "\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,,", 1).encode(),
+     "the knob mask_ratio is empty"),
+])
+def test_damaged_summary_is_a_named_error(tmp_path, capsys, command, damage, message):
+    from mae.cli import main as cli_main
+
+    text = (ROOT / "results" / "cpu_study" / "summary" / "runs.csv").read_text()
+    assert ",18.06," in text and "\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,0.75," in text
+    bad = tmp_path / "runs.csv"
+    bad.write_bytes(damage(text))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.md").write_text("earlier")
+    assert cli_main([command, "--summary", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(bad) in err and "\n" not in err
+    assert [p.name for p in out.iterdir()] == ["keep.md"] and (out / "keep.md").read_text() == "earlier"
+
+
+@pytest.fixture(scope="module")
+def data32(tmp_path_factory):
+    from mae.data.prepare import prepare_builtin
+
+    out = tmp_path_factory.mktemp("data") / "shapes"
+    prepare_builtin(out, "shapes", img_size=32, n_train=32, n_val=16, seed=0)
+    return out
+
+
+@pytest.mark.parametrize("argv, message", [
+    ("pretrain --data {D} --out {O} --set img_size=30", "img_size=30 for pretrain is not a multiple of"),
+    ("pretrain --data {D} --out {O} --set target=pca", "target=pca needs target_path"),
+    ("pretrain --data {D} --out {O} --set mask_ratio=0.0", "bad value 0.0 for 'mask_ratio' (must be in (0, 1))"),
+    ("pretrain --data {D} --out {O} --set sampling=ring", "bad value 'ring' for 'sampling' (choose from random"),
+    ("pretrain --data {D} --out {O} --set batch_size=100000", "the training loader gives 0 batches"),
+    ("pretrain --data {D}/missing --out {O}", "missing"),
+    ("finetune --data {D} --out {O} --init {D}/meta.json", "cannot read checkpoint"),
+    ("linprobe --data {D}/missing --out {O} --scratch", "is not a prepared dataset"),
+    ("knn --data {D} --out {O} --scratch --set k=0", "k=0 for knn must be >= 1"),
+    ("partial-ft --data {D} --out {O} --scratch --blocks -1", "--blocks: must be >= 0, got -1"),
+    ("transfer-det --data {D} --out {O} --scratch --set out_channel=3", "unknown key 'out_channel' for transfer_det"),
+    ("transfer-seg --data {D} --out {O} --scratch --set layer_decay=0", "layer_decay=0.0 for transfer_seg"),
+    ("transfer-cls --data {D} --out {O} --init {D}/none.pt", "checkpoint file '{D}/none.pt' does not exist"),
+    ("train-tokenizer --data {D}/missing --out {O}/t.pt", "not a directory"),
+    ("summarize --runs {D}/missing --out {O}/runs.csv", "runs folder not found"),
+    ("tables --summary {D}/none.csv --out {O}", "summary not found"),
+])
+def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, message):
+    from mae.cli import main as cli_main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"earlier": 1}')  # an earlier artifact: must survive byte-identical
+    args = argv.format(D=data32, O=out).split()
+    if args[0] not in ("summarize", "tables", "train-tokenizer"):
+        args += ["--device", "cpu"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message.format(D=data32) in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    assert (out / "metrics.json").read_text() == '{"earlier": 1}'
