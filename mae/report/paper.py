@@ -78,32 +78,55 @@ _EVAL_OF = {"ft_top1": "finetune", "lin_top1": "linprobe"}
 _ABLATION_OF = {a.paper_table: a for a in ABLATIONS.values() if not a.runs_of}
 
 
-def _paper_row(r: Any, base: dict) -> dict | None:
-    """One paper number as a runs.csv row (None when it is not one the claims read)."""
-    row = dict(eval_setting="", init="mae", **base)
-    spec = _ABLATION_OF.get(r.table)
-    if spec is not None and r.metric in _EVAL_OF:
-        values = spec.from_paper(r.setting)
-        if values is None:
-            return None
-        knobs = {KNOBS[k].column: v for k, v in values.items()}
-        return {**row, **knobs, "run": "_".join(f"{k}-{v}" for k, v in knobs.items()), "eval": _EVAL_OF[r.metric],
-                "tables": spec.id, "top1": r.value}
-    if r.table == "Fig 9" and r.setting.startswith("blocks=") and r.model.startswith("MAE "):
-        return {**row, "run": "base", "eval": "partial_ft", "eval_setting": _after_eq(r.setting), "tables": "fig9",
-                "top1": r.value}
-    if r.table == "Table 3" and r.metric == "ft_top1" and r.setting.startswith(("method=scratch", "method=MAE;")):
-        if r.setting.startswith("method=scratch"):
-            return {**row, "run": "scratch", "eval": "finetune", "init": "scratch", "tables": "3", "top1": r.value}
-        # the paper's Table 3 MAE entry is the 1600-epoch, normalised-pixel model
+def _ablation_row(r: Any, row: dict) -> dict | None:
+    """Tables 1a-f, Figs. 5 and 7: the ablation spec parses the paper's label into knobs."""
+    spec = _ABLATION_OF[r.table]
+    values = spec.from_paper(r.setting) if r.metric in _EVAL_OF else None
+    if values is None:
+        return None
+    knobs = {KNOBS[k].column: v for k, v in values.items()}
+    return {**row, **knobs, "run": "_".join(f"{k}-{v}" for k, v in knobs.items()), "eval": _EVAL_OF[r.metric],
+            "tables": spec.id, "top1": r.value}
+
+
+def _fig9_row(r: Any, row: dict) -> dict | None:
+    """Fig. 9: the MAE curve's block counts as partial fine-tuning of the base run."""
+    if not (r.setting.startswith("blocks=") and r.model.startswith("MAE ")):
+        return None
+    return {**row, "run": "base", "eval": "partial_ft", "eval_setting": _after_eq(r.setting), "tables": "fig9",
+            "top1": r.value}
+
+
+def _table3_row(r: Any, row: dict) -> dict | None:
+    """Table 3: scratch vs MAE fine-tuning (the paper's MAE entry is the 1600-epoch, normalised-pixel model)."""
+    if r.metric != "ft_top1":
+        return None
+    if r.setting.startswith("method=scratch"):
+        return {**row, "run": "scratch", "eval": "finetune", "init": "scratch", "tables": "3", "top1": r.value}
+    if r.setting.startswith("method=MAE;"):
         return {**row, "run": "table3-mae", "eval": "finetune", "target": "norm_pixel", "pretrain_epochs": 1600,
                 "tables": "3", "top1": r.value}
-    if r.table in ("Table 4", "Table 5") and r.setting.startswith(("method=MAE;", "method=supervised;")):
-        init = "mae" if r.setting.startswith("method=MAE;") else "supervised"
-        if r.metric in ("ap_box", "miou"):
-            return {**row, "run": "base" if init == "mae" else init, "init": init, "tables": r.table[-1],
-                    "eval": "transfer_det" if r.table == "Table 4" else "transfer_seg", r.metric: r.value}
     return None
+
+
+def _transfer_row(r: Any, row: dict) -> dict | None:
+    """Tables 4, 5: MAE and supervised pretraining, detection AP box / segmentation mIoU."""
+    if r.metric not in ("ap_box", "miou") or not r.setting.startswith(("method=MAE;", "method=supervised;")):
+        return None
+    init = "mae" if r.setting.startswith("method=MAE;") else "supervised"
+    return {**row, "run": "base" if init == "mae" else init, "init": init, "tables": r.table[-1],
+            "eval": "transfer_det" if r.table == "Table 4" else "transfer_seg", r.metric: r.value}
+
+
+#: the paper's table -> how one of its numbers becomes a runs.csv row (each table owns its label mapping)
+_ROW_OF = {**{table: _ablation_row for table in _ABLATION_OF}, "Fig 9": _fig9_row, "Table 3": _table3_row,
+           "Table 4": _transfer_row, "Table 5": _transfer_row}
+
+
+def _paper_row(r: Any, base: dict) -> dict | None:
+    """One paper number as a runs.csv row (None when it is not one the claims read)."""
+    row_of = _ROW_OF.get(r.table)
+    return row_of(r, dict(eval_setting="", init="mae", **base)) if row_of else None
 
 
 def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
