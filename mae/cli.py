@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from mae.errors import UserError
+from mae.errors import PREEMPTED_EXIT, Preempted, UserError
 from mae.evaluations import EVALUATIONS
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"preempted: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

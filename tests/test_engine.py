@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from dataclasses import replace
 
@@ -264,3 +265,53 @@ def test_atomic_writes_get_umask_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left
+
+
+class SignalledTask(RegressionTask):
+    """Sends itself SIGTERM (what SLURM does before it kills a job) during its ``signal_at``-th batch."""
+
+    def __init__(self, cfg, signal_at):
+        super().__init__(cfg)
+        self.signal_at = signal_at
+
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        if self.calls == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+
+@pytest.mark.parametrize("signal_at, accum", [(4, 1), (6, 1), (9, 1), (7, 2)])
+def test_preempted_run_resumes_mid_epoch_bit_identical(tmp_path, signal_at, accum):
+    from mae.errors import Preempted
+
+    cfg = cfg_for(epochs=2, accum_iter=accum, log_every=1)
+    straight = RegressionTask(cfg)
+    fit(straight, cfg, tmp_path / "straight")
+    first = SignalledTask(cfg, signal_at)
+    with pytest.raises(Preempted, match="rerun the same command to resume"):
+        fit(first, cfg, tmp_path / "resumed")
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert not ckpt["finished"] and ckpt["next_iter"] == first.calls - 6 * ckpt["epoch"]  # the state after it
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    resumed = RegressionTask(cfg)  # a fresh process: new init, RNG reset
+    torch.manual_seed(999)
+    fit(resumed, cfg, tmp_path / "resumed")
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.calls + resumed.calls == straight.calls  # no batch trained twice or skipped
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "resumed" / "log.jsonl").read_text().splitlines())
+             if r["kind"] == "step"]
+    assert steps == list(range(1, 12 // accum + 1))  # one log line per step, none duplicated
+
+
+def test_preempted_cli_exit_code(monkeypatch, capsys):
+    from mae import cli
+    from mae.errors import PREEMPTED_EXIT, Preempted
+
+    def preempted(args):
+        raise Preempted("stopped by signal 15 at epoch 1, iteration 3")
+
+    monkeypatch.setattr("mae.eval.knn.main", preempted)
+    assert cli.main(["knn", "--data", "x", "--out", "y", "--scratch"]) == PREEMPTED_EXIT == 75
+    assert capsys.readouterr().err.strip() == "preempted: stopped by signal 15 at epoch 1, iteration 3"

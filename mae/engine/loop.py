@@ -12,6 +12,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mae.config import TrainConfig, config_to_dict, effective_lr
 from mae.engine import distributed as D
-from mae.errors import UserError
+from mae.errors import Preempted, UserError
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
 from mae.utils.io import (atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps,
                           write_per_image)
@@ -35,6 +37,24 @@ LOG = "log.jsonl"
 METRICS = "metrics.json"
 # keys that may change between a run and its resumption (they do not change what is computed)
 RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps"}
+
+
+#: signals that ask a run to stop soon (SLURM sends SIGTERM before killing a job; `--signal=USR1@90` is common)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+@contextlib.contextmanager
+def _preemption_flag():
+    """A list that gets one item when a preemption signal arrives (handlers restored afterwards; in a
+    non-main thread, where Python cannot install handlers, the flag just stays empty)."""
+    flag: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {sig: signal.signal(sig, lambda signum, frame: flag.append(signum)) for sig in PREEMPT_SIGNALS}
+    try:
+        yield flag
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class NonFiniteLossError(UserError):
@@ -153,14 +173,41 @@ class _EpochLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, skip: int = 0):
+        """The batches of ``epoch``, from batch ``skip`` on (a resume inside the epoch). Our own sampler skips
+        by index, so skipped batches are not loaded and draw no random numbers: with ``num_workers=0`` the rest
+        of the epoch is bit-identical to an uninterrupted run (with workers the batch-to-worker assignment,
+        hence the augmentation draws, shift). A custom sampler's batches are loaded and dropped."""
         sampler = self.loader.sampler if self.loader.batch_sampler is None else self.loader.batch_sampler
         for s in (sampler, getattr(sampler, "sampler", None)):
             if hasattr(s, "set_epoch"):
                 s.set_epoch(epoch)
         if self.generator is not None:  # worker seeds (and any generator draw) depend on (seed, epoch, rank)
             self.generator.manual_seed((self.seed * 1_000_003 + epoch * 10_007 + self.rank) % 2**63)
-        return iter(self.loader)
+        if not skip:
+            return iter(self.loader)
+        if self.generator is None:
+            batches = iter(self.loader)
+            for _ in range(skip):
+                next(batches)
+            return batches
+        rest = list(self.loader.sampler)[skip * self.loader.batch_size:]
+        return iter(_with_sampler(self.loader, rest))
+
+
+def _with_sampler(loader: DataLoader, sampler: Any, generator: torch.Generator | None = None,
+                  worker_init_fn: Any = None) -> DataLoader:
+    """``loader`` with another sampler (same batch size, workers, collate…; its generator and worker init
+    unless others are given)."""
+    kwargs: dict[str, Any] = {}
+    if loader.num_workers > 0:
+        kwargs = {"prefetch_factor": loader.prefetch_factor, "multiprocessing_context": loader.multiprocessing_context}
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        timeout=loader.timeout, worker_init_fn=worker_init_fn or loader.worker_init_fn,
+        generator=generator or loader.generator, **kwargs,
+    )
 
 
 def _epoch_loader(loader: DataLoader, env: D.DistEnv, seed: int) -> _EpochLoader:
@@ -174,15 +221,7 @@ def _epoch_loader(loader: DataLoader, env: D.DistEnv, seed: int) -> _EpochLoader
         drop_last=loader.drop_last,
     )
     generator = torch.Generator()
-    kwargs: dict[str, Any] = {}
-    if loader.num_workers > 0:
-        kwargs = {"prefetch_factor": loader.prefetch_factor, "multiprocessing_context": loader.multiprocessing_context}
-    new = DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        timeout=loader.timeout, worker_init_fn=_chain_worker_init(loader.worker_init_fn), generator=generator,
-        **kwargs,
-    )
+    new = _with_sampler(loader, sampler, generator, _chain_worker_init(loader.worker_init_fn))
     return _EpochLoader(new, generator, seed, env.rank)
 
 
@@ -237,17 +276,20 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
             )
 
 
-def _trim_log(path: Path, last_epoch: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (an interrupted epoch)."""
+def _trim_log(path: Path, last_epoch: int, last_step: int | None = None) -> None:
+    """Drop log lines written after the checkpoint we resume from: after epoch ``last_epoch``, or (a checkpoint
+    inside an epoch) after step ``last_step`` of it."""
     if not path.exists():
         return
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("epoch", -1) <= last_epoch:
-                keep.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        epoch = record.get("epoch", -1)
+        if epoch < last_epoch or (epoch == last_epoch and (last_step is None or record.get("step", 0) <= last_step)):
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -286,6 +328,8 @@ class _Trainer:
         self.t_start = time.perf_counter()
         self.ckpt_path = out_dir / CHECKPOINT
         self.epoch, self.step, self.wall_prev = 0, 0, 0.0
+        self.start_iter = 0  # > 0: resuming inside an epoch (a preempted run)
+        self.preempt: list[int] = []  # a signal number once a preemption signal arrived
         self.last: dict = {"loss": float("nan"), "img_s": 0.0}
         self.log_file = None
         if env.is_main:
@@ -314,10 +358,11 @@ class _Trainer:
             )
         self.log_file = open(self.out_dir / LOG, "a") if self.env.is_main else None  # noqa: SIM115
         try:
-            train_time, train_images = 0.0, 0
-            while not finished and self.epoch < self.cfg.epochs:
-                seconds, images, finished = self._train_epoch(loader)
-                train_time, train_images = train_time + seconds, train_images + images
+            with _preemption_flag() as self.preempt:
+                train_time, train_images = 0.0, 0
+                while not finished and self.epoch < self.cfg.epochs:
+                    seconds, images, finished = self._train_epoch(loader)
+                    train_time, train_images = train_time + seconds, train_images + images
             return self._finish(train_time, train_images, extra)
         finally:
             if self.log_file is not None:
@@ -358,7 +403,9 @@ class _Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.task.load_state_dict(ckpt.get("task") or {})
-        self.epoch, self.step, self.wall_prev = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("wall_s", 0.0)
+        self.start_iter = ckpt.get("next_iter", 0)  # > 0: saved inside epoch `epoch` (a preempted run)
+        self.epoch = ckpt["epoch"] + (0 if self.start_iter else 1)
+        self.step, self.wall_prev = ckpt["step"], ckpt.get("wall_s", 0.0)
         self.last = ckpt.get("last", self.last)
         states = ckpt.get("rng_ranks") or [ckpt["rng"]]
         if self.env.rank < len(states):
@@ -366,8 +413,10 @@ class _Trainer:
         else:
             seed_everything(self.cfg.seed + self.env.rank + 7919 * self.epoch)
         if self.env.is_main:
-            _trim_log(self.out_dir / LOG, ckpt["epoch"])
-            print(f"resuming from {self.ckpt_path} after epoch {ckpt['epoch'] + 1}", flush=True)
+            _trim_log(self.out_dir / LOG, ckpt["epoch"], ckpt["step"] if self.start_iter else None)
+            where = f"iteration {self.start_iter} of epoch {self.epoch + 1}" if self.start_iter else \
+                f"epoch {ckpt['epoch'] + 1}"
+            print(f"resuming from {self.ckpt_path} after {where}", flush=True)
 
     def _train_epoch(self, loader: _EpochLoader) -> tuple[float, int, bool]:
         """One epoch (or up to ``max_steps``); returns (seconds, images over all ranks, whether training is done)."""
@@ -375,13 +424,19 @@ class _Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         meter, self.window = _Meter(), _Meter()
-        batches = loader.epoch(epoch)
+        start, self.start_iter = self.start_iter, 0
+        batches = loader.epoch(epoch, skip=start)
         bar = tqdm(total=self.iters, desc=f"{getattr(cfg, 'stage', 'train')} {epoch + 1}/{cfg.epochs}",
                    disable=not self.env.is_main, dynamic_ncols=True, leave=False)
         self.lr = lr_at(epoch, cfg, self.peak_lr)
         stop = False
-        for it in range(self.iters):
+        bar.update(start)
+        for it in range(start, self.iters):
             value, stop = self._iteration(next(batches), it, meter)
+            if (it + 1) % cfg.accum_iter == 0 and self._preempted():
+                self._save(epoch, False, next_iter=it + 1)
+                raise Preempted(f"stopped by signal {self.preempt[0]} at epoch {epoch + 1}, iteration {it + 1}; "
+                                f"the state is in {self.ckpt_path}: rerun the same command to resume")
             bar.update(1)
             elapsed = time.perf_counter() - meter.start
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr:.2e}",
@@ -450,7 +505,14 @@ class _Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _save(self, epoch: int, done: bool) -> None:
+    def _preempted(self) -> bool:
+        """Whether a preemption signal reached this rank (any rank, when distributed: all stop together)."""
+        if self.env.distributed:
+            return D.all_reduce_mean(self.env, [float(bool(self.preempt))])[0] > 0
+        return bool(self.preempt)
+
+    def _save(self, epoch: int, done: bool, next_iter: int = 0) -> None:
+        """Checkpoint after epoch ``epoch`` or, with ``next_iter``, inside it (resume at that iteration)."""
         env = self.env
         D.broadcast_module(env, self.model, buffers_only=True)
         rngs = D.all_gather_object(env, _rng_state())
@@ -459,7 +521,7 @@ class _Trainer:
                 {
                     "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                    "epoch": epoch, "step": self.step, "rng": rngs[0], "rng_ranks": rngs,
+                    "epoch": epoch, "next_iter": next_iter, "step": self.step, "rng": rngs[0], "rng_ranks": rngs,
                     "config": config_to_dict(self.cfg), "stage": getattr(self.cfg, "stage", "train"),
                     "task": self.task.state_dict(), "finished": done, "last": self.last,
                     "wall_s": self.wall_prev + time.perf_counter() - self.t_start, "world_size": env.world_size,
