@@ -221,3 +221,37 @@ def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, messa
     assert err.startswith("error: ") and "\n" not in err and message.format(D=data32) in err, err
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
     assert (out / "metrics.json").read_text() == '{"earlier": 1}'
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0"),
+])
+def test_a_failed_write_is_named_and_keeps_the_earlier_file(tmp_path, monkeypatch, failure):
+    import torch
+
+    from mae.utils.io import atomic_torch_save
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"the earlier checkpoint")
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*checkpoint\.pt: .*(No space left|failed writing)") as err:
+        atomic_torch_save({"model": {}}, target)
+    assert "\n" not in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert target.read_bytes() == b"the earlier checkpoint"
+
+
+def test_prepare_data_removes_the_temp_folder_of_a_run_that_died(tmp_path):
+    from mae.data.prepare import prepare_builtin
+
+    stale = tmp_path / ".shapes.k3j4h5g6.tmp"  # what a SIGBUS (full disk) or a kill leaves
+    stale.mkdir()
+    (stale / "train_images.npy").write_bytes(b"\0" * 1000)
+    prepare_builtin(tmp_path / "shapes", "shapes", img_size=16, n_train=8, n_val=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]

@@ -34,11 +34,15 @@ SPLIT_IDS = {"train": 0, "val": 1}
 
 @contextmanager
 def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it is removed."""
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it is removed (and the
+    temp folders of earlier runs that died are removed first: one writer per ``out``)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out exists and is not a folder: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*"):  # left by a run that died (a SIGBUS on a full disk, a kill)
+        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp

@@ -13,14 +13,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from mae.errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is flushed to disk (fsync) and renamed to ``path``
     (with the permissions a new file gets under the umask, not mkstemp's 0600), on error removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -29,6 +34,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~_umask())
             _fsync(tmp_path)  # the data on disk before the name points at it
         os.replace(tmp_path, path)
+    except OSError as err:  # disk full, quota, read-only file system: the earlier file stays as it was
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    except RuntimeError as err:  # torch.save reports a failed write (e.g. a full disk) as a RuntimeError
+        if "write" not in str(err).lower():
+            raise
+        raise UserError(f"cannot write {path}: {str(err).splitlines()[0]}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
