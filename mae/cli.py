@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"preempted: {err}", file=sys.stderr)
         return PREEMPTED_EXIT
+    except OSError as err:  # a file system refusal nothing above named (a read-only or unwritable folder …)
+        where = err.filename if err.filename is not None else "a file operation"
+        print(f"error: {where}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

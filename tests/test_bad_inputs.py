@@ -206,6 +206,10 @@ def data32(tmp_path_factory):
     ("train-tokenizer --data {D}/missing --out {O}/t.pt", "not a directory"),
     ("summarize --runs {D}/missing --out {O}/runs.csv", "runs folder not found"),
     ("tables --summary {D}/none.csv --out {O}", "summary not found"),
+    ("figures --summary {D}/none.csv --runs {D} --out {O}", "summary not found"),
+    ("claims --summary {D}/meta.json --out {O}", "meta.json: not a runs.csv"),
+    ("fit-pca --data {D} --out {O}/pca.pt --components 100000", "--components must be in [1, 48]"),
+    ("prepare-data --kind shapes --out {O}/d --n-train 0", "--n-train and --n-val must be >= 1, got 0"),
 ])
 def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, message):
     from mae.cli import main as cli_main
@@ -214,7 +218,7 @@ def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, messa
     out.mkdir()
     (out / "metrics.json").write_text('{"earlier": 1}')  # an earlier artifact: must survive byte-identical
     args = argv.format(D=data32, O=out).split()
-    if args[0] not in ("summarize", "tables", "train-tokenizer"):
+    if args[0] in ("pretrain", "finetune", "linprobe", "knn", "partial-ft") or args[0].startswith("transfer-"):
         args += ["--device", "cpu"]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -255,3 +259,82 @@ def test_prepare_data_removes_the_temp_folder_of_a_run_that_died(tmp_path):
     (stale / "train_images.npy").write_bytes(b"\0" * 1000)
     prepare_builtin(tmp_path / "shapes", "shapes", img_size=16, n_train=8, n_val=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+
+def _prepared_copy(data32: Path, tmp_path: Path, change) -> Path:
+    import shutil
+
+    import numpy as np
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data32, copy)
+    change(copy, np)
+    return copy
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d, np: np.save(d / "train_images.npy", np.load(d / "train_images.npy").astype("float32")),
+     "train_images.npy: expected uint8 (N, H, W, 3), got float32"),
+    (lambda d, np: np.save(d / "train_labels.npy", np.load(d / "train_labels.npy")[:10]),
+     "train has 32 images but 10 labels"),
+    (lambda d, np: np.save(d / "train_labels.npy", np.load(d / "train_labels.npy").astype("float64")),
+     "train_labels.npy: expected integer (N,), got float64"),
+    (lambda d, np: (d / "train_images.npy").write_bytes(b"not an array"), "cannot read"),
+])
+def test_damaged_prepared_dataset_is_named(data32, tmp_path, capsys, change, message):
+    from mae.cli import main as cli_main
+
+    data = _prepared_copy(data32, tmp_path, change)
+    out = tmp_path / "out"
+    assert cli_main(["linprobe", "--data", str(data), "--out", str(out), "--scratch", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not out.exists()
+
+
+def test_symlink_loop_as_dataset_root(tmp_path, capsys):
+    from mae.cli import main as cli_main
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert cli_main(["prepare-data", "--kind", "imagefolder", "--root", str(tmp_path / "a"),
+                     "--out", str(tmp_path / "m")]) == 2
+    assert f"dataset root is a symlink loop: {tmp_path / 'a'}" in capsys.readouterr().err
+
+
+def test_prepare_data_refuses_when_the_disk_is_too_full(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from mae.cli import main as cli_main
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    assert cli_main(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "d"), "--n-train", "5000"]) == 2
+    assert "not enough free space for" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_location_is_named(tmp_path, capsys):
+    from mae.cli import main as cli_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder is needed")
+    assert cli_main(["prepare-data", "--kind", "shapes", "--out", str(blocker / "d"), "--n-train", "8",
+                     "--n-val", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(blocker) in err and "\n" not in err
+
+
+@pytest.mark.parametrize("init", ["pca", "tokenizer", "settings"])
+def test_init_from_a_file_that_is_no_encoder_checkpoint(data32, tmp_path, capsys, init):
+    import torch
+
+    from mae.cli import main as cli_main
+
+    path = tmp_path / f"{init}.pt"
+    if init == "settings":
+        path.write_text('{"not": "a checkpoint"}')
+    else:  # a torch file of another kind (a fitted target)
+        torch.save({"kind": init, "components": torch.zeros(4, 48)}, path)
+    assert cli_main(["finetune", "--data", str(data32), "--out", str(tmp_path / "o"), "--init", str(path),
+                     "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(path) in err and "\n" not in err

@@ -39,6 +39,13 @@ def _is_image(name: str) -> bool:
 
 
 def _require_dir(path: Path, what: str) -> Path:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 reports a symlink loop this way
+        raise UserError(f"{what} is a symlink loop: {path}") from None
+    except OSError as err:
+        raise UserError(f"{what} {'not found' if isinstance(err, FileNotFoundError) else err.strerror}: {path}") \
+            from None
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
     if not path.is_dir():
@@ -116,7 +123,7 @@ def scan_imagefolder(root: Path, split: str, classes: list[str] | None = None) -
 
 
 def describe_imagefolder(root: Path, img_size: int, verify: bool = False, skip_bad: bool = False) -> dict:
-    root = _require_dir(Path(root).resolve(), "dataset root")
+    root = _require_dir(Path(root), "dataset root").resolve()
     classes, train = scan_imagefolder(root, "train")
     _, val = scan_imagefolder(root, "val", classes)
     exclude: list[str] = []
@@ -188,7 +195,7 @@ def quiet_coco(data_or_path: dict | str | Path):
 
 
 def describe_coco(root: Path, img_size: int, verify: bool = False, skip_bad: bool = False) -> dict:
-    root = _require_dir(Path(root).resolve(), "dataset root")
+    root = _require_dir(Path(root), "dataset root").resolve()
     splits, exclude, cats = {}, [], None
     for split in ("train", "val"):
         ann, img_dir = coco_paths(root, split)
@@ -267,7 +274,7 @@ def _ade_class_names(root: Path, num_classes: int | None) -> list[str]:
 def describe_ade20k(
     root: Path, img_size: int, verify: bool = False, skip_bad: bool = False, num_classes: int | None = None
 ) -> dict:
-    root = _require_dir(Path(root).resolve(), "dataset root")
+    root = _require_dir(Path(root), "dataset root").resolve()
     splits, exclude = {}, []
     for split in ("train", "val"):
         pairs = scan_ade20k(root, split)

@@ -47,14 +47,26 @@ def _check_split(split: str) -> None:
         raise UserError(f"unknown split {split!r} (valid: {', '.join(SPLITS)})")
 
 
+#: what each array of a prepared dataset is: (dtype test, its description, number of dimensions)
+_ARRAYS = {"images": (lambda d: d == np.uint8, "uint8", 4), "labels": (lambda d: d.kind in "iu", "integer", 1),
+           "semseg": (lambda d: d == np.uint8, "uint8", 3)}
+
+
 def _load_npy(data_dir: Path, name: str, mmap: bool = True) -> np.ndarray:
     path = data_dir / name
     if not path.is_file():
         raise UserError(f"missing dataset file: {path}")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
+    what = name.removesuffix(".npy").rsplit("_", 1)[-1]
+    if what in _ARRAYS:
+        dtype_ok, dtype, ndim = _ARRAYS[what]
+        if not dtype_ok(array.dtype) or array.ndim != ndim or (what == "images" and array.shape[-1] != 3):
+            shape = "(N, H, W, 3)" if what == "images" else "(N,)" if what == "labels" else "(N, H, W)"
+            raise UserError(f"{path}: expected {dtype} {shape}, got {array.dtype} {tuple(array.shape)}")
+    return array
 
 
 class ArrayDataset(Dataset):
@@ -118,12 +130,11 @@ def build_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bo
     kind = meta["kind"]
     skip = bool(meta.get("skip_bad", False)) if skip_bad is None else skip_bad
     if kind in IN_MEMORY_KINDS:
-        return ArrayDataset(
-            _load_npy(data_dir, f"{split}_images.npy"),
-            _load_npy(data_dir, f"{split}_labels.npy", mmap=False),
-            meta["classes"],
-            transform,
-        )
+        images = _load_npy(data_dir, f"{split}_images.npy")
+        labels = _load_npy(data_dir, f"{split}_labels.npy", mmap=False)
+        if len(images) != len(labels):
+            raise UserError(f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels")
+        return ArrayDataset(images, labels, meta["classes"], transform)
     root = Path(meta.get("root", ""))
     ex = _exclude(meta)
     if kind == "imagefolder":

@@ -112,6 +112,17 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
     _dump_json(tmp / f"{split}_instances.json", coco)
 
 
+def _check_free_space(out: Path, array_bytes: int) -> None:
+    """A full disk under the memory-mapped writes would end in SIGBUS: refuse up front, with a margin for the
+    instance annotations (COCO json) and the old copy kept until the swap."""
+    parent = next((p for p in [Path(out).absolute(), *Path(out).absolute().parents] if p.exists()), Path("/"))
+    need = int(array_bytes * 1.5) + (1 << 20)
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise UserError(f"not enough free space for {out}: about {need / 2**20:.0f} MiB needed, "
+                        f"{free / 2**20:.0f} MiB free in {parent}")
+
+
 def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 10000, n_val: int = 2000,
                     seed: int = 0, num_classes: int | None = None, name: str | None = None,
                     max_objects: int | None = None, max_clutter: int | None = None) -> dict:
@@ -130,6 +141,7 @@ def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 100
     if n_train < 1 or n_val < 1:
         raise UserError(f"--n-train and --n-val must be >= 1, got {n_train}, {n_val}")
     classes = synthetic.class_names(kind, num_classes)
+    _check_free_space(out, (n_train + n_val) * img_size * img_size * 4)  # images (3 B/px) + semantic masks
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         counts = {}
