@@ -560,5 +560,8 @@ class _Trainer:
 
     def _log(self, record: dict) -> None:
         if self.log_file is not None:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(json.dumps(record) + "\n")
+                self.log_file.flush()
+            except OSError as err:  # a full disk, a quota
+                raise UserError(f"cannot write {self.out_dir / LOG}: {err.strerror}") from None
