@@ -78,7 +78,7 @@ def check_study_sections(config: dict[str, Any]) -> None:
         ev = EVALUATIONS.get(section)
         drop = (ev.per, *ev.dag_keys) if ev else ()
         own = {k: v for k, v in values.items() if k not in drop}
-        base = config.get(OVERLAYS[section]) or {} if section in OVERLAYS else {}
+        base = (config.get(OVERLAYS[section]) or {}) if section in OVERLAYS else {}
         try:
             config_from_mapping(cls, {**base, **own})
         except UserError as err:

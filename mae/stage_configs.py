@@ -192,9 +192,6 @@ class DetConfig(TrainConfig):
                 raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1 (or null)")
 
 
-# ------------------------------------------------------------------------------------------------- model
-
-
 @dataclass
 class SegConfig(TrainConfig):
     """Segmentation transfer. Study-scale defaults; the paper's ADE20K values are in config/paper.yaml."""

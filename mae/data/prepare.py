@@ -25,7 +25,7 @@ import numpy as np
 from mae.data import synthetic
 from mae.data.datasets import FOLDER_KINDS, KINDS
 from mae.errors import UserError
-from mae.utils.io import atomic_write_json
+from mae.utils.io import atomic_write_json, current_umask
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -46,8 +46,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private entries: give them the usual modes
         for f in tmp.iterdir():
             if f.is_file():

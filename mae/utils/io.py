@@ -31,7 +31,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.is_file():
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, 0o666 & ~current_umask())
             _fsync(tmp_path)  # the data on disk before the name points at it
         os.replace(tmp_path, path)
     except OSError as err:  # disk full, quota, read-only file system: the earlier file stays as it was
@@ -68,7 +68,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -2,9 +2,9 @@
 
 Snakemake's own lock lives in the checkout's ``.snakemake/``, so two checkouts (or two configs of one) can
 run jobs into the same results folder at once. ``<results>/.study.lock`` records who holds the folder (host,
-pid, checkout, config files, start time). A second run refuses with a message naming the holder; a lock whose
+pid, checkout, start time and the study's ``scale``). A second run refuses with a message naming the holder; a lock whose
 holder process is gone on this host (a crash, a ``kill -9``) is reported and replaced; a lock from another
-host cannot be checked and is reported with the command that clears it. Dry runs and Snakemake's remote jobs
+host cannot be checked and is reported with the file to delete. Dry runs and Snakemake's remote jobs
 take no lock (the Snakefile's ``onstart`` hook, which Snakemake runs only for real runs in the main process).
 """
 
