@@ -84,6 +84,9 @@ class Task:
         """Return ``(loss, n_images, extras)``; extras are scalars to log (floats or 0-d tensors)."""
         raise NotImplementedError
 
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after every optimizer step (``step`` = steps taken so far), e.g. to update an EMA of the weights."""
+
     def evaluate(self) -> dict:
         """Validation metrics (called under ``no_grad`` and ``model.eval()``); may be ``{}``."""
         return {}
@@ -473,6 +476,7 @@ class _Trainer:
             return value, False
         self._optimizer_step()
         self.step += 1
+        self.task.after_optimizer_step(self.step)
         if self.step % cfg.log_every == 0:
             self._log({"kind": "step", "epoch": self.epoch, "step": self.step, "lr": self.lr,
                        **self.window.means(self.env)})
