@@ -19,6 +19,16 @@ include: "workflow/rules/transfer.smk"
 include: "workflow/rules/report.smk"
 
 
+# Cheap report jobs run in the head process, never as cluster jobs (no queueing on a GPU partition).
+localrules:
+    all,
+    study_plan,
+    summary,
+    tables,
+    claims,
+    figures,
+
+
 rule all:
     default_target: True
     input:

@@ -28,8 +28,9 @@ C = TypeVar("C")
 class TrainConfig:
     """Knobs of the shared training loop (:func:`mae.engine.fit`).
 
-    ``batch_size`` is per process; the effective batch is ``batch_size * accum_iter * world_size`` and
-    ``lr = base_lr * effective_batch / 256`` unless ``lr`` is given (absolute).
+    ``batch_size`` is the *global* batch of one optimizer step, as in the paper: each of the ``world_size``
+    processes loads ``batch_size / (world_size * accum_iter)`` images per forward pass (:func:`batch_plan`),
+    and ``lr = base_lr * batch_size / 256`` unless ``lr`` is given (absolute), whatever the split.
     """
 
     stage: ClassVar[str] = "train"
@@ -73,11 +74,31 @@ class TrainConfig:
             raise UserError(f"max_steps={self.max_steps!r} for {self.stage} must be >= 1 (or null)")
 
 
-def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:
-    """Absolute peak lr: ``cfg.lr`` if set, else ``base_lr * batch_size * accum_iter * world_size / 256``."""
+def effective_lr(cfg: TrainConfig) -> float:
+    """Absolute peak lr: ``cfg.lr`` if set, else ``base_lr * batch_size / 256`` (the global batch)."""
     if cfg.lr is not None:
         return float(cfg.lr)
-    return cfg.base_lr * cfg.batch_size * cfg.accum_iter * world_size / 256
+    return cfg.base_lr * cfg.batch_size / 256
+
+
+def per_process_batch(global_batch: int, world_size: int, accum_iter: int, stage: str = "train") -> int:
+    """Images per forward pass of one process; the global batch must split evenly."""
+    parts = world_size * accum_iter
+    if global_batch % parts:
+        raise UserError(f"batch_size={global_batch} for {stage} does not split over world_size={world_size} x "
+                        f"accum_iter={accum_iter} = {parts} (batch sizes are global): choose a multiple of {parts}")
+    return global_batch // parts
+
+
+def batch_plan(cfg: TrainConfig, world_size: int, global_batch: int | None = None) -> dict:
+    """How one optimizer step is split (what ``metrics.json`` and ``settings.json`` record). ``global_batch``:
+    the batch the task's loader actually asks for when it differs from ``cfg.batch_size`` (a tiny split)."""
+    batch = cfg.batch_size if global_batch is None else global_batch
+    return {
+        "world_size": world_size, "accum_iter": cfg.accum_iter, "global_batch": batch,
+        "batch_per_process": per_process_batch(batch, world_size, cfg.accum_iter, cfg.stage),
+        "peak_lr": effective_lr(cfg),
+    }
 
 
 @dataclass

@@ -31,6 +31,9 @@ class MaskSample:
     mask: torch.Tensor
     ids_restore: torch.Tensor
 
+    def rows(self, index: slice) -> "MaskSample":
+        return MaskSample(self.ids_keep[index], self.mask[index], self.ids_restore[index])
+
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Reference count of kept patches: ``int(L * (1 - ratio))``."""
@@ -51,12 +54,16 @@ def sample_from_mask(removed: torch.Tensor) -> MaskSample:
 
 
 class MaskSampler:
-    """Interface: ``sampler(batch_size, grid_size, mask_ratio, device) -> MaskSample``."""
+    """Interface: ``sampler(batch_size, grid_size, mask_ratio, device, generator=None) -> MaskSample``.
+
+    With a (CPU) ``generator`` every random draw comes from it, so a training run can keep its mask stream
+    apart from the global RNG (see :func:`draw_for_rank`); without one, samplers draw from torch's global RNG.
+    """
 
     name = "base"
 
     def __call__(self, batch_size: int, grid_size: tuple[int, int], mask_ratio: float,
-                 device: torch.device | str = "cpu") -> MaskSample:
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> MaskSample:
         raise NotImplementedError
 
 
@@ -65,10 +72,13 @@ class RandomSampler(MaskSampler):
 
     name = "random"
 
-    def __call__(self, batch_size, grid_size, mask_ratio, device="cpu"):
+    def __call__(self, batch_size, grid_size, mask_ratio, device="cpu", generator=None):
         num_patches = grid_size[0] * grid_size[1]
         len_keep = num_kept(num_patches, mask_ratio)
-        noise = torch.rand(batch_size, num_patches, device=device)
+        if generator is None:
+            noise = torch.rand(batch_size, num_patches, device=device)
+        else:
+            noise = torch.rand(batch_size, num_patches, generator=generator).to(device)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         mask = torch.ones(batch_size, num_patches, device=device)
@@ -123,13 +133,13 @@ class BlockSampler(MaskSampler):
             removed.view(-1)[extra] = True
         return removed.flatten()
 
-    def __call__(self, batch_size, grid_size, mask_ratio, device="cpu"):
+    def __call__(self, batch_size, grid_size, mask_ratio, device="cpu", generator=None):
         gh, gw = grid_size
         num_patches = gh * gw
         target = num_patches - num_kept(num_patches, mask_ratio)
         min_block = self.min_block or max(1, round(num_patches * 16 / 196))
         # seeded from torch's generator so torch.manual_seed makes block masks reproducible
-        rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator).item()))
         removed = torch.stack([self._one(rng, gh, gw, target, min_block) for _ in range(batch_size)])
         return sample_from_mask(removed.to(device))
 
@@ -146,7 +156,7 @@ class GridSampler(MaskSampler):
     def __init__(self, random_offset: bool = False):
         self.random_offset = random_offset
 
-    def __call__(self, batch_size, grid_size, mask_ratio, device="cpu"):
+    def __call__(self, batch_size, grid_size, mask_ratio, device="cpu", generator=None):
         gh, gw = grid_size
         stride = round(1 / math.sqrt(1 - mask_ratio)) if mask_ratio < 1 else 0
         if stride < 1 or abs((1 - 1 / stride**2) - mask_ratio) > 1e-6:
@@ -156,11 +166,22 @@ class GridSampler(MaskSampler):
         rows = torch.arange(gh).view(gh, 1)
         cols = torch.arange(gw).view(1, gw)
         if self.random_offset:
-            offsets = torch.randint(0, stride, (batch_size, 2))
+            offsets = torch.randint(0, stride, (batch_size, 2), generator=generator)
         else:
             offsets = torch.zeros(batch_size, 2, dtype=torch.long)
         kept = ((rows[None] % stride) == offsets[:, 0, None, None]) & ((cols[None] % stride) == offsets[:, 1, None, None])
         return sample_from_mask((~kept).reshape(batch_size, gh * gw).to(device))
+
+
+def draw_for_rank(sampler: MaskSampler, batch_size: int, grid_size: tuple[int, int], mask_ratio: float,
+                  device: torch.device | str, generator: torch.Generator, rank: int = 0,
+                  world_size: int = 1) -> MaskSample:
+    """This process's rows of the masks of the whole global batch: ``world_size × batch_size`` masks drawn from
+    ``generator`` (in the same state on every rank), rows ``rank::world_size`` kept — the rows of the images a
+    :class:`~torch.utils.data.DistributedSampler` gives this rank. So image *i* of a global batch gets the same
+    mask whatever the number of processes (a 2-node run equals a 1-process run with the same global batch)."""
+    sample = sampler(batch_size * world_size, grid_size, mask_ratio, device=device, generator=generator)
+    return sample if world_size == 1 else sample.rows(slice(rank, None, world_size))
 
 
 #: the sampler registry; its names are the choices of the `sampling` knob (mae/knobs.py)

@@ -21,7 +21,12 @@ from mae.utils.io import atomic_write_json
 
 
 class PretrainTask(Task):
-    """Masked-image reconstruction: the model's own loss on a batch of augmented images."""
+    """Masked-image reconstruction: the model's own loss on a batch of augmented images.
+
+    Masks come from a generator of their own, seeded with ``seed`` and in the same state on every process: each
+    process draws the masks of the whole global batch and keeps its rows (:func:`mae.masking.draw_for_rank`),
+    so with the engine's per-image seeded augmentation a run is the same for any number of processes.
+    """
 
     def __init__(self, cfg: PretrainConfig, data_dir: str | Path):
         from mae.data import build_dataset, load_meta
@@ -37,7 +42,8 @@ class PretrainTask(Task):
             raise UserError(f"img_size={self.img_size} for pretrain is not a multiple of {cfg.model}'s patch size "
                             f"{spec['patch_size']}")
         overrides = {"decoder_num_heads": cfg.decoder_heads, "img_size": self.img_size}
-        self.model = create_mae(
+        self.mask_rng = torch.Generator().manual_seed(cfg.seed)
+        self.model = self.mae = create_mae(
             cfg.model, target_path=cfg.target_path, norm_pix_loss=cfg.target == "norm_pixel",
             **model_kwargs(cfg), **{k: v for k, v in overrides.items() if v is not None},
         )
@@ -60,9 +66,20 @@ class PretrainTask(Task):
         )
 
     def train_step(self, batch):
+        from mae.masking import draw_for_rank
+
         imgs = self.to_device(batch[0])
-        loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio)
+        sample = draw_for_rank(self.mae.sampler, imgs.shape[0], self.mae.grid_size, self.cfg.mask_ratio,
+                               imgs.device, self.mask_rng, self.rank, self.world_size)
+        loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio, sample=sample)
         return loss, imgs.shape[0], {}
+
+    def state_dict(self) -> dict:
+        return {"mask_rng": self.mask_rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "mask_rng" in state:
+            self.mask_rng.set_state(state["mask_rng"])
 
     def evaluate(self) -> dict:
         """Reconstruction loss on held-out images with fixed masks (seeded, the global RNG untouched)."""
@@ -87,11 +104,14 @@ class PretrainTask(Task):
         return {"params": encoder, "params_total": total}
 
 
-def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path) -> dict:
+def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path, metrics: dict) -> dict:
     """The run's full knob set: every config key (knobs by their :mod:`mae.knobs` names), the model defaults
-    it resolved, and the dataset."""
+    it resolved, how the global batch was split (world size, per-process batch, accum_iter, peak lr) and the
+    dataset."""
     out = config_to_dict(cfg)
     out.update(task.resolved)
+    out.update({k: metrics[k] for k in ("world_size", "global_batch", "batch_per_process", "accum_iter", "peak_lr")
+                if k in metrics})
     out.update({"stage": "pretrain", "data": str(data_dir), "dataset": task.meta.get("name", Path(data_dir).name)})
     return out
 
@@ -102,7 +122,7 @@ def run(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
     task = PretrainTask(cfg, data_dir)
     metrics = fit(task, cfg, out_dir, extra=task.param_counts())
     if is_main_process():  # after fit: a refused resume (a changed knob) leaves the run's settings untouched
-        atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir))
+        atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir, metrics))
     return metrics
 
 

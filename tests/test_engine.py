@@ -125,14 +125,13 @@ def test_resume_refuses_changed_config(tmp_path):
 def test_accumulation_matches_larger_batch(tmp_path):
     data = make_data(n=64)
     big = cfg_for(epochs=2, batch_size=16, accum_iter=1, base_lr=0.1, weight_decay=0.0)
-    small = replace(big, batch_size=8, accum_iter=2)
+    small = replace(big, accum_iter=2)  # the same global batch 16 in two forward passes of 8
     t_big = RegressionTask(big, data=data, linear=True)
     t_small = RegressionTask(small, data=data, linear=True)
-    # same effective batch -> same lr; same sample order needs the same per-batch partition, so compare
-    # one optimizer step on identical data instead of relying on sampler details:
+    # batch sizes are global: the task's loader gives 16 in both runs, the engine splits it over accum_iter
     big_loader_order = list(DataLoader(data, batch_size=16, shuffle=False))
     t_big.train_loader = lambda: DataLoader(data, batch_size=16, shuffle=False, drop_last=True)
-    t_small.train_loader = lambda: DataLoader(data, batch_size=8, shuffle=False, drop_last=True)
+    t_small.train_loader = lambda: DataLoader(data, batch_size=16, shuffle=False, drop_last=True)
     m_big = fit(t_big, big, tmp_path / "big")
     m_small = fit(t_small, small, tmp_path / "small")
     assert len(big_loader_order) == 4 and m_big["steps"] == m_small["steps"] == 8
@@ -140,6 +139,7 @@ def test_accumulation_matches_larger_batch(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert m_big["lr"] == m_small["lr"] == pytest.approx(0.1 * 16 / 256)
+    assert (m_small["global_batch"], m_small["batch_per_process"], m_small["accum_iter"]) == (16, 8, 2)
 
 
 def test_non_finite_loss_keeps_last_checkpoint(tmp_path):
@@ -200,7 +200,7 @@ def _ddp_worker(rank, world, port, out, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    cfg = cfg_for(epochs=2, batch_size=4)
+    cfg = cfg_for(epochs=2, batch_size=8)  # global: 4 per process
     task = RegressionTask(cfg)
     if rank == 1:  # different init on rank 1: fit must broadcast rank 0's weights
         with torch.no_grad():
@@ -224,6 +224,7 @@ def test_ddp_two_processes_gloo(tmp_path):
         assert torch.equal(ckpt["model"][k], r0["weights"][k])
     # 48 samples / 2 ranks / batch 4 = 6 steps per epoch; lr uses the global batch 8
     assert r0["metrics"]["steps"] == 12 and r0["metrics"]["world_size"] == 2
+    assert (r0["metrics"]["global_batch"], r0["metrics"]["batch_per_process"]) == (8, 4)
     assert r0["metrics"]["lr"] == pytest.approx(2.0 * 8 / 256)
     assert len(ckpt["rng_ranks"]) == 2
     # only rank 0 wrote: exactly the expected files, one log line per log step
@@ -292,7 +293,7 @@ def test_preempted_run_resumes_mid_epoch_bit_identical(tmp_path, signal_at, accu
     with pytest.raises(Preempted, match="rerun the same command to resume"):
         fit(first, cfg, tmp_path / "resumed")
     ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
-    assert not ckpt["finished"] and ckpt["next_iter"] == first.calls - 6 * ckpt["epoch"]  # the state after it
+    assert not ckpt["finished"] and ckpt["next_iter"] == first.calls - 6 * accum * ckpt["epoch"]  # state after it
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     resumed = RegressionTask(cfg)  # a fresh process: new init, RNG reset
     torch.manual_seed(999)
@@ -302,7 +303,7 @@ def test_preempted_run_resumes_mid_epoch_bit_identical(tmp_path, signal_at, accu
     assert first.calls + resumed.calls == straight.calls  # no batch trained twice or skipped
     steps = [r["step"] for r in map(json.loads, (tmp_path / "resumed" / "log.jsonl").read_text().splitlines())
              if r["kind"] == "step"]
-    assert steps == list(range(1, 12 // accum + 1))  # one log line per step, none duplicated
+    assert steps == list(range(1, 13))  # one log line per step, none duplicated (the global batch sets the steps)
 
 
 def test_preempted_cli_exit_code(monkeypatch, capsys):

@@ -1,24 +1,19 @@
-"""Data-parallel helpers: process-group setup from the torchrun environment, gradient averaging.
-
-``fit`` does not wrap the model in ``DistributedDataParallel``: tasks call ``self.model`` directly, and the
-engine averages gradients itself (one flattened all-reduce per bucket, once per optimizer step, so gradient
-accumulation needs no ``no_sync``). Parameters and buffers are broadcast from rank 0 at the start, so every
-rank starts from the same weights; buffers (e.g. BatchNorm statistics) are re-broadcast before saving.
+"""Data-parallel helpers: process-group setup from the torchrun environment (gloo on CPU, NCCL on CUDA), the
+:class:`~torch.nn.parallel.DistributedDataParallel` wrapper ``fit`` trains through, and small collectives
+for logged scalars and objects.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from mae.errors import UserError
-
-BUCKET_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -81,52 +76,16 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def _buckets(tensors: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for t in tensors:
-        if bucket and (size + t.numel() * t.element_size() > BUCKET_BYTES or t.dtype != bucket[0].dtype):
-            yield bucket
-            bucket, size = [], 0
-        bucket.append(t)
-        size += t.numel() * t.element_size()
-    if bucket:
-        yield bucket
-
-
-def _coalesced(env: DistEnv, tensors: list[torch.Tensor], op: str) -> None:
-    for bucket in _buckets(tensors):
-        flat = torch.cat([t.reshape(-1) for t in bucket])
-        if op == "mean":
-            dist.all_reduce(flat)
-            flat /= env.world_size
-        else:
-            dist.broadcast(flat, src=0)
-        offset = 0
-        for t in bucket:
-            n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
-            offset += n
-
-
-def average_gradients(env: DistEnv, params: Iterable[torch.Tensor]) -> None:
-    """Average ``.grad`` over ranks (parameters without a gradient are skipped on every rank alike)."""
+def wrap(env: DistEnv, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+    """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel` (rank 0's parameters and buffers are
+    broadcast at construction, gradients averaged in buckets during backward); ``module`` itself when not
+    distributed."""
     if not env.distributed:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        _coalesced(env, grads, "mean")
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-
-def broadcast_module(env: DistEnv, module: nn.Module, buffers_only: bool = False) -> None:
-    """Copy rank 0's parameters (unless ``buffers_only``) and floating buffers to every rank."""
-    if not env.distributed:
-        return
-    with torch.no_grad():
-        tensors = [] if buffers_only else [p.data for p in module.parameters()]
-        tensors += [b for b in module.buffers()]
-        if tensors:
-            _coalesced(env, tensors, "broadcast")
+    device_ids = [env.device] if env.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 def all_reduce_mean(env: DistEnv, values: list[float]) -> list[float]:

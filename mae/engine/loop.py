@@ -2,8 +2,9 @@
 
 ``fit`` owns everything about iterating: per-iteration warmup + cosine lr (times each group's
 ``lr_scale``), gradient accumulation, autocast (bf16 on CPU/CUDA, fp16 + GradScaler on CUDA), gradient
-clipping, non-finite loss detection, data parallelism under torchrun, atomic checkpoints with exact
-resume, JSON-lines logs, a tqdm bar with images/s and the final ``metrics.json``.
+clipping, non-finite loss detection, data parallelism under torchrun (``DistributedDataParallel``, global
+batch split over processes and accumulation steps), per-image seeded augmentation, atomic checkpoints with
+exact resume, JSON-lines logs, a tqdm bar with images/s and the final ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from mae.config import TrainConfig, config_to_dict, effective_lr
+from mae.config import TrainConfig, batch_plan, config_to_dict, effective_lr
 from mae.engine import distributed as D
 from mae.errors import Preempted, UserError
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
@@ -64,12 +65,21 @@ class NonFiniteLossError(UserError):
 class Task:
     """What a stage trains. Subclasses set ``self.model`` and implement ``train_loader`` and ``train_step``.
 
-    ``fit`` moves ``model`` to the device and sets ``self.device`` before calling any other method;
-    ``train_step`` runs inside autocast and must move its batch with :meth:`to_device`.
+    ``fit`` moves ``model`` to the device and sets ``self.device`` (and ``rank``/``world_size``) before calling
+    any other method; ``train_step`` runs inside autocast and must move its batch with :meth:`to_device`.
+    Under torchrun, ``self.model`` *is* the ``DistributedDataParallel`` wrapper during ``train_step`` (call it,
+    do not reach into its attributes there) and the plain module everywhere else.
+
+    ``train_loader`` gives the *global* batch (``cfg.batch_size``); ``fit`` re-makes a plain loader with the
+    per-process batch and a sampler that seeds every image's augmentation from (seed, epoch, image index).
     """
 
     model: nn.Module
     device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+    #: DistributedDataParallel's flag: set when some parameters get no gradient in a step
+    find_unused_parameters: bool = False
 
     def param_groups(self, cfg: TrainConfig) -> list[dict]:
         return param_groups_weight_decay(self.model, cfg.weight_decay)
@@ -178,9 +188,8 @@ class _EpochLoader:
 
     def epoch(self, epoch: int, skip: int = 0):
         """The batches of ``epoch``, from batch ``skip`` on (a resume inside the epoch). Our own sampler skips
-        by index, so skipped batches are not loaded and draw no random numbers: with ``num_workers=0`` the rest
-        of the epoch is bit-identical to an uninterrupted run (with workers the batch-to-worker assignment,
-        hence the augmentation draws, shift). A custom sampler's batches are loaded and dropped."""
+        by index, so skipped batches are not loaded; augmentations are seeded per image, so the rest of the
+        epoch is bit-identical to an uninterrupted run. A custom sampler's batches are loaded and dropped."""
         sampler = self.loader.sampler if self.loader.batch_sampler is None else self.loader.batch_sampler
         for s in (sampler, getattr(sampler, "sampler", None)):
             if hasattr(s, "set_epoch"):
@@ -198,34 +207,85 @@ class _EpochLoader:
         return iter(_with_sampler(self.loader, rest))
 
 
+class _SeededIndices(Sampler):
+    """A :class:`DistributedSampler` whose items are ``(index, epoch)``, for :class:`_SeededDataset`."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((i, self.epoch) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _SeededDataset(Dataset):
+    """``dataset[index]`` with torch's, numpy's and Python's RNGs seeded from (seed, epoch, index) for the call and
+    restored afterwards: an image's augmentation depends on nothing else — not the rank, the number of
+    processes or workers, nor the batches before it."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(state[0]))
+            random.seed(int(state[1]))
+            np.random.seed(int(state[1]))
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
 def _with_sampler(loader: DataLoader, sampler: Any, generator: torch.Generator | None = None,
-                  worker_init_fn: Any = None) -> DataLoader:
-    """``loader`` with another sampler (same batch size, workers, collate…; its generator and worker init
-    unless others are given)."""
+                  worker_init_fn: Any = None, dataset: Dataset | None = None,
+                  batch_size: int | None = None) -> DataLoader:
+    """``loader`` with another sampler (same batch size, workers, collate…; its generator, worker init, dataset and
+    batch size unless others are given)."""
     kwargs: dict[str, Any] = {}
     if loader.num_workers > 0:
-        kwargs = {"prefetch_factor": loader.prefetch_factor, "multiprocessing_context": loader.multiprocessing_context}
+        kwargs = {"prefetch_factor": loader.prefetch_factor, "multiprocessing_context": loader.multiprocessing_context,
+                  "persistent_workers": loader.persistent_workers}
     return DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+        dataset or loader.dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
+        num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
         timeout=loader.timeout, worker_init_fn=worker_init_fn or loader.worker_init_fn,
         generator=generator or loader.generator, **kwargs,
     )
 
 
-def _epoch_loader(loader: DataLoader, env: D.DistEnv, seed: int) -> _EpochLoader:
-    """Replace a plain random/sequential sampler by a seeded DistributedSampler (works for world size 1)."""
+def _epoch_loader(loader: DataLoader, env: D.DistEnv, cfg: TrainConfig) -> _EpochLoader:
+    """A plain random/sequential loader of the global batch -> the per-process batch, a seeded DistributedSampler
+    (rank r takes the images r, r + W, … of each shuffled epoch, so a global batch holds the same images for any
+    world size W) and per-image seeded augmentation (:class:`_SeededDataset`). A custom sampler is kept (its
+    ``set_epoch`` called), its batch taken as per process."""
     plain = loader.batch_size is not None and isinstance(loader.sampler, (RandomSampler, SequentialSampler))
-    if not plain:  # a custom (batch) sampler: keep it, call its set_epoch if any
-        return _EpochLoader(loader, None, seed, env.rank)
+    if not plain:
+        return _EpochLoader(loader, None, cfg.seed, env.rank)
+    per_process = batch_plan(cfg, env.world_size, loader.batch_size)["batch_per_process"]
     shuffle = isinstance(loader.sampler, RandomSampler)
     sampler = DistributedSampler(
-        loader.dataset, num_replicas=env.world_size, rank=env.rank, shuffle=shuffle, seed=seed,
+        loader.dataset, num_replicas=env.world_size, rank=env.rank, shuffle=shuffle, seed=cfg.seed,
         drop_last=loader.drop_last,
     )
     generator = torch.Generator()
-    new = _with_sampler(loader, sampler, generator, _chain_worker_init(loader.worker_init_fn))
-    return _EpochLoader(new, generator, seed, env.rank)
+    new = _with_sampler(loader, _SeededIndices(sampler), generator, _chain_worker_init(loader.worker_init_fn),
+                        dataset=_SeededDataset(loader.dataset, cfg.seed), batch_size=per_process)
+    return _EpochLoader(new, generator, cfg.seed, env.rank)
 
 
 @dataclass
@@ -352,7 +412,10 @@ class _Trainer:
                 return metrics
         self._build(ckpt)
         finished = bool(ckpt and ckpt.get("finished"))
-        loader = _epoch_loader(self.task.train_loader(), self.env, self.cfg.seed)
+        loader = _epoch_loader(self.task.train_loader(), self.env, self.cfg)
+        per_process = loader.loader.batch_size  # None: a custom batch sampler (cfg.batch_size is then recorded)
+        self.plan = batch_plan(self.cfg, self.env.world_size,
+                               per_process and per_process * self.env.world_size * self.cfg.accum_iter)
         self.iters = (len(loader) // self.cfg.accum_iter) * self.cfg.accum_iter
         if self.iters == 0 and not finished:
             raise UserError(
@@ -384,12 +447,11 @@ class _Trainer:
     def _build(self, ckpt: dict | None) -> None:
         """Model on the device, optimizer and scaler; the training state of ``ckpt`` restored when resuming."""
         task, cfg, env = self.task, self.cfg, self.env
-        task.device = self.device
+        task.device, task.rank, task.world_size = self.device, env.rank, env.world_size
         self.model = task.model.to(self.device)
-        self.peak_lr = effective_lr(cfg, env.world_size)
+        self.peak_lr = effective_lr(cfg)
         if ckpt is None:
             seed_everything(cfg.seed + env.rank)
-            D.broadcast_module(env, self.model)
             if env.is_main:  # a start from zero (e.g. killed before its first checkpoint) starts a new log
                 (self.out_dir / LOG).unlink(missing_ok=True)
         self.optimizer = task.optimizer(task.param_groups(cfg), self.peak_lr, cfg)
@@ -399,6 +461,7 @@ class _Trainer:
             self._restore(ckpt)
         if cfg.compile:
             self.model.compile()
+        self.ddp = D.wrap(env, self.model, task.find_unused_parameters)  # broadcasts rank 0's weights
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -464,15 +527,17 @@ class _Trainer:
         if it % cfg.accum_iter == 0:
             self.lr = lr_at(self.epoch + it / self.iters, cfg, self.peak_lr)
             set_lr(self.optimizer, self.lr)
-        with autocast(self.device, cfg.amp):
-            loss, n_images, extras = self.task.train_step(batch)
-        value = float(loss.detach())
-        self._check_finite(value, it)
-        scaled = loss / cfg.accum_iter
-        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        steps = (it + 1) % cfg.accum_iter == 0
+        with self._through_ddp(sync=steps):
+            with autocast(self.device, cfg.amp):
+                loss, n_images, extras = self.task.train_step(batch)
+            value = float(loss.detach())
+            self._check_finite(value, it)
+            scaled = loss / cfg.accum_iter
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         meter.add(value, int(n_images), extras)
         self.window.add(value, int(n_images), extras)
-        if (it + 1) % cfg.accum_iter:
+        if not steps:
             return value, False
         self._optimizer_step()
         self.step += 1
@@ -482,6 +547,20 @@ class _Trainer:
                        **self.window.means(self.env)})
             self.window = _Meter()
         return value, cfg.max_steps is not None and self.step >= cfg.max_steps
+
+    @contextlib.contextmanager
+    def _through_ddp(self, sync: bool):
+        """``task.model`` is the DDP wrapper for one forward/backward; ``no_sync`` unless the step ends here
+        (gradient accumulation all-reduces once per optimizer step)."""
+        if self.ddp is self.model:
+            yield
+            return
+        self.task.model = self.ddp
+        try:
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                yield
+        finally:
+            self.task.model = self.model
 
     def _check_finite(self, value: float, it: int) -> None:
         bad = not math.isfinite(value)
@@ -494,8 +573,7 @@ class _Trainer:
                 f"non-finite loss {value} at epoch {self.epoch} step {self.step} (iteration {it}); {kept}")
 
     def _optimizer_step(self) -> None:
-        """Average gradients over ranks, clip, step (through the GradScaler under fp16), zero."""
-        D.average_gradients(self.env, self.params)
+        """Clip, step (through the GradScaler under fp16), zero; DDP averaged the gradients during backward."""
         clip = self.cfg.clip_grad
         if self.scaler is not None:
             if clip is not None:
@@ -518,7 +596,6 @@ class _Trainer:
     def _save(self, epoch: int, done: bool, next_iter: int = 0) -> None:
         """Checkpoint after epoch ``epoch`` or, with ``next_iter``, inside it (resume at that iteration)."""
         env = self.env
-        D.broadcast_module(env, self.model, buffers_only=True)
         rngs = D.all_gather_object(env, _rng_state())
         if env.is_main:
             atomic_torch_save(
@@ -550,8 +627,7 @@ class _Trainer:
             "wall_s": self.wall_prev + time.perf_counter() - self.t_start,
             "img_s": train_images / train_time if train_time > 0 else self.last.get("img_s", 0.0),
             "lr": self.peak_lr,
-            "eff_batch_size": self.cfg.batch_size * self.cfg.accum_iter * self.env.world_size,
-            "world_size": self.env.world_size,
+            **self.plan,
             "config": config_to_dict(self.cfg),
             **final,
             **extra,

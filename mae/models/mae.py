@@ -32,7 +32,7 @@ from timm.models.vision_transformer import Block
 from mae.models.attention import check_attention, set_kernels, use_fused
 
 from mae.errors import UserError
-from mae.masking import build_sampler
+from mae.masking import MaskSample, build_sampler
 from mae.models.pos_embed import sincos_2d
 from mae.targets import build_target, patchify, unpatchify
 
@@ -127,26 +127,27 @@ class MaskedAutoencoderViT(nn.Module):
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         return unpatchify(x, self.patch_size, self.in_chans, self.grid_size)
 
-    def random_masking(self, x: torch.Tensor, mask_ratio: float):
-        """Keep a subset of the (N, L, D) tokens with the configured sampler -> (x_kept, mask, ids_restore)."""
+    def random_masking(self, x: torch.Tensor, mask_ratio: float, sample: MaskSample | None = None):
+        """Keep a subset of the (N, L, D) tokens with the configured sampler (or the given ``sample``) ->
+        (x_kept, mask, ids_restore)."""
         n, _, d = x.shape
-        sample = self.sampler(n, self.grid_size, mask_ratio, device=x.device)
+        sample = sample or self.sampler(n, self.grid_size, mask_ratio, device=x.device)
         x_kept = torch.gather(x, 1, sample.ids_keep.unsqueeze(-1).expand(-1, -1, d))
         return x_kept, sample.mask.to(x.dtype), sample.ids_restore
 
     # ------------------------------------------------------------------------------------------ forward
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float):
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, sample: MaskSample | None = None):
         self._select_attention_kernels(imgs.device)
         x = self.patch_embed(imgs)
         if self.mask_token_in_encoder:
             n, num_patches, d = x.shape
-            sample = self.sampler(n, self.grid_size, mask_ratio, device=x.device)
+            sample = sample or self.sampler(n, self.grid_size, mask_ratio, device=x.device)
             mask, ids_restore = sample.mask, sample.ids_restore
             removed = mask.unsqueeze(-1).to(torch.bool)
             x = torch.where(removed, self.encoder_mask_token.to(x.dtype), x) + self.pos_embed[:, 1:, :]
         else:
             x = x + self.pos_embed[:, 1:, :]
-            x, mask, ids_restore = self.random_masking(x, mask_ratio)
+            x, mask, ids_restore = self.random_masking(x, mask_ratio, sample)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
@@ -176,8 +177,9 @@ class MaskedAutoencoderViT(nn.Module):
         loss = self.target_fn.per_patch_loss(pred, self.forward_target(imgs))
         return (loss * mask).sum() / mask.sum()
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75):
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio)
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, sample: MaskSample | None = None):
+        """(loss, pred, mask). ``sample``: the masks to use (default: drawn by the configured sampler)."""
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, sample)
         pred = self.forward_decoder(latent, ids_restore)
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask

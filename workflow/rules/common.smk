@@ -8,6 +8,7 @@ from mae.evaluations import (
     check_study_sections,
     folders,
 )
+from mae.launch import launcher
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
 from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
 
@@ -59,6 +60,12 @@ def section_overrides(section):
 def stage_flags(section):
     """`--device` and the stage's section as `--set` flags."""
     return f"--device {config['device']} {section_overrides(section)}"
+
+
+def launch(wildcards, resources):
+    """How a training rule starts `mae`: one process, torchrun on one node, or srun + torchrun on several
+    (mae/launch.py), from the job's `nodes` and `gpu`/`gres` resources (profiles/slurm)."""
+    return launcher({name: resources[name] for name in resources.keys()})
 
 
 def run_flags(run):

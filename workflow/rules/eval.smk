@@ -18,11 +18,12 @@ rule finetune:
         mem_mb=4000,
         runtime=120,
     params:
+        launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
         stage=finetune_flags,
     shell:
-        "OMP_NUM_THREADS={threads} mae finetune --data {input.data} --out {params.out} {params.init}"
+        "OMP_NUM_THREADS={threads} {params.launcher} finetune --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
 
 
@@ -43,11 +44,12 @@ rule linprobe:
         mem_mb=4000,
         runtime=60,
     params:
+        launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
         stage=stage_flags("linprobe"),
     shell:
-        "OMP_NUM_THREADS={threads} mae linprobe --data {input.data} --out {params.out} {params.init}"
+        "OMP_NUM_THREADS={threads} {params.launcher} linprobe --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
 
 
@@ -68,11 +70,12 @@ rule partial_ft:
         mem_mb=4000,
         runtime=120,
     params:
+        launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
         stage=partial_ft_flags,
     shell:
-        "OMP_NUM_THREADS={threads} mae partial-ft --blocks {wildcards.blocks} --data {input.data}"
+        "OMP_NUM_THREADS={threads} {params.launcher} partial-ft --blocks {wildcards.blocks} --data {input.data}"
         " --out {params.out} {params.init} {params.stage} > {log} 2>&1"
 
 

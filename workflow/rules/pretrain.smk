@@ -26,11 +26,7 @@ rule pretrain:
         target=lambda wc, input: (
             f"--set target_path={input.target[0]}" if input.target else ""
         ),
-        launcher=lambda wc, resources: (
-            f"torchrun --standalone --nproc_per_node {resources.gpu} -m mae"
-            if int(getattr(resources, "gpu", 0) or 0) > 1
-            else "mae"
-        ),
+        launcher=launch,
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} pretrain --data {input.data} --out {params.out}"
         " {params.stage} {params.knobs} {params.target} > {log} 2>&1"

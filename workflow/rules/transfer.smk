@@ -19,11 +19,12 @@ rule transfer_det:
         mem_mb=6000,
         runtime=240,
     params:
+        launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
         stage=stage_flags("transfer_det"),
     shell:
-        "OMP_NUM_THREADS={threads} mae transfer-det --data {input.data} --out {params.out} {params.init}"
+        "OMP_NUM_THREADS={threads} {params.launcher} transfer-det --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
 
 
@@ -44,11 +45,12 @@ rule transfer_seg:
         mem_mb=6000,
         runtime=240,
     params:
+        launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
         stage=stage_flags("transfer_seg"),
     shell:
-        "OMP_NUM_THREADS={threads} mae transfer-seg --data {input.data} --out {params.out} {params.init}"
+        "OMP_NUM_THREADS={threads} {params.launcher} transfer-seg --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
 
 
@@ -69,9 +71,10 @@ rule transfer_cls:
         mem_mb=4000,
         runtime=120,
     params:
+        launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
         stage=stage_flags("transfer_cls"),
     shell:
-        "OMP_NUM_THREADS={threads} mae transfer-cls --data {input.data} --out {params.out} {params.init}"
+        "OMP_NUM_THREADS={threads} {params.launcher} transfer-cls --data {input.data} --out {params.out} {params.init}"
         " {params.stage} > {log} 2>&1"
