@@ -63,8 +63,9 @@ def stage_flags(section):
 
 
 def launch(wildcards, resources):
-    """How a training rule starts `mae`: one process, torchrun on one node, or srun + torchrun on several
-    (mae/launch.py), from the job's `nodes` and `gpu`/`gres` resources (profiles/slurm)."""
+    """The command that starts `mae` in a training job (one process, torchrun on one node, or srun + torchrun
+    on several; mae/launch.py), from the job's `nodes` and `gpu`/`gres` resources (profiles/slurm).
+    """
     return launcher({name: resources[name] for name in resources.keys()})
 
 
