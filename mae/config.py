@@ -55,6 +55,7 @@ class TrainConfig:
     save_every: int = 1
     eval_every: int = 0
     compile: bool = False
+    tensorboard: bool = True  # scalars (loss, lr, img/s, eval metrics) as TensorBoard events in OUT/tensorboard
     max_steps: Optional[int] = None
 
     def check(self) -> None:

@@ -228,7 +228,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert r0["metrics"]["lr"] == pytest.approx(2.0 * 8 / 256)
     assert len(ckpt["rng_ranks"]) == 2
     # only rank 0 wrote: exactly the expected files, one log line per log step
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "metrics.json", "tensorboard"]
     steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"step"' in x]
     assert len([r for r in steps if r["kind"] == "step"]) == 6
 
@@ -316,3 +316,33 @@ def test_preempted_cli_exit_code(monkeypatch, capsys):
     monkeypatch.setattr("mae.eval.knn.main", preempted)
     assert cli.main(["knn", "--data", "x", "--out", "y", "--scratch"]) == PREEMPTED_EXIT == 75
     assert capsys.readouterr().err.strip() == "preempted: stopped by signal 15 at epoch 1, iteration 3"
+
+
+def _scalars(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_curves_follow_the_log_and_resume(tmp_path):
+    from mae.errors import Preempted
+
+    cfg = cfg_for(epochs=2, log_every=1)
+    fit(RegressionTask(cfg), cfg, tmp_path / "straight")
+    straight = _scalars(tmp_path / "straight" / "tensorboard", "train/loss")
+    assert [s for s, _ in straight] == list(range(1, 13))
+    logged = [r["loss"] for r in map(json.loads, (tmp_path / "straight" / "log.jsonl").read_text().splitlines())
+              if r["kind"] == "step"]
+    assert [v for _, v in straight] == pytest.approx(logged, rel=1e-6)
+    assert _scalars(tmp_path / "straight" / "tensorboard", "train/lr") and \
+        _scalars(tmp_path / "straight" / "tensorboard", "epoch/img_s")
+    # a preempted run resumed: events after the checkpoint are purged, each step appears once
+    with pytest.raises(Preempted):
+        fit(SignalledTask(cfg, 9), cfg, tmp_path / "resumed")
+    fit(RegressionTask(cfg), cfg, tmp_path / "resumed")
+    assert [s for s, _ in _scalars(tmp_path / "resumed" / "tensorboard", "train/loss")] == list(range(1, 13))
+    # off switch
+    fit(RegressionTask(cfg), replace(cfg, tensorboard=False), tmp_path / "off")
+    assert not (tmp_path / "off" / "tensorboard").exists()

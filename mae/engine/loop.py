@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -37,7 +38,9 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 METRICS = "metrics.json"
 # keys that may change between a run and its resumption (they do not change what is computed)
-RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps"}
+RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps",
+                "tensorboard"}
+TENSORBOARD = "tensorboard"
 
 
 #: signals that ask a run to stop soon (SLURM sends SIGTERM before killing a job; `--signal=USR1@90` is common)
@@ -315,6 +318,30 @@ class _Meter:
         return out
 
 
+class _Curves:
+    """The log records as TensorBoard scalars in ``OUT/tensorboard`` (``tensorboard --logdir results/runs``):
+    ``train/*`` per logged optimizer step, ``epoch/*`` per epoch, ``eval/*``; x = optimizer step. A resumed run
+    purges the events written after its checkpoint (``purge_step``), as ``log.jsonl`` is trimmed."""
+
+    SECTIONS = {"step": "train", "epoch": "epoch", "eval": "eval"}
+
+    def __init__(self, folder: Path, purge_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imported only when curves are written
+
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def add(self, record: dict) -> None:
+        section = self.SECTIONS.get(record.get("kind", ""))
+        if section is None:
+            return
+        for key, value in record.items():
+            if key not in ("kind", "epoch", "step") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{section}/{key}", value, record.get("step", 0))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def _read_metrics(out_dir: Path) -> dict | None:
     path = out_dir / METRICS
     if path.exists():
@@ -395,6 +422,7 @@ class _Trainer:
         self.preempt: list[int] = []  # a signal number once a preemption signal arrived
         self.last: dict = {"loss": float("nan"), "img_s": 0.0}
         self.log_file = None
+        self.curves: _Curves | None = None
         if env.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(out_dir)  # of writes a kill interrupted
@@ -423,6 +451,9 @@ class _Trainer:
                 f"accum_iter={self.cfg.accum_iter}: lower batch_size/accum_iter or use more data"
             )
         self.log_file = open(self.out_dir / LOG, "a") if self.env.is_main else None  # noqa: SIM115
+        self.curves = None
+        if self.env.is_main and self.cfg.tensorboard:
+            self.curves = _Curves(self.out_dir / TENSORBOARD, self.step + 1 if self.step else None)
         try:
             with _preemption_flag() as self.preempt:
                 train_time, train_images = 0.0, 0
@@ -433,6 +464,8 @@ class _Trainer:
         finally:
             if self.log_file is not None:
                 self.log_file.close()
+            if self.curves is not None:
+                self.curves.close()
 
     def _read_checkpoint(self) -> dict | None:
         if not self.ckpt_path.exists():
@@ -454,6 +487,7 @@ class _Trainer:
             seed_everything(cfg.seed + env.rank)
             if env.is_main:  # a start from zero (e.g. killed before its first checkpoint) starts a new log
                 (self.out_dir / LOG).unlink(missing_ok=True)
+                shutil.rmtree(self.out_dir / TENSORBOARD, ignore_errors=True)
         self.optimizer = task.optimizer(task.param_groups(cfg), self.peak_lr, cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
@@ -643,5 +677,7 @@ class _Trainer:
             try:
                 self.log_file.write(json.dumps(record) + "\n")
                 self.log_file.flush()
+                if self.curves is not None:
+                    self.curves.add(record)
             except OSError as err:  # a full disk, a quota
                 raise UserError(f"cannot write {self.out_dir / LOG}: {err.strerror}") from None
