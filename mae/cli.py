@@ -69,7 +69,8 @@ def _type_name(hint: Any) -> str:
     if type(None) in args:
         return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
     if origin in (tuple, list):
-        return "[" + ", ".join(_type_name(a) for a in args if a is not Ellipsis) + (", ...]" if Ellipsis in args else "]")
+        items = [_type_name(a) for a in args if a is not Ellipsis] + (["..."] if Ellipsis in args else [])
+        return "[" + ", ".join(items) + "]"
     return getattr(hint, "__name__", str(hint))
 
 

@@ -117,7 +117,8 @@ def test_dependency_floors_admit_the_tested_versions():
         except importlib.metadata.PackageNotFoundError:
             continue
         assert req.specifier.contains(Version(installed.base_version), prereleases=True), (dep, installed)
-    slurm = next(Requirement(d) for d in data["project"]["dependencies"] if d.startswith("snakemake-executor-plugin-slurm"))
+    deps = [Requirement(d) for d in data["project"]["dependencies"]]
+    slurm = next(r for r in deps if r.name == "snakemake-executor-plugin-slurm")
     assert not slurm.specifier.contains("1.9") and slurm.specifier.contains("2.0")
     setuptools = Requirement(data["build-system"]["requires"][0])
     assert setuptools.name == "setuptools" and not setuptools.specifier.contains("76.1")

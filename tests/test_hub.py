@@ -96,7 +96,7 @@ def test_download_is_cached(served, cache):
 def test_wrong_checksum_leaves_no_file(served, cache):
     base, root, gets = served
     url = f"{base}/checkpoint.pt"
-    with pytest.raises(UserError, match=r"--init: http://127\.0\.0\.1:\d+/checkpoint\.pt: sha256 [0-9a-f]{64} does not"):
+    with pytest.raises(UserError, match=r"--init: http://127\.0\.0\.1:\d+/checkpoint\.pt: sha256 [0-9a-f]{64} does"):
         resolve_init(f"{url}#sha256={'0' * 64}")
     assert _downloads(cache) == []
     # a cached copy that does not match is fetched again and checked again: still an error, no file kept

@@ -59,7 +59,8 @@ def resolve_init(spec: str | Path, option: str = "--init") -> Path | dict[str, A
     scheme = _SCHEME.match(spec)
     if scheme:
         if scheme.group(1).lower() not in ("http", "https"):
-            raise UserError(f"{option}: unsupported URL scheme '{scheme.group(1)}' in {spec} (http, https or timm:NAME)")
+            raise UserError(f"{option}: unsupported URL scheme '{scheme.group(1)}' in {spec} "
+                            "(http, https or timm:NAME)")
         return download(spec, option)
     path = Path(spec)
     if not path.is_file():
