@@ -38,7 +38,7 @@ report: venv
 	$(BIN)/snakemake --report results/report.html
 
 bench: venv
-	$(BIN)/python -m mae.bench pretrain --preset cpu-tiny
+	$(BIN)/mae bench pretrain --preset cpu-tiny
 
 clean:
 	rm -rf results/runs results/data results/summary .snakemake

@@ -1,14 +1,18 @@
 """`mae` command line: a registry of sub-commands, each living in its own module.
 
 Every command module defines ``add_arguments(parser)`` and ``main(args)``. Modules are imported lazily so
-that ``mae --help`` and light commands stay fast.
+that ``mae --help`` and light commands stay fast. ``mae <command> --help`` of a stage with settings lists its
+``--set`` keys with their defaults (read from the stage's settings class, :data:`SETTINGS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
+import typing
+from typing import Any
 
 from mae.errors import PREEMPTED_EXIT, Preempted, UserError
 from mae.evaluations import EVALUATIONS
@@ -23,21 +27,85 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("mae.report.tables", "paper tables beside our numbers"),
     "figures": ("mae.report.figures", "paper figures"),
     "claims": ("mae.report.claims", "check the paper's claims against our runs"),
+    "visualize": ("mae.visualize", "original / masked / reconstruction grid of your images (paper Figs. 2-4)"),
+    "bench": ("mae.bench", "pretraining-step throughput benchmark (img/s and share of the roofline)"),
 }
+#: the settings class ("module:Class") of each command that takes --config/--set
+SETTINGS: dict[str, str] = {
+    "pretrain": "mae.config:PretrainConfig",
+    **{ev.command: ev.config for ev in EVALUATIONS.values()},
+}
+
+
+def version() -> str:
+    """The installed distribution's version (package metadata), else ``mae.__version__`` (a source tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("mae-study")
+    except PackageNotFoundError:
+        from mae import __version__
+
+        return __version__
+
+
+def _yaml_value(value: Any) -> str:
+    """A default as it is written after ``--set KEY=`` (YAML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
+    if origin in (tuple, list):
+        items = [_type_name(a) for a in args if a is not Ellipsis] + (["..."] if Ellipsis in args else [])
+        return "[" + ", ".join(items) + "]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def settings_help(spec: str) -> str:
+    """The ``--set`` keys of settings class ``spec`` ("module:Class"): name, default and type, one a line."""
+    module, _, name = spec.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        rows.append((f.name, _yaml_value(default), _type_name(hints[f.name])))
+    width, dwidth = max(len(r[0]) for r in rows), min(16, max(len(r[1]) for r in rows))
+    lines = [f"settings ({name}): --set KEY=VALUE (repeatable, value parsed as YAML) or KEY: VALUE in --config"]
+    lines += [f"  {key:<{width}}  {default:<{dwidth}}  {kind}" for key, default, kind in rows]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="mae", description="Masked Autoencoders study pipeline")
+    parser = argparse.ArgumentParser(prog="mae", description="Masked Autoencoders study pipeline",
+                                     epilog="`mae COMMAND --help` lists a command's options (and settings)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv or ["--help"])
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"mae {name}", description=COMMANDS[name][1])
+    extra = {}
+    if name in SETTINGS:
+        extra = {"epilog": settings_help(SETTINGS[name]), "formatter_class": argparse.RawDescriptionHelpFormatter}
+    cmd_parser = argparse.ArgumentParser(prog=f"mae {name}", description=COMMANDS[name][1], **extra)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
     try:

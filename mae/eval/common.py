@@ -38,7 +38,8 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
         "--init",
         metavar="CKPT",
         help="encoder weights: our pretrain checkpoint.pt, a fine-tuned model.pt, or a reference "
-        "{'model': state_dict} file (decoder keys are ignored, pos_embed is interpolated)",
+        "{'model': state_dict} file (decoder keys are ignored, pos_embed is interpolated); also an "
+        "http(s):// URL (cached; optional #sha256=HEX suffix) or timm:NAME (e.g. timm:vit_base_patch16_224.mae)",
     )
     group.add_argument("--scratch", action="store_true", help="random initialisation (the from-scratch baseline)")
 
@@ -61,9 +62,11 @@ def engine_device(cfg: Any) -> torch.device:
 
 
 def _load_file(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--init: checkpoint file '{path}' does not exist")
+    from mae.models.hub import resolve_init
+
+    path = resolve_init(path)  # a local file, a URL's cached download, or timm hub weights (in memory)
+    if isinstance(path, dict):
+        return path
     try:  # mmap: reading the model name does not pull a large checkpoint into memory
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
@@ -124,9 +127,9 @@ def build_encoder(
     auto_kernels(model)  # explicit softmax attention under CPU bf16 autocast (mae.models.attention)
     report = None
     if init:
-        if not Path(init).is_file():
-            raise UserError(f"--init: checkpoint file '{init}' does not exist")
-        report = load_encoder_checkpoint(model, init)
+        from mae.models.hub import resolve_init
+
+        report = load_encoder_checkpoint(model, resolve_init(init))
     return model, report
 
 

@@ -2,7 +2,7 @@
 
 ``create_mae(name, **overrides)`` builds a named :class:`MaskedAutoencoderViT`; ``create_encoder`` the
 matching timm ``VisionTransformer`` for fine-tuning / probing; ``load_encoder_checkpoint`` loads a MAE
-checkpoint into it.
+checkpoint into it; ``resolve_init`` turns an ``--init`` spec (file, URL, ``timm:NAME``) into weights to load.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def list_models() -> list[str]:
 
 
 from mae.models.encoder import create_encoder, encoder_kwargs, load_encoder_checkpoint  # noqa: E402
+from mae.models.hub import resolve_init  # noqa: E402
 
 __all__ = [
     "MaskedAutoencoderViT", "create_mae", "create_encoder", "encoder_kwargs", "load_encoder_checkpoint",
-    "load_mae_checkpoint", "save_mae_checkpoint", "model_spec", "list_models", "MODEL_SPECS",
+    "load_mae_checkpoint", "save_mae_checkpoint", "model_spec", "list_models", "MODEL_SPECS", "resolve_init",
 ]

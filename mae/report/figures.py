@@ -28,12 +28,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from mae.errors import UserError  # noqa: E402
-from mae.knobs import KNOBS  # noqa: E402
 from mae.report import paper as P  # noqa: E402
 from mae.report.ablations import ABLATIONS  # noqa: E402
 from mae.report.evidence import Evidence  # noqa: E402
@@ -47,7 +45,19 @@ from mae.report.summary import (  # noqa: E402
     read_summary,
     table_runs,
 )
-from mae.utils.io import atomic_path, atomic_write_json  # noqa: E402
+from mae.utils.io import atomic_write_json  # noqa: E402
+from mae.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with `mae visualize`
+    PIXEL_TARGETS,
+    dataset_images,
+    image_size,
+    load_mae,
+    patch_mask_image,
+    reconstruct,
+    reconstruction_figure,
+    save_figure as save,
+    show_masked,
+    to_display,
+)
 
 log = logging.getLogger("mae.report.figures")
 
@@ -59,17 +69,6 @@ PAPER_PANEL = {"ft_top1": "fine-tuning", "lin_top1": "linear probing"}
 
 class Skip(Exception):
     """A figure cannot be drawn from the available data (the message says why)."""
-
-
-def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{stem}.{ext}"
-        with atomic_path(path, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 # --------------------------------------------------------------------------------------------- curves
@@ -190,40 +189,10 @@ def fig_loss_curves(runs_dir: str | Path) -> plt.Figure:
 # --------------------------------------------------------------------------------------------- images
 def _val_images(data_dir: str | Path, img_size: int, count: int):
     """``count`` held-out validation images, ImageNet-normalised (N,3,H,W), from a prepared dataset."""
-    import torch
-
-    from mae.data import build_dataset
-    from mae.data.transforms import eval_transform
-
-    if not Path(data_dir, "meta.json").is_file():
-        raise Skip(f"no prepared dataset at {data_dir} (meta.json missing)")
-    ds = build_dataset(data_dir, "val", eval_transform(img_size))
-    if len(ds) == 0:
-        raise Skip(f"{data_dir}: empty validation split")
-    step = max(1, len(ds) // count)
-    return torch.stack([ds[i * step][0] for i in range(min(count, len(ds)))])
-
-
-def _to_display(x) -> np.ndarray:
-    """ImageNet-normalised (N,3,H,W) tensor -> (N,H,W,3) array in [0,1]."""
-    import torch
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    return (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-
-
-def _patch_mask_image(mask, grid: tuple[int, int], patch: int):
-    """(N,L) mask (1 = removed) -> (N,1,H,W) pixel mask."""
-    n = mask.shape[0]
-    m = mask.reshape(n, grid[0], grid[1]).float()
-    return m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
-
-
-def _show_masked(img: np.ndarray, pix_mask: np.ndarray) -> np.ndarray:
-    grey = np.full_like(img, 0.5)
-    return img * (1 - pix_mask) + grey * pix_mask
+    try:
+        return dataset_images(data_dir, img_size, count)
+    except UserError as why:  # no prepared dataset, an empty split: the figure is skipped, saying why
+        raise Skip(str(why)) from None
 
 
 def fig_mask_sampling(frame: pd.DataFrame, data_dir: str | Path | None, seed: int = 0) -> plt.Figure:
@@ -238,15 +207,15 @@ def fig_mask_sampling(frame: pd.DataFrame, data_dir: str | Path | None, seed: in
     x = _val_images(data_dir, img_size, 1)
     grid = (img_size // patch, img_size // patch)
     cases = [("random", 0.75), ("block", 0.5), ("block", 0.75), ("grid", 0.75)]
-    img = _to_display(x)[0]
+    img = to_display(x)[0]
     fig, axes = plt.subplots(1, len(cases) + 1, figsize=(2.2 * (len(cases) + 1), 2.5))
     axes[0].imshow(img)
     axes[0].set_title("original", fontsize=9)
     torch.manual_seed(seed)
     for ax, (name, ratio) in zip(axes[1:], cases):
         sample = build_sampler(name)(1, grid, ratio)
-        pm = _patch_mask_image(sample.mask, grid, patch)[0].permute(1, 2, 0).numpy()
-        ax.imshow(_show_masked(img, pm))
+        pm = patch_mask_image(sample.mask, grid, patch)[0].permute(1, 2, 0).numpy()
+        ax.imshow(show_masked(img, pm))
         ax.set_title(f"{name} {int(round(ratio * 100))}%", fontsize=9)
     for ax in axes:
         ax.axis("off")
@@ -273,48 +242,16 @@ def _missing(v: Any) -> bool:
 
 
 def load_pretrained(run_dir: Path, knobs: dict[str, Any]):
-    """The MAE of a run with its pretraining checkpoint loaded (architecture from the run's knobs)."""
-    from mae.models import create_mae, load_mae_checkpoint
-
+    """The MAE of a run with its pretraining checkpoint loaded (model, target and sampler from the run's knobs)."""
     ckpt = run_dir / "pretrain" / "checkpoint.pt"
     if not ckpt.is_file():
         raise Skip(f"no pretraining checkpoint at {ckpt}")
     target = str(knobs.get("target") or "pixel")
-    if target not in ("pixel", "norm_pixel"):
+    if target not in PIXEL_TARGETS:
         raise Skip(f"base run target '{target}' does not predict pixels")
-    overrides: dict[str, Any] = {k: int(knobs[k]) for k in ("img_size", "patch_size") if not _missing(knobs.get(k))}
-    for k in KNOBS.values():
-        if k.model_key and not _missing(knobs.get(k.column)):
-            overrides[k.model_key] = k.type(knobs[k.column])
-    overrides["target"] = target
-    model = create_mae(str(knobs.get("model")), **overrides)
-    load_mae_checkpoint(model, ckpt, strict=True)
-    return model.eval()
-
-
-def reconstruct(model, x, mask_ratio: float, seed: int = 0):
-    """(masked input, reconstruction, reconstruction + visible) in the normalised image space.
-
-    Normalised-pixel predictions are brought back to pixels with each patch's own mean and variance,
-    taken from the original image."""
-    import torch
-
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        _, pred, mask = model(x, mask_ratio=mask_ratio)
-        pred = pred.float()
-        if getattr(model, "norm_pix_loss", False):
-            target = model.patchify(x)
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            pred = pred * (var + 1.0e-6) ** 0.5 + mean
-        recon = model.unpatchify(pred)
-        patch = model.patch_size
-        grid = (x.shape[2] // patch, x.shape[3] // patch)
-        pix = _patch_mask_image(mask, grid, patch)
-        masked = x * (1 - pix)
-        pasted = x * (1 - pix) + recon * pix
-    return masked, recon, pasted, pix
+    sampling = None if _missing(knobs.get("sampling")) else str(knobs["sampling"])
+    model, _ = load_mae(ckpt, model=str(knobs.get("model")), target=target, sampling=sampling)
+    return model
 
 
 def fig_reconstructions(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None,
@@ -327,23 +264,9 @@ def fig_reconstructions(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str
     rows = frame[(frame["run"] == run)]
     knobs = rows.iloc[0].to_dict()
     model = load_pretrained(Path(runs_dir) / run, knobs)
-    img_size, _ = _image_geometry(knobs)
-    x = _val_images(data_dir, img_size, count)
+    x = _val_images(data_dir, image_size(model), count)
     ratio = float(knobs["mask_ratio"]) if not _missing(knobs.get("mask_ratio")) else 0.75
-    masked, recon, pasted, pix = reconstruct(model, x, ratio, seed)
-    cols = [("original", _to_display(x)),
-            (f"masked {int(round(ratio * 100))}%", _show_masked(_to_display(x), pix.permute(0, 2, 3, 1).numpy())),
-            ("reconstruction", _to_display(recon)), ("reconstruction + visible", _to_display(pasted))]
-    n = x.shape[0]
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.0 * n), squeeze=False)
-    for i in range(n):
-        for j, (title, imgs) in enumerate(cols):
-            axes[i, j].imshow(imgs[i])
-            axes[i, j].axis("off")
-            if i == 0:
-                axes[i, j].set_title(title, fontsize=9)
-    fig.suptitle(f"Reconstructions of held-out validation images (run {run})", fontsize=10)
-    return fig
+    return reconstruction_figure(model, x, ratio, f"Reconstructions of held-out validation images (run {run})", seed)
 
 
 # --------------------------------------------------------------------------------------------- all
