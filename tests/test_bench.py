@@ -20,6 +20,11 @@ def test_bench_smoke_positive_numbers():
     assert res["gflop_per_image"]["mask_token_encoder"] > res["gflop_per_image"]["fast"]
     assert res["gflop_per_image"]["fast"] == pytest.approx(res["gflop_per_image"]["baseline"], rel=1e-6)
     assert res["cpu"] and isinstance(res["flags"], list)
+    vis = res["visible_only"]  # visible-only vs mask tokens in the encoder: FLOP ratio beside the measured one
+    assert vis["flop_ratio"] == pytest.approx(res["gflop_per_image"]["mask_token_encoder"]
+                                              / res["gflop_per_image"]["fast"])
+    assert vis["measured_ratio"] == pytest.approx(res["img_s"]["fast"] / res["img_s"]["mask_token_encoder"])
+    assert vis["pct_of_flop_ratio"] == pytest.approx(100 * vis["measured_ratio"] / vis["flop_ratio"])
 
 
 def test_bench_extra_variants_sequential():
@@ -52,6 +57,16 @@ def test_bench_cli_json(capsys):
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["fast_img_s"] > 0 and out["windows"] == 5 and out["mode"] == "interleaved"
+
+
+def test_bench_variant_subset_and_unknown_variant():
+    from mae.errors import UserError
+
+    res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, only=["fast"])
+    assert set(res["img_s"]) == {"fast", "mask_token_encoder"} and "baseline_img_s" not in res
+    assert "vit-l16-224-cpu" in PRESETS and PRESETS["vit-l16-224-cpu"]["model"] == "mae_vit_large_patch16"
+    with pytest.raises(UserError, match="unknown variant 'fastest'"):
+        bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, only=["fastest"])
 
 
 @pytest.mark.slow
