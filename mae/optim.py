@@ -3,15 +3,17 @@
 Parameter groups carry ``weight_decay`` and optionally ``lr_scale``; :func:`mae.engine.fit` sets every
 group's lr to ``lr_at(epoch) * lr_scale`` at each iteration.
 
-Layer-wise lr decay (fine-tuning) follows BEiT/MAE and uses timm's implementation: for a ViT with
+Layer-wise lr decay (fine-tuning) follows the reference (BEiT/MAE ``lr_decay.py``): for a ViT with
 ``depth`` blocks, layer 0 is the stem (``cls_token``, ``pos_embed``, ``patch_embed``), layer ``i + 1`` is
-block ``i`` and layer ``depth + 1`` is everything after the blocks (final norm, ``fc_norm``, head). The
-group's ``lr_scale = layer_decay ** (depth + 1 - layer_id)``: the head trains at the full lr, the last
-block at ``decay``, the stem at ``decay ** (depth + 1)``.
+block ``i`` and layer ``depth + 1`` is everything after the blocks (final ``norm``, ``fc_norm``, head). The
+group's ``lr_scale = layer_decay ** (depth + 1 - layer_id)``: the final norm and the head train at the full
+lr, the last block at ``decay``, the stem at ``decay ** (depth + 1)``. (timm's ``param_groups_layer_decay``
+puts the final ``norm`` of a cls-token model in the last block's group, at ``decay``; hence our own grouping.)
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from typing import Any, Collection, Iterable
 
@@ -45,26 +47,52 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float, skip: Itera
     return groups
 
 
+#: parameters of a timm ViT before the first block (layer 0 of the layer-wise lr decay)
+STEM = ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """The reference's layer of a ViT parameter: 0 for the stem, ``i + 1`` for ``blocks.i``, ``depth + 1`` for
+    everything after the blocks (final norm, ``fc_norm``, head)."""
+    top = name.split(".", 1)[0]
+    if top in STEM:
+        return 0
+    if top == "blocks":
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
 def param_groups_layer_decay(
     model: nn.Module,
     weight_decay: float,
     layer_decay: float,
     no_weight_decay_list: Collection[str] = (),
 ) -> list[dict]:
-    """Groups with ``lr_scale = layer_decay ** (num_layers + 1 - layer_id)`` (timm / BEiT grouping).
+    """Groups of the trainable parameters of a ViT (a module with ``blocks``) by layer
+    (:func:`vit_layer_id`) and weight decay, with ``lr_scale = layer_decay ** (depth + 1 - layer_id)``;
+    ``layer_decay`` 1.0 gives every group scale 1.
 
-    ``model`` should be a timm ``VisionTransformer`` (it has ``group_matcher``); other models fall back to
-    timm's automatic grouping. No weight decay for 1-D params and ``no_weight_decay_list`` names (exact or
-    ``fnmatch`` patterns; the model's ``no_weight_decay()`` is added).
+    No weight decay for 1-D params and the ``no_weight_decay_list`` names (exact or ``fnmatch`` patterns; the
+    model's ``no_weight_decay()`` is added: ``cls_token``, ``pos_embed`` for a timm ViT).
     """
-    from timm.optim import param_groups_layer_decay as timm_layer_decay
-
-    names = set(no_weight_decay_list)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise UserError(f"layer_decay: {type(model).__name__} has no Transformer 'blocks' to decay over")
+    depth = len(blocks)
+    patterns = set(no_weight_decay_list)
     if hasattr(model, "no_weight_decay"):
-        names |= set(model.no_weight_decay())
-    return timm_layer_decay(
-        model, weight_decay=weight_decay, no_weight_decay_list=sorted(names), layer_decay=layer_decay
-    )
+        patterns |= set(model.no_weight_decay())
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = vit_layer_id(name, depth)
+        no_decay = param.ndim <= 1 or any(fnmatch.fnmatch(name, p) for p in patterns)
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def lr_at(epoch: float, cfg: Any, lr: float | None = None) -> float:

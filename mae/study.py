@@ -3,6 +3,11 @@
 The Snakefile imports this module (so the planning logic is tested by pytest, not buried in the DAG). A *run* is
 one pretraining setting: the base setting plus the knobs that differ. Every table/figure lists the settings it
 needs; identical settings are trained once and the run records every table it serves.
+
+The ablations (``ablations:``) vary the *ablation base*: ``base`` with the knobs of ``ablation_base:`` over it
+(the paper's Table 1, Figs. 5 and 7 use raw pixels, its final runs normalised pixels); every table also gets
+its ablation base as a row, so a table is exactly the runs tagged with it. Run names, and the run ``base``
+(the final runs: partial fine-tuning, transfer, the comparison with scratch), are relative to ``base``.
 """
 
 from __future__ import annotations
@@ -61,29 +66,40 @@ def _table_settings(table: str, spec: Any) -> list[dict[str, Any]]:
     return [check_knobs(setting, where) for setting in settings]
 
 
+def ablation_base(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The setting the ablations vary: ``base`` with the study's ``ablation_base`` knobs over it."""
+    over = config.get("ablation_base") or {}
+    if not isinstance(over, dict):
+        raise UserError("ablation_base: expected a mapping of knob: value")
+    if "seed" in over:
+        raise UserError("ablation_base: 'seed' cannot differ from the base (the seeds come from `seeds`)")
+    return {**base, **check_knobs(dict(over), "ablation_base")}
+
+
 def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
     """All pretraining runs of a study, deduplicated, keyed by name (base first, then in table order)."""
     base = check_knobs(dict(config["base"]), "base")
     missing = [k for k in KNOBS if k not in base]
     if missing:
         raise UserError(f"base: missing knob(s) {', '.join(missing)}")
+    table_base = ablation_base(config, base)
     seeds = [check_knobs({"seed": s}, "seeds")["seed"] for s in config.get("seeds") or [base["seed"]]]
     runs: dict[str, Run] = {}
 
-    def add(setting: dict[str, Any], table: str | None) -> None:
+    def add(setting: dict[str, Any], table: str | None, start: dict[str, Any]) -> None:
         for seed in seeds if "seed" not in setting else [setting["seed"]]:
-            full = {**base, **setting, "seed": seed}
+            full = {**start, **setting, "seed": seed}
             name = run_name(full, base)
             run = runs.setdefault(name, Run(name, full))
             if table and table not in run.tables:
                 run.tables.append(table)
 
-    add({}, None)
+    add({}, None, base)
     for table, spec in (config.get("ablations") or {}).items():
         if spec is None:  # a table switched off (e.g. by an overriding config file)
             continue
-        for setting in _table_settings(str(table), spec):
-            add(setting, str(table))
+        for setting in [{}, *_table_settings(str(table), spec)]:  # the table's base row first
+            add(setting, str(table), table_base)
     return runs
 
 

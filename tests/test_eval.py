@@ -220,6 +220,55 @@ def test_finetune_rerun_of_finished_run_keeps_weights(data, ckpt, tmp_path):
         assert torch.equal(first[k], again[k]), k
 
 
+def test_finetune_ema_update_and_state():
+    cfg = finetune.FinetuneConfig(model=MODEL, ema_decay=0.75)
+    model, _, _ = finetune.build_finetune_model(cfg, None, 2, 16)
+    task = finetune.FinetuneTask(model, cfg, [], [], torch.device("cpu"))
+    assert task.eval_model is task.ema.module and task.eval_model is not model
+    start = model.head.weight.detach().clone()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    task.after_optimizer_step(1)
+    torch.testing.assert_close(task.eval_model.head.weight, start + 0.25)  # 0.75 * ema + 0.25 * weights
+    state = task.state_dict()
+    other = finetune.FinetuneTask(finetune.build_finetune_model(cfg, None, 2, 16)[0], cfg, [], [], torch.device("cpu"))
+    other.load_state_dict(state)
+    assert all(torch.equal(v, other.eval_model.state_dict()[k]) for k, v in task.eval_model.state_dict().items())
+    plain = finetune.FinetuneTask(model, finetune.FinetuneConfig(model=MODEL), [], [], torch.device("cpu"))
+    assert plain.ema is None and plain.eval_model is model and "ema" not in plain.state_dict()
+    with pytest.raises(UserError, match="ema_decay=1.0"):
+        finetune.FinetuneConfig(ema_decay=1.0).check()
+
+
+def test_finetune_ema_is_evaluated_saved_and_resumes_exactly(data, tmp_path):
+    """The from-scratch recipe's EMA: its weights are evaluated (top1) and saved (model.pt); the trained weights'
+    top-1 is live_top1; 1 epoch + resume gives the EMA, metrics and model.pt of 2 epochs in one go."""
+    args = ["finetune", "--data", str(data), "--scratch", *FAST, "--set", f"model={MODEL}", "--set", "epochs=2",
+            "--set", "batch_size=16", "--set", "ema_decay=0.9", "--set", "layer_decay=1.0",
+            "--set", "eval_every=0"]  # no evaluation between the epochs: max_steps below skips it too
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli([*args, "--out", str(straight)]) == 0
+    m = _metrics(straight)
+    assert m["eval_weights"] == "ema" and m["config"]["ema_decay"] == 0.9 and "live_top1" in m
+    saved = torch.load(straight / "model.pt", weights_only=True)
+    ckpt = torch.load(straight / "checkpoint.pt", weights_only=False)
+    assert saved["config"]["weights"] == "ema"
+    assert all(torch.equal(v, ckpt["task"]["ema"][k]) for k, v in saved["model"].items())
+    assert not torch.equal(saved["model"]["head.weight"], ckpt["model"]["head.weight"])
+
+    assert cli([*args, "--out", str(resumed), "--set", "max_steps=3"]) == 0  # 48 images / 16 = one epoch
+    first = torch.load(resumed / "checkpoint.pt", weights_only=False)
+    assert first["step"] == 3
+    first["finished"] = False  # as if killed after its epoch-1 checkpoint
+    torch.save(first, resumed / "checkpoint.pt")
+    torch.manual_seed(123)
+    assert cli([*args, "--out", str(resumed)]) == 0
+    again = torch.load(resumed / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, again[k]) for k, v in saved["model"].items())
+    mr = _metrics(resumed)
+    assert (mr["top1"], mr["loss"], mr["live_top1"]) == (m["top1"], m["loss"], m["live_top1"])
+
+
 def test_user_errors(data, tmp_path, capsys):
     assert cli(["finetune", "--data", str(data), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "nope.pt"),
                 "--device", "cpu"]) == 2
@@ -310,6 +359,24 @@ def test_partial_ft_one_block(data, ckpt, tmp_path):
     assert n_opt == len(trainable) and all(n.startswith((last, "fc_norm", "head")) for n in trainable)
     assert m["params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert isinstance(model.blocks[0].drop_path1, torch.nn.Identity)
+
+
+def test_partial_ft_all_blocks_is_full_finetuning(data, ckpt, tmp_path):
+    """K = depth trains everything, stem included, and gives the numbers and weights of `mae finetune`."""
+    model, _, _ = finetune.build_finetune_model(finetune.FinetuneConfig(), None, 2, 16)
+    partial_ft.freeze_for_blocks(model, DEPTH)
+    assert all(p.requires_grad for p in model.parameters())
+    flags = ["--data", str(data), "--init", str(ckpt), *FAST, "--set", "epochs=1", "--set", "batch_size=16"]
+    out_p, out_f = tmp_path / "pft", tmp_path / "ft"
+    assert cli(["partial-ft", "--blocks", str(DEPTH), "--out", str(out_p), *flags]) == 0
+    assert cli(["finetune", "--out", str(out_f), *flags]) == 0
+    mp, mf = _metrics(out_p), _metrics(out_f)
+    assert mp["params"] == mf["params"] and (mp["top1"], mp["loss"]) == (mf["top1"], mf["loss"])
+    trained = torch.load(out_p / "checkpoint.pt", weights_only=False)["model"]
+    full = torch.load(out_f / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(trained[k], full[k]) for k in full)
+    initial, _, _ = finetune.build_finetune_model(finetune.FinetuneConfig(), str(ckpt), 2, 16)
+    assert not torch.equal(initial.state_dict()["patch_embed.proj.weight"], trained["patch_embed.proj.weight"])
 
 
 def test_partial_ft_zero_blocks_is_linear_probe(data, ckpt, tmp_path):

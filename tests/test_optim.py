@@ -39,30 +39,73 @@ def test_weight_decay_exclusion():
     assert all(id(model.frozen) not in {id(p) for p in g["params"]} for g in groups)
 
 
-def test_layer_decay_scales():
+def _scales(model: nn.Module, groups: list[dict]) -> dict[str, tuple[float, float]]:
+    """parameter name -> (lr_scale, weight_decay) of its group (every parameter in exactly one group)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(out)
+    return out
+
+
+@pytest.mark.parametrize("pool", ["avg", "token"])
+def test_layer_decay_scales(pool):
+    """The reference's rule: stem = layer 0, block i = layer i + 1, final norm / fc_norm / head = depth + 1, scale
+    decay ** (depth + 1 - layer). With cls-token pooling the final `norm` trains at the full lr (timm's own
+    grouping would put it with the last block, at `decay`)."""
     import timm
 
     depth, decay = 3, 0.5
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=depth, num_classes=5,
-                            global_pool="avg", pretrained=False)
+                            global_pool=pool, pretrained=False)
     groups = param_groups_layer_decay(vit, 0.05, decay, no_weight_decay_list=("cls_token", "pos_embed"))
-    scale_of = {}
-    names = {id(p): n for n, p in vit.named_parameters()}
-    for g in groups:
-        for p in g["params"]:
-            scale_of[names[id(p)]] = (g["lr_scale"], g["weight_decay"])
-    # lr_scale = decay ** (depth + 1 - layer_id): stem = layer 0, block i = layer i + 1, head = depth + 1
+    scale_of = _scales(vit, groups)
     assert scale_of["patch_embed.proj.weight"][0] == pytest.approx(decay ** (depth + 1))
     assert scale_of["cls_token"] == (pytest.approx(decay ** (depth + 1)), 0.0)
     for i in range(depth):
         assert scale_of[f"blocks.{i}.attn.qkv.weight"] == (pytest.approx(decay ** (depth - i)), 0.05)
         assert scale_of[f"blocks.{i}.norm1.weight"][1] == 0.0
-    assert scale_of["head.weight"] == (1.0, 0.05) and scale_of["fc_norm.weight"][0] == 1.0
+    final_norm = "fc_norm" if pool == "avg" else "norm"
+    assert scale_of[f"{final_norm}.weight"] == scale_of[f"{final_norm}.bias"] == (1.0, 0.0)
+    assert scale_of["head.weight"] == (1.0, 0.05)
     assert scale_of["head.bias"][1] == 0.0
     # the scales reach the optimizer through set_lr
     opt = build_optimizer("adamw", groups, 1.0, TrainConfig())
     set_lr(opt, 2.0)
     assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [2.0 * decay ** k for k in range(depth + 1, -1, -1)]
+    # decay 1.0 (the from-scratch recipe): one lr, the same weight-decay split
+    flat = _scales(vit, param_groups_layer_decay(vit, 0.05, 1.0))
+    assert {s for s, _ in flat.values()} == {1.0}
+    assert {n: wd for n, (_, wd) in flat.items()} == {n: wd for n, (_, wd) in scale_of.items()}
+
+
+def test_layer_decay_skips_frozen_and_needs_blocks():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=5,
+                            pretrained=False)
+    vit.patch_embed.requires_grad_(False)
+    scale_of = _scales(vit, param_groups_layer_decay(vit, 0.05, 0.5))
+    assert not any(n.startswith("patch_embed") for n in scale_of) and "blocks.0.mlp.fc1.weight" in scale_of
+    with pytest.raises(UserError, match="layer_decay: Linear has no Transformer 'blocks'"):
+        param_groups_layer_decay(nn.Linear(2, 2), 0.05, 0.5)
+
+
+def test_transfer_backbone_layer_decay():
+    """Detection / segmentation: the ViT's final norm (used by forward_features) and the new network train at
+    the full lr, the last block at `decay`, the stem at decay ** (depth + 1) (ViTDet's rule)."""
+    from mae.transfer.backbone import layer_decay_groups
+    from mae.models import create_encoder
+
+    vit = create_encoder("mae_vit_micro_patch4", num_classes=0, global_pool="token")
+    neck = nn.Linear(128, 8)
+    model = nn.ModuleDict({"vit": vit, "neck": neck})
+    depth, decay = len(vit.blocks), 0.7
+    scale_of = _scales(model, layer_decay_groups(model, vit, 0.1, decay))
+    assert len(scale_of) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert scale_of["vit.norm.weight"] == (1.0, 0.0) and scale_of["neck.weight"] == (1.0, 0.1)
+    assert scale_of["neck.bias"] == (1.0, 0.0)
+    assert scale_of[f"vit.blocks.{depth - 1}.attn.proj.weight"] == (pytest.approx(decay), 0.1)
+    assert scale_of["vit.patch_embed.proj.weight"][0] == pytest.approx(decay ** (depth + 1))
 
 
 def test_build_optimizers():

@@ -78,6 +78,40 @@ def test_shipped_configs_plan(repo_root):
         assert "base" in runs and len(runs) >= 10
 
 
+def test_ablation_base_is_what_the_tables_vary():
+    """The paper's ablations use raw pixels, its final runs normalised pixels: `ablation_base` sets the knobs the
+    tables start from; `base` stays the final run; every table gets its own base row."""
+    config = {"base": BASE, "ablation_base": {"target": "pixel"},
+              "ablations": {"1a": {"decoder_depth": [1, 2]}, "1c": {"mask_token_in_encoder": [True]},
+                            "1d": {"target": ["pixel", "norm_pixel"]}}}
+    runs = plan_runs(config)
+    assert list(runs) == ["base", "target-pixel", "decoder_depth-1_target-pixel",
+                          "mask_token_in_encoder-true_target-pixel"]
+    assert runs["base"].settings == BASE and runs["base"].tables == ["1d"]
+    assert runs["target-pixel"].tables == ["1a", "1c", "1d"]  # 1c lists only `true`: its base row is added
+    assert all(r.settings["target"] == "pixel" for name, r in runs.items() if name != "base")
+    for bad, message in (({"seed": 1}, "'seed' cannot differ"), ({"target": "hog"}, "ablation_base: bad value 'hog'"),
+                         ({"decoder_dept": 1}, "ablation_base: unknown knob 'decoder_dept'"), ("pixel", "mapping")):
+        with pytest.raises(UserError, match=message):
+            plan_runs({**config, "ablation_base": bad})
+
+
+def test_paper_config_ablations_use_raw_pixels(repo_root):
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((repo_root / "config" / "paper.yaml").read_text()))
+    runs = plan_runs(config)
+    assert runs["base"].settings["target"] == "norm_pixel" and runs["base"].tables == ["1d"]
+    for name, run in runs.items():
+        if name != "base" and name not in ("target-pca", "target-token"):
+            assert run.settings["target"] == "pixel", name
+    default = runs["target-pixel"]
+    assert default.tables == ["1a", "1b", "1c", "1d", "1e", "1f", "fig5", "fig7"]
+    assert {k: v for k, v in default.settings.items() if k != "target"} == \
+        {k: v for k, v in config["base"].items() if k != "target"}
+
+
 def test_cli_renderers_quote_values():
     from mae.study import cli_flags, cli_overrides
 

@@ -87,6 +87,15 @@ def test_paper_scratch_baselines_use_the_base_architecture(repo_root, tmp_path):
     assert all("--scratch --set model=mae_vit_large_patch16 " in line for line in scratch)
     det = next(line for line in scratch if "transfer-det" in line)
     assert "--set train_images=null" in det  # all of COCO, not the toy config's 600 images
+    ft = next(line for line in scratch if "mae finetune" in line)
+    assert "--set ema_decay=0.9999" in ft and "--set betas=" in ft  # App. A.2: EMA, beta2 0.95
+    # Table 1 ablations pretrain on raw pixels, the final run (transfers, partial fine-tuning) on normalised pixels
+    targets = dict(re.findall(r"mae pretrain .*?--out \S*/runs/(\S+)/pretrain .*?--set target='\"(\w+)\"'",
+                              proc.stdout))
+    assert len(targets) == 32 and targets["base"] == "norm_pixel" and targets["target-pixel"] == "pixel"
+    assert {t for run, t in targets.items() if run not in ("base", "target-pca", "target-token")} == {"pixel"}
+    inits = set(re.findall(r"mae (?:transfer-\S+|partial-ft) .*?--init \S*/runs/(\S+?)/", proc.stdout))
+    assert inits == {"base", "scratch", "target-pixel", "target-pca", "target-token"}  # Table 7: 1d's runs
 
 
 def test_mae_vs_scratch_dag_shape(repo_root):

@@ -291,9 +291,14 @@ class ClassificationTask(Task):
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved (the trained model; an EMA of it where a subclass keeps one)."""
+        return self.model
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        model = self.model
+    def _score(self, model: nn.Module) -> dict:
+        """Top-1/top-5 and val loss of ``model`` on the val split; per-image predictions in ``preds``/``targets``."""
         was_training = model.training
         model.eval()
         loader = make_loader(self.val_set, self.eval_batch_size, train=False,
@@ -314,16 +319,20 @@ class ClassificationTask(Task):
             targets.append(target.cpu())
             n += int(target.shape[0])
         model.train(was_training)
+        return {"top1": 100.0 * hits[1] / max(n, 1), "top5": 100.0 * hits[5] / max(n, 1),
+                "loss": loss_sum / max(n, 1), "n_val": n, "preds": preds, "targets": targets}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """The metrics of :attr:`eval_model`; when that is an EMA, the trained weights' top-1 as ``live_top1``."""
+        score = self._score(self.eval_model)
+        preds, targets = score.pop("preds"), score.pop("targets")
         self._per_image = predictions_arrays(torch.cat(preds), torch.cat(targets)) if preds else {}
-        top1 = 100.0 * hits[1] / max(n, 1)
-        self.history.append(top1)
-        return {
-            "top1": top1,
-            "top5": 100.0 * hits[5] / max(n, 1),
-            "loss": loss_sum / max(n, 1),
-            "best_top1": max(self.history),
-            "n_val": n,
-        }
+        self.history.append(score["top1"])
+        out = {**score, "best_top1": max(self.history)}
+        if self.eval_model is not self.model:
+            out["live_top1"] = self._score(self.model)["top1"]
+        return out
 
 
 # ---------------------------------------------------------------------------------------- frozen features
@@ -447,6 +456,6 @@ def run_task(
             "pos_embed_resampled": load_report.get("pos_embed_resampled"),
         } if isinstance(load_report, dict) else str(load_report)
     metrics = fit(task, cfg, out_dir, extra=added)
-    if save_weights and is_main_process():  # fit() returns the trained (or restored) weights in task.model
-        save_model(task.model, out_dir, model_meta)
+    if save_weights and is_main_process():  # fit() returns the trained (or restored) weights in the task
+        save_model(getattr(task, "eval_model", task.model), out_dir, model_meta)
     return metrics

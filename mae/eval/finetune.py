@@ -1,12 +1,14 @@
 """``mae finetune``: end-to-end fine-tuning of the encoder (``--scratch``: the from-scratch baseline).
 
-Recipe (paper Table 9 / docs/ARCHITECTURE.md, "Reference facts"): timm ``VisionTransformer`` with global average pooling + ``fc_norm``
-(``global_pool=token``: cls token), head initialised trunc_normal(std 2e-5), AdamW β=(0.9, 0.999), layer-wise lr
-decay (timm grouping, :func:`mae.optim.param_groups_layer_decay`), drop path, mixup 0.8 / cutmix 1.0 with label
-smoothing 0.1, RandAugment m9-mstd0.5, random erasing 0.25, warmup + half-cycle cosine (the engine). Top-1/top-5
-on val every ``eval_every`` epochs and at the end; ``metrics.json`` holds the last (``top1``) and the best
-(``best_top1``). The trained model is saved as ``out/model.pt`` = ``{'model': VisionTransformer state dict}``,
-loadable by ``timm.create_model`` (see the README, "Evaluations").
+Recipe (paper Table 9 / docs/ARCHITECTURE.md, "Reference facts"): timm ``VisionTransformer`` with global
+average pooling + ``fc_norm`` (``global_pool=token``: cls token), head initialised trunc_normal(std 2e-5), AdamW
+β=(0.9, 0.999), layer-wise lr decay (the reference's grouping, :func:`mae.optim.param_groups_layer_decay`), drop
+path, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, RandAugment m9-mstd0.5, random erasing 0.25, warmup +
+half-cycle cosine (the engine). Top-1/top-5 on val every ``eval_every`` epochs and at the end; ``metrics.json``
+holds the last (``top1``) and the best (``best_top1``). The trained model is saved as ``out/model.pt`` =
+``{'model': VisionTransformer state dict}``, loadable by ``timm.create_model`` (see the README, "Evaluations").
+With ``ema_decay`` (the from-scratch recipe, App. A.2) the evaluated and saved weights are an EMA of the trained
+ones (:class:`FinetuneTask`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,46 @@ from mae.stage_configs import FinetuneConfig
 
 
 class FinetuneTask(common.ClassificationTask):
-    """Classification with layer-wise lr decay over the trainable parameters (optimizer ``cfg.optimizer``)."""
+    """Classification with layer-wise lr decay over the trainable parameters (optimizer ``cfg.optimizer``).
+
+    With ``cfg.ema_decay`` it keeps an exponential moving average of the weights (timm ``ModelEmaV3``, started
+    from the initial weights, updated after every optimizer step with the constant decay, as DeiT and timm's
+    ``train.py``); the EMA weights are the ones evaluated (``top1``: the paper's scratch numbers are "with EMA",
+    App. A.2), saved as ``model.pt`` and checkpointed, and the trained weights' top-1 is ``live_top1``.
+    """
+
+    def __init__(self, model, cfg: FinetuneConfig, *args, **kwargs) -> None:
+        super().__init__(model, cfg, *args, **kwargs)
+        self.ema = None
+        if getattr(cfg, "ema_decay", None):
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+
+    @property
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
 
     def param_groups(self, cfg: FinetuneConfig) -> list[dict]:
         from mae.optim import param_groups_layer_decay
 
         return param_groups_layer_decay(self.model, cfg.weight_decay, cfg.layer_decay)
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.module.to(self.device)  # fit() may have moved the model after the EMA was made: a no-op then
+            self.ema.update(self.model)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.ema is not None:
+            self.ema.module.to(self.device).load_state_dict(state["ema"])
 
 
 def _pillow_posterize_zero_ok() -> bool:
@@ -114,13 +150,15 @@ def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneCon
     train_set, val_set, mixup = build_finetune_data(args.data, cfg, img_size, num_classes)
     task = FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
     finetune = cfg.stage == FinetuneConfig.stage
-    extra = None if finetune else {"dataset": meta.get("name"), "dataset_kind": meta.get("kind"),
-                                   "num_classes": num_classes, "img_size": img_size, "train_images": len(train_set)}
+    weights = {"eval_weights": "ema" if task.ema is not None else "live"}
+    extra = weights if finetune else {**weights, "dataset": meta.get("name"), "dataset_kind": meta.get("kind"),
+                                      "num_classes": num_classes, "img_size": img_size,
+                                      "train_images": len(train_set)}
     return common.run_task(
         task, cfg, args.out, evaluation=cfg.stage, init=common.init_label(args), init_path=args.init,
         model_name=name, load_report=report, save_weights=finetune, started=started, extra=extra,
         model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
-                    "finetune_config": config_to_dict(cfg)},
+                    "weights": weights["eval_weights"], "finetune_config": config_to_dict(cfg)},
     )
 
 

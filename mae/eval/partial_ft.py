@@ -7,6 +7,7 @@
   RandAugment, global average pooling + ``fc_norm``. Trainable: ``blocks[-K:]``, the final norm (``norm`` or
   ``fc_norm``) and the head; everything else has ``requires_grad=False`` and is not given to the optimizer.
   Drop path is disabled in the frozen blocks (they act as a fixed feature extractor).
+- ``K = depth`` is exactly full fine-tuning: the stem (patch embedding, cls token, position table) trains too.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ TRAINABLE_TAIL = ("norm.", "fc_norm.", "head.")
 
 
 def freeze_for_blocks(model: nn.Module, blocks: int) -> None:
-    """Train only the last ``blocks`` blocks + final norm + head of a timm ViT."""
+    """Train only the last ``blocks`` blocks + final norm + head of a timm ViT; every block: everything (the
+    stem too, as in full fine-tuning)."""
     depth = len(model.blocks)
     if not 0 <= blocks <= depth:
         raise UserError(f"--blocks: must be in 0..{depth} for this encoder, got {blocks}")
+    if blocks == depth:
+        common.freeze_all_but(model, lambda name: True)
+        return
     first = depth - blocks
     trainable_prefixes = tuple(f"blocks.{i}." for i in range(first, depth)) + TRAINABLE_TAIL
     common.freeze_all_but(model, lambda name: name.startswith(trainable_prefixes))
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
         model.to(device)
         train_set, val_set, mixup = finetune.build_finetune_data(args.data, cfg, img_size, num_classes)
         task = finetune.FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
-        extra = {"global_pool": cfg.global_pool}
+        extra = {"global_pool": cfg.global_pool, "eval_weights": "ema" if task.ema is not None else "live"}
         recipe = "finetune"
     extra.update({"blocks": args.blocks, "recipe": recipe})
     return common.run_task(

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from mae import stats
-from mae.report.summary import base_knobs, differs_only_in, row_key
+from mae.report.ablations import ABLATIONS
+from mae.report.summary import ablation_mask, base_knobs, row_key
 
 #: short names of what claims read: kind -> (evaluation, metric)
 METRIC_OF = {"ft": ("finetune", "top1"), "lin": ("linprobe", "top1"), "img_s": ("pretrain", "img_s")}
@@ -91,9 +92,13 @@ class Evidence:
 
     # ---- selections
     def cells(self, knobs: list[str], kind: str, eval_setting: str = "") -> list[Cell]:
-        """One cell per value of ``knobs`` among the MAE runs that differ from the base only in ``knobs``."""
+        """One cell per value of ``knobs`` among the runs of the ablation that varies exactly ``knobs``
+        (:func:`~mae.report.summary.ablation_mask`), or without one (``knobs`` empty: the base setting), among
+        the MAE runs that differ from the base only in ``knobs``."""
         ev, metric = METRIC_OF.get(kind, ("pretrain", kind))
-        return self.select(ev, metric, knobs, differs_only_in(self.frame, knobs, self.base), eval_setting)
+        ids = [a.id for a in ABLATIONS.values() if not a.runs_of and list(a.columns) == list(knobs)]
+        mask = ablation_mask(self.frame, ids, knobs, self.base) if len(self.frame) else None
+        return self.select(ev, metric, knobs, mask, eval_setting)
 
     def select(self, ev: str, metric: str, knobs: list[str], mask: pd.Series | None = None,
                eval_setting: str | None = "") -> list[Cell]:

@@ -499,19 +499,24 @@ def differs_only_in(frame: pd.DataFrame, knobs: Iterable[str], base: dict[str, A
     return mask
 
 
-def table_runs(frame: pd.DataFrame, table_id: str, knobs: Iterable[str]) -> pd.DataFrame:
-    """Rows of the MAE runs that serve table ``table_id`` (``1a``, ``fig5`` …).
+def ablation_mask(frame: pd.DataFrame, table_ids: Iterable[str], knobs: Iterable[str],
+                  base: dict[str, Any] | None = None) -> pd.Series:
+    """Boolean mask: the MAE rows of the runs planned for the ablations ``table_ids`` (``1a``, ``fig5`` …).
 
-    Runs tagged with the table id in the ``tables`` column plus the base setting (every seed); when no run
-    is tagged (a summary without a study file), the runs that differ from the base only in ``knobs``.
+    Those are the runs tagged with one of the ids in the ``tables`` column: the planner tags every row of a
+    table, its base row included, and an ablation's base may differ from the base run (config
+    ``ablation_base``: the paper's Table 1 uses raw pixels, its final runs normalised pixels). When no run is
+    tagged (a summary without a study file), the rows that differ from the base only in ``knobs``.
     """
-    if not len(frame):
-        return frame
-    tagged = frame["tables"].fillna("").map(lambda t: table_id in str(t).split(";")).astype(bool)
-    if tagged.any():
-        is_mae = frame["init"].eq("mae").fillna(False).astype(bool)
-        return frame[(tagged & is_mae) | differs_only_in(frame, [])]
-    return frame[differs_only_in(frame, knobs)]
+    ids = set(table_ids)
+    tagged = frame["tables"].fillna("").map(lambda t: bool(ids & set(str(t).split(";")))).astype(bool)
+    tagged &= frame["init"].eq("mae").fillna(False).astype(bool)
+    return tagged if tagged.any() else differs_only_in(frame, knobs, base)
+
+
+def table_runs(frame: pd.DataFrame, table_id: str, knobs: Iterable[str]) -> pd.DataFrame:
+    """Rows of the MAE runs that serve table ``table_id`` (:func:`ablation_mask`)."""
+    return frame[ablation_mask(frame, [table_id], knobs)] if len(frame) else frame
 
 
 def seed_mean(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:

@@ -27,8 +27,8 @@ from mae.knobs import KNOBS
 from mae.report import paper as P
 from mae.report.ablations import ABLATIONS, Ablation
 from mae.report.evidence import Evidence
-from mae.report.summary import (REPLICATES, base_knobs, base_run, differs_only_in, read_replicates, read_summary,
-                                seed_mean, table_runs)
+from mae.report.summary import (REPLICATES, ablation_mask, base_knobs, base_run, differs_only_in, read_replicates,
+                                read_summary, seed_mean, table_runs)
 from mae.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("mae.report.tables")
@@ -225,7 +225,7 @@ def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
               "d1": f"encoder={enc}; dec_depth=1"}
     cases = []
     if len(frame) and base:
-        rel = differs_only_in(frame, ["mask_token_in_encoder", "decoder_depth"], base)
+        rel = ablation_mask(frame, ["1c", "1a"], ["mask_token_in_encoder", "decoder_depth"], base)
         sub = frame[rel]
         bd = base.get("decoder_depth")
         for key, flag, depth in (("wM", True, bd), ("base", False, bd), ("d1", False, 1)):

@@ -183,17 +183,14 @@ def layer_decay_groups(
     """Optimizer groups: the ViT with layer-wise lr decay (ViTDet: 0.7 for ViT-B), the rest at lr_scale 1.
 
     The ViT's groups come from :func:`mae.optim.param_groups_layer_decay`; their scales are those of a model
-    whose "head" is the new detection/segmentation network (the last block trains at ``layer_decay``).
-    Everything outside the ViT (pyramid, heads) gets the usual decay / no-decay split.
+    whose "head" is the new detection/segmentation network: the stem at ``layer_decay ** (depth + 1)``, the
+    last block at ``layer_decay``, the ViT's final norm (applied by ``forward_features``) at 1, as ViTDet's
+    ``get_vit_lr_decay_rate``. Everything outside the ViT (pyramid, heads) gets the usual decay / no-decay split.
     """
-    from mae.optim import param_groups_layer_decay, param_groups_weight_decay
+    from mae.optim import param_groups_layer_decay
 
     vit_ids = {id(p) for p in backbone_vit.parameters()}
-    if layer_decay < 1.0:
-        groups = param_groups_layer_decay(backbone_vit, weight_decay, layer_decay)
-    else:
-        groups = param_groups_weight_decay(backbone_vit, weight_decay)
-    groups = [g for g in groups if g["params"]]
+    groups = param_groups_layer_decay(backbone_vit, weight_decay, layer_decay)
 
     rest_decay, rest_no = [], []
     for name, p in model.named_parameters():
