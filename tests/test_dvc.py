@@ -67,7 +67,7 @@ def test_dvc_yaml_versions_the_study(repo_root):
     # outputs are not hidden from DVC, and the cache: false ones are not hidden from git
     dvcignore = (repo_root / ".dvcignore").read_text().splitlines()
     assert not {"results/", "results/data/", "results/runs/", ".snakemake/"} & set(dvcignore)
-    assert "!.snakemake/metadata" in dvcignore
+    assert "!.snakemake/metadata" in dvcignore and ".snakemake_timestamp" in dvcignore  # Snakemake's markers
     config = (repo_root / ".dvc/config").read_text()
     assert "remote = local" in config and "url = ~/mae-study-dvc-storage" in config
 
@@ -98,7 +98,6 @@ def make_origin(repo_root: Path, origin: Path) -> None:
             shutil.copy2(src, dst)
     # stand-ins for the study's artifacts (a real study takes minutes; DVC hashes bytes, whatever they are)
     for rel, text in {"results/data/shapes/meta.json": '{"kind": "shapes"}',
-                      "results/data/shapes/.snakemake_timestamp": "",
                       "results/runs/base/pretrain/checkpoint.pt": "weights",
                       "results/runs/base/pretrain/metrics.json": '{"loss": 0.5}',
                       ".snakemake/metadata/cmVzdWx0cy9kYXRhL3NoYXBlcw==": '{"rule": "prepare_data"}'}.items():
