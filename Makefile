@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Rules call the `mae` console script: put the environment first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run smoke test test-fast venv lint bench report clean
+.PHONY: run smoke test test-fast venv lint bench report dvc-repro clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -36,6 +36,11 @@ lint: venv
 
 report: venv
 	$(BIN)/snakemake --report results/report.html
+
+# DVC: the study stage (Snakemake) if config/config.yaml or the rules changed, then tables/claims/figures (README,
+# "Versioning results and data with DVC"); PATH above puts .venv's snakemake and mae first for the stage commands.
+dvc-repro: venv
+	$(BIN)/dvc repro
 
 bench: venv
 	$(BIN)/mae bench pretrain --preset cpu-tiny
