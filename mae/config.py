@@ -56,6 +56,9 @@ class TrainConfig:
     eval_every: int = 0
     compile: bool = False
     tensorboard: bool = True  # scalars (loss, lr, img/s, eval metrics) as TensorBoard events in OUT/tensorboard
+    # a checkpoint in OUT made with other settings: "refuse" (an error naming the key) or "restart" from zero
+    # (what the workflow passes: Snakemake reruns a job only when its settings or inputs changed)
+    on_change: Literal["refuse", "restart"] = "refuse"
     max_steps: Optional[int] = None
 
     def check(self) -> None:

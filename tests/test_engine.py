@@ -346,3 +346,27 @@ def test_tensorboard_curves_follow_the_log_and_resume(tmp_path):
     # off switch
     fit(RegressionTask(cfg), replace(cfg, tensorboard=False), tmp_path / "off")
     assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_on_change_restart_retrains_what_the_workflow_reruns(tmp_path, capsys):
+    cfg = cfg_for(epochs=1, on_change="restart")
+    fit(RegressionTask(cfg), cfg, tmp_path)
+    # a changed setting: training starts over (the default, on_change=refuse, is an error naming the key)
+    changed = replace(cfg, base_lr=0.5)
+    again = RegressionTask(changed)
+    fit(again, changed, tmp_path)
+    fresh = RegressionTask(changed)
+    fit(fresh, changed, tmp_path / "fresh")
+    assert again.calls == fresh.calls > 0 and all(torch.equal(a, b) for a, b in
+                                                 zip(weights(again).values(), weights(fresh).values()))
+    assert "was trained with base_lr=" in capsys.readouterr().out
+    # the same settings, but Snakemake deleted metrics.json to rerun the job (its inputs changed): retrained
+    (tmp_path / "metrics.json").unlink()
+    rerun = RegressionTask(changed)
+    fit(rerun, changed, tmp_path)
+    assert rerun.calls == fresh.calls
+    # without on_change=restart a finished checkpoint is only re-evaluated
+    (tmp_path / "metrics.json").unlink()
+    kept = RegressionTask(replace(changed, on_change="refuse"))
+    fit(kept, replace(changed, on_change="refuse"), tmp_path)
+    assert kept.calls == 0

@@ -39,7 +39,7 @@ LOG = "log.jsonl"
 METRICS = "metrics.json"
 # keys that may change between a run and its resumption (they do not change what is computed)
 RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps",
-                "tensorboard"}
+                "tensorboard", "on_change"}
 TENSORBOARD = "tensorboard"
 
 
@@ -353,17 +353,14 @@ def _read_metrics(out_dir: Path) -> dict | None:
 RENAMED_KEYS = {"sampler": "sampling"}
 
 
-def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
+def _changed_setting(ckpt: dict, cfg: TrainConfig, path: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed with ``cfg`` (the first setting that differs), or None."""
     old = {RENAMED_KEYS.get(k, k): v for k, v in ckpt.get("config", {}).items()}
     new = config_to_dict(cfg)
     for key in sorted(set(old) | set(new)):
-        if key in RUNTIME_KEYS:
-            continue
-        if old.get(key) != new.get(key):
-            raise UserError(
-                f"{path} was trained with {key}={old.get(key)!r}, now {key}={new.get(key)!r}: "
-                "use another --out folder or delete the checkpoint to restart"
-            )
+        if key not in RUNTIME_KEYS and old.get(key) != new.get(key):
+            return f"{path} was trained with {key}={old.get(key)!r}, now {key}={new.get(key)!r}"
+    return None
 
 
 def _trim_log(path: Path, last_epoch: int, last_step: int | None = None) -> None:
@@ -474,7 +471,18 @@ class _Trainer:
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem
             raise UserError(f"cannot read checkpoint {self.ckpt_path}: {err}") from None
-        _check_resumable(ckpt, self.cfg, self.ckpt_path)
+        problem = _changed_setting(ckpt, self.cfg, self.ckpt_path)
+        if self.cfg.on_change == "restart":
+            if problem is None and ckpt.get("finished") and not (self.out_dir / METRICS).exists():
+                # Snakemake deletes a job's outputs before rerunning it, and reruns a finished job only when
+                # its settings or inputs changed: the weights belong to the old inputs
+                problem = f"{self.ckpt_path} is finished but its {METRICS} is gone (a rerun for changed inputs)"
+            if problem is not None:
+                if self.env.is_main:
+                    print(f"{problem}: training from scratch (on_change=restart)", flush=True)
+                return None
+        if problem is not None:
+            raise UserError(f"{problem}: use another --out folder or delete the checkpoint to restart")
         return ckpt
 
     def _build(self, ckpt: dict | None) -> None:

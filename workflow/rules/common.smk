@@ -58,8 +58,10 @@ def section_overrides(section):
 
 
 def stage_flags(section):
-    """`--device` and the stage's section as `--set` flags."""
-    return f"--device {config['device']} {section_overrides(section)}"
+    """`--device` and the stage's section as `--set` flags; training stages restart from zero when a checkpoint
+    left in the run folder was made with other settings or inputs (Snakemake reruns a job only then)."""
+    restart = "" if section == "knn" else " --set on_change=restart"
+    return f"--device {config['device']} {section_overrides(section)}{restart}"
 
 
 def launch(wildcards, resources):
