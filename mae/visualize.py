@@ -38,14 +38,16 @@ PIXEL_TARGETS = ("pixel", "norm_pixel")
 
 
 def save_figure(fig: plt.Figure, out_dir: str | Path, stem: str) -> list[Path]:
-    """``out_dir/stem.png`` and ``.pdf``, each written atomically; closes ``fig``."""
+    """``out_dir/stem.png`` and ``.pdf``, each written atomically; closes ``fig``. No creation date and no
+    software version in the files, so the same figure is the same bytes (DVC and git see no change)."""
     from mae.utils.io import atomic_path
 
     paths = []
     for ext in ("png", "pdf"):
         path = Path(out_dir) / f"{stem}.{ext}"
         with atomic_path(path, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            meta = {"CreationDate": None, "Producer": None} if ext == "pdf" else {"Software": None}
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
         paths.append(path)
     plt.close(fig)
     return paths
