@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from mae import roofline
 from mae.errors import UserError
 
 PRESETS = {
@@ -102,7 +103,6 @@ class StepRunner:
 # ----------------------------------------------------------------------------------------------- roofline
 #: flags that decide what a CPU's matrix units can do in bf16
 CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-GEMM_OPS = ("mm", "addmm", "bmm", "baddbmm")
 
 
 def cpu_info() -> dict:
@@ -124,59 +124,15 @@ def cpu_info() -> dict:
 
 def step_flops(runner: "StepRunner") -> float:
     """FLOPs of one training step (forward + backward) per image, counted on the eager model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(runner.device.type, dtype=torch.bfloat16, enabled=runner.variant.bf16):
-        loss, _, _ = runner.model(runner.images, runner.mask_ratio)
-        loss.backward()
-    runner.opt.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / runner.images.shape[0]
+    return roofline.step_flops(runner.model, runner.images, runner.mask_ratio, runner.variant.bf16)
 
 
 def step_gemm_shapes(runner: "StepRunner") -> Counter:
-    """How often one training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    shapes: Counter = Counter()
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name in GEMM_OPS:
-                a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
-                shapes[(name, tuple(a.shape), tuple(b.shape))] += 1
-            return func(*args, **(kwargs or {}))
-
-    with Record(), torch.autocast(runner.device.type, dtype=torch.bfloat16, enabled=True):
-        loss, _, _ = runner.model(runner.images, runner.mask_ratio)
-        loss.backward()
-    runner.opt.zero_grad(set_to_none=True)
-    return shapes
+    """How often one (bf16) training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
+    return roofline.step_gemm_shapes(runner.model, runner.images, runner.mask_ratio)
 
 
-def gemm_rate(shapes: Counter, device: torch.device, repeats: int = 5) -> float:
-    """bf16 FLOP/s of this machine on ``shapes``: each product timed alone (best of ``repeats``), the rates
-    combined with the weights the step gives them (total FLOPs ÷ total time)."""
-    flops = seconds = 0.0
-    for (op, sa, sb), count in shapes.items():
-        a = torch.randn(sa, device=device, dtype=torch.bfloat16)
-        b = torch.randn(sb, device=device, dtype=torch.bfloat16)
-        fn = torch.bmm if op in ("bmm", "baddbmm") else torch.mm
-        fn(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        batch = sa[0] if len(sa) == 3 else 1
-        flops += count * 2.0 * batch * sa[-2] * sa[-1] * sb[-1]
-        seconds += count * best
-    return flops / seconds
+gemm_rate = roofline.gemm_rate
 
 
 def _time_windows(runners: list["StepRunner"], windows: int, steps: int, rewarm: int, mode: str,

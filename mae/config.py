@@ -131,6 +131,7 @@ class PretrainConfig(TrainConfig):
     target_path: Optional[str] = None  # fitted PCA / tokenizer file for target=pca|token
     img_size: Optional[int] = None  # None: the dataset's image size
     eval_images: int = 1024  # val images for the reconstruction-loss monitor (0: skip)
+    roofline: bool = True  # measure the step's FLOPs and bf16 matrix rate first: log/metrics show % of roofline
 
     def check(self) -> None:
         super().check()

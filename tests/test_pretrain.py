@@ -48,13 +48,17 @@ def test_pretrain_end_to_end(tiny_data, tmp_path):
     assert metrics["epochs"] == 2 and metrics["img_s"] > 0 and metrics["wall_s"] > 0
     assert metrics["params"] < metrics["params_total"] and 0 < metrics["loss"] < 10
     assert metrics["config"]["mask_ratio"] == 0.75
+    # % of the roofline = GFLOP per image x img/s / the bf16 matrix rate measured on this step's shapes
+    assert metrics["gflop_per_image"] > 0 and metrics["gemm_gflop_s"] > 0
+    assert metrics["roofline_pct"] == pytest.approx(
+        100 * metrics["gflop_per_image"] * metrics["img_s"] / metrics["gemm_gflop_s"])
     settings = json.loads((out.parent / "settings.json").read_text())
     assert settings["decoder_depth"] == 1 and settings["decoder_width"] == 64 and settings["patch_size"] == 4
     assert settings["sampling"] == "random" and settings["epochs"] == 2 and settings["dataset"]
     assert "sampler" not in settings  # one name per knob (mae/knobs.py)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if r["kind"] == "step"]
-    assert len(steps) == 8 and all(r["loss"] > 0 for r in steps)
+    assert len(steps) == 8 and all(r["loss"] > 0 and r["roofline_pct"] > 0 for r in steps)
     # finished: a rerun returns at once with the same metrics
     before = (out / "metrics.json").read_text()
     assert run_cli(tiny_data, out) == 0

@@ -39,7 +39,7 @@ LOG = "log.jsonl"
 METRICS = "metrics.json"
 # keys that may change between a run and its resumption (they do not change what is computed)
 RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps",
-                "tensorboard", "on_change"}
+                "tensorboard", "on_change", "roofline"}
 TENSORBOARD = "tensorboard"
 
 
@@ -307,14 +307,22 @@ class _Meter:
         for k, v in extras.items():
             self.extras[k] = self.extras.get(k, 0.0) + float(v)
 
-    def means(self, env: D.DistEnv) -> dict:
+    def means(self, env: D.DistEnv, flop_rate: tuple[float, float] | None = None) -> dict:
+        """Window means; with ``flop_rate`` = (GFLOP per image, the machine's GFLOP/s), ``roofline_pct`` too."""
         keys = sorted(self.extras)
         n = max(self.count, 1)
         vals = D.all_reduce_mean(env, [self.loss / n] + [self.extras[k] / n for k in keys])
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out = {"loss": vals[0], "img_s": self.images * env.world_size / elapsed}
+        if flop_rate:  # per process: the machine's rate is one process's
+            out["roofline_pct"] = _roofline_pct(out["img_s"] / env.world_size, flop_rate)
         out.update(zip(keys, vals[1:]))
         return out
+
+
+def _roofline_pct(img_s: float, flop_rate: tuple[float, float]) -> float:
+    gflop_per_image, gflop_s = flop_rate
+    return 100.0 * gflop_per_image * img_s / gflop_s
 
 
 class _Curves:
@@ -426,6 +434,10 @@ class _Trainer:
 
     # ---- phases
     def run(self, extra: dict) -> dict:
+        """Train and finish. ``extra`` (merged into metrics.json) may carry ``gflop_per_image`` and
+        ``gemm_gflop_s`` (:mod:`mae.roofline`): the log and metrics then show ``roofline_pct`` beside img/s."""
+        self.flop_rate = (extra["gflop_per_image"], extra["gemm_gflop_s"]) \
+            if extra.get("gflop_per_image") and extra.get("gemm_gflop_s") else None
         ckpt = self._read_checkpoint()
         if ckpt is not None and ckpt.get("finished"):
             metrics = _read_metrics(self.out_dir)
@@ -552,7 +564,7 @@ class _Trainer:
                 break
         bar.close()
         del batches
-        self.last = meter.means(self.env)
+        self.last = meter.means(self.env, self.flop_rate)
         self._log({"kind": "epoch", "epoch": epoch, "step": self.step, "lr": self.lr, **self.last})
         done = stop or epoch + 1 == cfg.epochs
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not done:
@@ -585,7 +597,7 @@ class _Trainer:
         self.task.after_optimizer_step(self.step)
         if self.step % cfg.log_every == 0:
             self._log({"kind": "step", "epoch": self.epoch, "step": self.step, "lr": self.lr,
-                       **self.window.means(self.env)})
+                       **self.window.means(self.env, self.flop_rate)})
             self.window = _Meter()
         return value, cfg.max_steps is not None and self.step >= cfg.max_steps
 
@@ -661,12 +673,15 @@ class _Trainer:
 
     def _finish(self, train_time: float, train_images: int, extra: dict) -> dict:
         final = self._evaluate()
+        img_s = train_images / train_time if train_time > 0 else self.last.get("img_s", 0.0)
+        if self.flop_rate:
+            extra = {**extra, "roofline_pct": _roofline_pct(img_s / self.env.world_size, self.flop_rate)}
         metrics = {
             "train_loss": self.last.get("loss"),
             "epochs": self.epoch,
             "steps": self.step,
             "wall_s": self.wall_prev + time.perf_counter() - self.t_start,
-            "img_s": train_images / train_time if train_time > 0 else self.last.get("img_s", 0.0),
+            "img_s": img_s,
             "lr": self.peak_lr,
             **self.plan,
             "config": config_to_dict(self.cfg),

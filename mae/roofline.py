@@ -1,0 +1,92 @@
+"""The roofline of a pretraining step on this machine: FLOPs per image (``torch.utils.flop_counter``, forward +
+backward) and the rate of the bf16 matrix products the step runs (each of its ``mm``/``addmm``/``bmm`` shapes
+timed alone, weighted by how often the step runs it). ``% of roofline`` = FLOPs per image × img/s ÷ that rate.
+
+Used by ``mae bench`` for every variant and by ``mae pretrain`` (``roofline: true``), whose log and
+``metrics.json`` then show ``roofline_pct`` beside ``img_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import torch
+from torch import nn
+
+GEMM_OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+def _one_step(model: nn.Module, images: torch.Tensor, mask_ratio: float, bf16: bool) -> None:
+    """Forward + backward of ``model`` on ``images`` (global RNG and gradients left as they were)."""
+    devices = [images.device] if images.device.type == "cuda" else []
+    grads = {p: p.grad for p in model.parameters()}
+    with torch.random.fork_rng(devices=devices), \
+            torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, _, _ = model(images, mask_ratio)
+    loss.backward()
+    for p, g in grads.items():
+        p.grad = g
+
+
+def step_flops(model: nn.Module, images: torch.Tensor, mask_ratio: float, bf16: bool = True) -> float:
+    """FLOPs of one training step (forward + backward) per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _one_step(model, images, mask_ratio, bf16)
+    return counter.get_total_flops() / images.shape[0]
+
+
+def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> Counter:
+    """How often one bf16 training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes: Counter = Counter()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in GEMM_OPS:
+                a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+                shapes[(name, tuple(a.shape), tuple(b.shape))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        _one_step(model, images, mask_ratio, True)
+    return shapes
+
+
+def gemm_rate(shapes: Counter, device: torch.device, repeats: int = 5) -> float:
+    """bf16 FLOP/s of this machine on ``shapes``: each product timed alone (best of ``repeats``), the rates
+    combined with the weights the step gives them (total FLOPs ÷ total time)."""
+    flops = seconds = 0.0
+    for (op, sa, sb), count in shapes.items():
+        a = torch.randn(sa, device=device, dtype=torch.bfloat16)
+        b = torch.randn(sb, device=device, dtype=torch.bfloat16)
+        fn = torch.bmm if op in ("bmm", "baddbmm") else torch.mm
+        fn(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        batch = sa[0] if len(sa) == 3 else 1
+        flops += count * 2.0 * batch * sa[-2] * sa[-1] * sb[-1]
+        seconds += count * best
+    return flops / seconds
+
+
+def measure(model: nn.Module, batch_size: int, img_size: int, mask_ratio: float, device: torch.device,
+            bf16: bool = True) -> dict:
+    """``gflop_per_image`` of ``model``'s training step and the ``gemm_gflop_s`` of its matrix shapes at
+    ``batch_size`` images per process (on random images; the model's weights, gradients and RNG untouched)."""
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    flops = step_flops(model, images[:2], mask_ratio, bf16)
+    rate = gemm_rate(step_gemm_shapes(model, images, mask_ratio), device)
+    return {"gflop_per_image": flops / 1e9, "gemm_gflop_s": rate / 1e9}
