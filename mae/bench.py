@@ -201,6 +201,8 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
         raise UserError(f"unknown variant {bad[0]!r} (valid: {', '.join(every)})")
     names = ["fast", "mask_token_encoder"] + [n for n in names if n not in ("fast", "mask_token_encoder")]
     variants = [every[n] for n in names]
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)  # as the training loop does (mae.engine.fit)
     runners = [StepRunner(v, preset, dev) for v in variants]
     # FLOPs of the architecture, counted once on the fast path (the fused attention kernel's count differs)
     arch = {r.variant.mask_token_in_encoder: step_flops(r) for r in runners

@@ -397,6 +397,11 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, extra: dict | None = 
     keys) merged in, and the task's per-image results to ``predictions.npz`` beside it.
     """
     env = D.init_distributed(cfg.device)
+    if env.device.type == "cpu":
+        # values below 1.2e-38 (AdamW's second moments of tiny gradients, late in a decaying schedule) make x86
+        # arithmetic tens of times slower; flushing them to zero kept cpu-tiny at 434-443 img/s in epochs 2-3
+        # instead of 387-393 (same loss to 4 decimals)
+        torch.set_flush_denormal(True)
     try:
         return _Trainer(task, cfg, Path(out_dir), env).run(extra or {})
     finally:
@@ -459,7 +464,6 @@ class _Trainer:
                 f"accum_iter={self.cfg.accum_iter}: lower batch_size/accum_iter or use more data"
             )
         self.log_file = open(self.out_dir / LOG, "a") if self.env.is_main else None  # noqa: SIM115
-        self.curves = None
         if self.env.is_main and self.cfg.tensorboard:
             self.curves = _Curves(self.out_dir / TENSORBOARD, self.step + 1 if self.step else None)
         try:
