@@ -74,6 +74,16 @@ class PretrainTask(Task):
         loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio, sample=sample)
         return loss, imgs.shape[0], {}
 
+    def step_cost(self, batch_size: int) -> dict:
+        """With ``roofline: true``: GFLOP per image of the training step and the bf16 GFLOP/s of its matrix
+        products at ``batch_size`` images (:mod:`mae.roofline`; 0.5-2 s for the toy models)."""
+        if not self.cfg.roofline:
+            return {}
+        from mae import roofline
+
+        return roofline.measure(self.mae, batch_size, self.img_size, self.cfg.mask_ratio, self.device,
+                                bf16=self.cfg.amp == "bf16")
+
     def state_dict(self) -> dict:
         return {"mask_rng": self.mask_rng.get_state()}
 
@@ -104,21 +114,6 @@ class PretrainTask(Task):
         return {"params": encoder, "params_total": total}
 
 
-def step_roofline(cfg: PretrainConfig, task: PretrainTask) -> dict:
-    """GFLOP per image of the training step and the bf16 GFLOP/s of its matrix products at this process's batch
-    (:mod:`mae.roofline`; about a second for the toy models), measured on the device the run will use."""
-    import os
-
-    from mae import roofline
-    from mae.engine.distributed import resolve_device
-
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_process = max(1, cfg.batch_size // (world * cfg.accum_iter))
-    return roofline.measure(task.mae.to(device), per_process, task.img_size, cfg.mask_ratio, device,
-                            bf16=cfg.amp == "bf16")
-
-
 def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path, metrics: dict) -> dict:
     """The run's full knob set: every config key (knobs by their :mod:`mae.knobs` names), the model defaults
     it resolved, how the global batch was split (world size, per-process batch, accum_iter, peak lr) and the
@@ -135,10 +130,7 @@ def run(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)  # model init: identical on every rank
     task = PretrainTask(cfg, data_dir)
-    extra = task.param_counts()
-    if cfg.roofline:
-        extra.update(step_roofline(cfg, task))
-    metrics = fit(task, cfg, out_dir, extra=extra)
+    metrics = fit(task, cfg, out_dir, extra=task.param_counts())
     if is_main_process():  # after fit: a refused resume (a changed knob) leaves the run's settings untouched
         atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir, metrics))
     return metrics

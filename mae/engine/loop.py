@@ -97,6 +97,12 @@ class Task:
         """Return ``(loss, n_images, extras)``; extras are scalars to log (floats or 0-d tensors)."""
         raise NotImplementedError
 
+    def step_cost(self, batch_size: int) -> dict:
+        """Optional: ``gflop_per_image`` of a training step and the ``gemm_gflop_s`` of this machine on its matrix
+        shapes at ``batch_size`` images per process (:mod:`mae.roofline`); the log and metrics then show
+        ``roofline_pct``. Called once before training, after the loader is known to give batches."""
+        return {}
+
     def after_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (``step`` = steps taken so far), e.g. to update an EMA of the weights."""
 
@@ -439,10 +445,8 @@ class _Trainer:
 
     # ---- phases
     def run(self, extra: dict) -> dict:
-        """Train and finish. ``extra`` (merged into metrics.json) may carry ``gflop_per_image`` and
-        ``gemm_gflop_s`` (:mod:`mae.roofline`): the log and metrics then show ``roofline_pct`` beside img/s."""
-        self.flop_rate = (extra["gflop_per_image"], extra["gemm_gflop_s"]) \
-            if extra.get("gflop_per_image") and extra.get("gemm_gflop_s") else None
+        """Train and finish (``extra`` is merged into metrics.json)."""
+        self.flop_rate = None
         ckpt = self._read_checkpoint()
         if ckpt is not None and ckpt.get("finished"):
             metrics = _read_metrics(self.out_dir)
@@ -463,6 +467,12 @@ class _Trainer:
                 f"the training loader gives {len(loader)} batches per process, fewer than "
                 f"accum_iter={self.cfg.accum_iter}: lower batch_size/accum_iter or use more data"
             )
+        if not finished and per_process:  # the task's roofline (FLOPs per image, the machine's matrix rate)
+            cost = self.task.step_cost(per_process)
+            if cost.get("gflop_per_image") and cost.get("gemm_gflop_s"):
+                extra = {**extra, **cost}
+                self.flop_rate = (cost["gflop_per_image"], cost["gemm_gflop_s"])
+        self.ddp = D.wrap(self.env, self.model, self.task.find_unused_parameters)  # broadcasts rank 0's weights
         self.log_file = open(self.out_dir / LOG, "a") if self.env.is_main else None  # noqa: SIM115
         if self.env.is_main and self.cfg.tensorboard:
             self.curves = _Curves(self.out_dir / TENSORBOARD, self.step + 1 if self.step else None)
@@ -518,7 +528,6 @@ class _Trainer:
             self._restore(ckpt)
         if cfg.compile:
             self.model.compile()
-        self.ddp = D.wrap(env, self.model, task.find_unused_parameters)  # broadcasts rank 0's weights
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
