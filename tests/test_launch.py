@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import socket
 import stat
 import subprocess
@@ -119,7 +120,7 @@ def _free_job_id() -> int:
     raise RuntimeError("no free port")
 
 
-def _study(tmp_path: Path, name: str, *resources: str, env: dict) -> Path:
+def _study(tmp_path: Path, work: Path, name: str, *resources: str, env: dict) -> Path:
     results = tmp_path / name
     override = tmp_path / "override.yaml"
     override.write_text(
@@ -128,9 +129,9 @@ def _study(tmp_path: Path, name: str, *resources: str, env: dict) -> Path:
     proc = subprocess.run(
         [str(BIN / "snakemake"), "--cores", "2", target, "--set-resources", *(resources or ("pretrain:nodes=1",)),
          "--config", f"results={results}", "--configfile", "config/smoke.yaml", str(override)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+        cwd=work, capture_output=True, text=True, env=env, timeout=600,
     )
-    log = Path(ROOT / "logs/pretrain/base.log")
+    log = work / "logs/pretrain/base.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
     return results / "runs/base/pretrain"
 
@@ -144,8 +145,11 @@ def test_two_nodes_through_the_rule_equal_one_process(tmp_path):
         (fake / name).chmod(stat.S_IRWXU)
     env = {**os.environ, "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
            "SLURM_JOB_ID": str(_free_job_id()), "PYTHONPATH": str(ROOT)}
-    one = _study(tmp_path, "one", env=env)
-    two = _study(tmp_path, "two", "pretrain:nodes=2", env=env)
+    work = tmp_path / "repo"  # a copy: Snakemake writes .snakemake/ and logs/ into its working directory
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs",
+                                                              "benchmarks", "__pycache__", ".dvc"))
+    one = _study(tmp_path, work, "one", env=env)
+    two = _study(tmp_path, work, "two", "pretrain:nodes=2", env=env)
     import json
 
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))

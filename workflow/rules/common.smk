@@ -59,7 +59,8 @@ def section_overrides(section):
 
 def stage_flags(section):
     """`--device` and the stage's section as `--set` flags; training stages restart from zero when a checkpoint
-    left in the run folder was made with other settings or inputs (Snakemake reruns a job only then)."""
+    left in the run folder was made with other settings or inputs (Snakemake reruns a job only then).
+    """
     restart = "" if section == "knn" else " --set on_change=restart"
     return f"--device {config['device']} {section_overrides(section)}{restart}"
 
