@@ -60,14 +60,27 @@ GROUPS = ("every_run", "base_run", "scratch", "per_table")
 OVERLAYS = {"scratch_finetune": "finetune", "partial_ft": "finetune"}
 
 
+def _section_classes() -> dict[str, Any]:
+    """Stage section of a study config -> a function giving its settings class."""
+    from mae.config import PretrainConfig
+
+    return {"pretrain": lambda: PretrainConfig, "scratch_finetune": EVALUATIONS["finetune"].config_class,
+            **{e.name: e.config_class for e in EVALUATIONS.values()}}
+
+
+def trains(section: str) -> bool:
+    """Whether the stage of ``section`` trains through ``fit`` (its settings have ``on_change``)."""
+    from dataclasses import fields
+
+    return any(f.name == "on_change" for f in fields(_section_classes()[section]()))
+
+
 def check_study_sections(config: dict[str, Any]) -> None:
     """Every stage section of a study config (``pretrain:``, ``finetune:``, …) against its settings class, at
     plan time: a typo'd key or a bad value fails ``snakemake -n`` with one line naming it."""
-    from mae.config import PretrainConfig, config_from_mapping
+    from mae.config import config_from_mapping
 
-    classes = {"pretrain": lambda: PretrainConfig, "scratch_finetune": EVALUATIONS["finetune"].config_class,
-               **{e.name: e.config_class for e in EVALUATIONS.values()}}
-    for section, config_class in classes.items():
+    for section, config_class in _section_classes().items():
         values = config.get(section)
         if values is None:
             continue

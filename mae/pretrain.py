@@ -17,6 +17,7 @@ from mae.config import PretrainConfig, add_common_arguments, config_from_args, c
 from mae.engine import Task, fit, is_main_process, seed_everything
 from mae.errors import UserError
 from mae.knobs import model_kwargs
+from mae.masking import draw_for_rank
 from mae.utils.io import atomic_write_json
 
 
@@ -66,8 +67,6 @@ class PretrainTask(Task):
         )
 
     def train_step(self, batch):
-        from mae.masking import draw_for_rank
-
         imgs = self.to_device(batch[0])
         sample = draw_for_rank(self.mae.sampler, imgs.shape[0], self.mae.grid_size, self.cfg.mask_ratio,
                                imgs.device, self.mask_rng, self.rank, self.world_size)

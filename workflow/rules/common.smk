@@ -7,6 +7,7 @@ from mae.evaluations import (
     check_study_evaluations,
     check_study_sections,
     folders,
+    trains,
 )
 from mae.launch import launcher
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
@@ -61,7 +62,7 @@ def stage_flags(section):
     """`--device` and the stage's section as `--set` flags; training stages restart from zero when a checkpoint
     left in the run folder was made with other settings or inputs (Snakemake reruns a job only then).
     """
-    restart = "" if section == "knn" else " --set on_change=restart"
+    restart = " --set on_change=restart" if trains(section) else ""
     return f"--device {config['device']} {section_overrides(section)}{restart}"
 
 
