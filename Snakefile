@@ -23,6 +23,7 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     study_plan,
+    partial_ft_linear,
     summary,
     tables,
     claims,

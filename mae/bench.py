@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from mae import roofline
 from mae.errors import UserError
+from mae.utils.memory import keep_freed_memory
 
 PRESETS = {
     "cpu-tiny": dict(model="mae_vit_tiny_patch4", img_size=32, batch_size=256, mask_ratio=0.75, device="cpu"),
@@ -203,6 +204,7 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     variants = [every[n] for n in names]
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # as the training loop does (mae.engine.fit)
+    malloc_tuned = keep_freed_memory()  # as every `mae` command does (mae.utils.memory)
     runners = [StepRunner(v, preset, dev) for v in variants]
     # FLOPs of the architecture, counted once on the fast path (the fused attention kernel's count differs)
     arch = {r.variant.mask_token_in_encoder: step_flops(r) for r in runners
@@ -222,6 +224,7 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
         "mask_ratio": preset["mask_ratio"], "device": str(dev), "threads": torch.get_num_threads(),
         **(cpu_info() if dev.type == "cpu" else {"gpu": torch.cuda.get_device_name(dev)}),
         "mode": mode, "windows": windows, "steps_per_window": steps_per_window, "rewarm": rewarm, "compile": compile,
+        "malloc_tuned": malloc_tuned,
         "img_s": med, "range_img_s": {name: (min(v), max(v)) for name, v in rates.items()}, "window_img_s": rates,
         "gflop_per_image": {name: f / 1e9 for name, f in flops.items()}, "bf16_gemm_gflop_s": rate / 1e9,
         "roofline_pct": {name: 100.0 * flops[name] * med[name] / rate for name in med},
@@ -288,7 +291,8 @@ def main(args: argparse.Namespace) -> int:
     where = res.get("cpu") or res.get("gpu")
     print(f"{res['preset']} ({res['model']}, batch {res['batch_size']}, {res['device']}: {where}"
           f"{' [' + ' '.join(res['flags']) + ']' if res.get('flags') else ''}, {res['threads']} threads, "
-          f"median of {res['windows']} windows, {res['mode']})")
+          f"median of {res['windows']} windows, {res['mode']}, "
+          f"allocator {'tuned' if res['malloc_tuned'] else 'glibc defaults'})")
     print(f"  bf16 matrix products of the step's shapes: {res['bf16_gemm_gflop_s']:.0f} GFLOP/s (the roofline)")
     print(f"  {'variant':22s} {'img/s':>9s} {'GFLOP/img':>10s} {'% roofline':>11s}")
     for name, value in res["img_s"].items():

@@ -16,6 +16,7 @@ from typing import Any
 
 from mae.errors import PREEMPTED_EXIT, Preempted, UserError
 from mae.evaluations import EVALUATIONS
+from mae.utils.memory import keep_freed_memory
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("mae.data.prepare", "generate the built-in datasets or describe a real one"),
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"mae {name}", description=COMMANDS[name][1], **extra)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
+    keep_freed_memory()  # reuse freed activation buffers instead of page-faulting fresh ones (mae.utils.memory)
     try:
         return int(module.main(args) or 0)
     except UserError as err:

@@ -388,6 +388,33 @@ def test_partial_ft_zero_blocks_is_linear_probe(data, ckpt, tmp_path):
     mp, ml = _metrics(out_p), _metrics(out_l)
     assert mp["recipe"] == "linprobe" and mp["params"] == ml["params"] == 258
     assert mp["top1"] == ml["top1"] and mp["loss"] == pytest.approx(ml["loss"])
+    # --reuse copies the linear probe's result (metrics and per-image predictions) once its settings are checked
+    out_r = tmp_path / "reused"
+    assert cli(["partial-ft", "--blocks", "0", "--reuse", str(out_l), "--out", str(out_r), *flags]) == 0
+    mr = _metrics(out_r)
+    assert mr["eval"] == "partial_ft-0" and mr["reused_from"] == str(out_l) and mr["top1"] == ml["top1"]
+    assert mr["recipe"] == "linprobe" and mr["blocks"] == 0
+    assert (out_r / "predictions.npz").read_bytes() == (out_l / "predictions.npz").read_bytes()
+    assert not (out_r / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--set", "epochs=3"], "was trained with epochs=2, now epochs=3"),
+    (["--blocks", "1"], "--reuse: only for --blocks 0"),
+    (["--data", "{other}"], "was computed with data="),
+])
+def test_partial_ft_reuse_refuses_other_settings(data, ckpt, tmp_path, capsys, change, message):
+    flags = ["--data", str(data), "--init", str(ckpt), *FAST, "--set", "epochs=2", "--set", "batch_size=16",
+             "--set", "cached_features=true"]
+    assert cli(["linprobe", "--out", str(tmp_path / "lin"), *flags]) == 0
+    change = [c.replace("{other}", str(tmp_path / "elsewhere")) for c in change]
+    blocks = change[1] if change[0] == "--blocks" else "0"
+    rest = [] if change[0] == "--blocks" else change
+    out = tmp_path / "reused"
+    assert cli(["partial-ft", "--blocks", blocks, "--reuse", str(tmp_path / "lin"), "--out", str(out), *flags,
+                *rest]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
 
 
 def test_attention_kernel_follows_autocast():
@@ -400,3 +427,9 @@ def test_attention_kernel_follows_autocast():
     exact = model(x)
     assert all(b.attn.fused_attn for b in model.blocks)  # timm's fused SDPA otherwise
     torch.testing.assert_close(fast, exact, atol=0.05, rtol=0.05)
+    # paths that skip model.forward (feature extraction, transfer backbones) follow the same rule
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        common.features(model, x)
+    assert all(not b.attn.fused_attn for b in model.blocks)
+    model.forward_features(x)
+    assert all(b.attn.fused_attn for b in model.blocks)

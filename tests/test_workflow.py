@@ -44,7 +44,7 @@ def test_smoke_dag_shape(repo_root):
     assert counts["linprobe"] == 10  # every run + the random-init probe
     assert counts["knn"] == 1  # the base run only
     assert counts["finetune"] == 10  # every run + the from-scratch baseline
-    assert counts["partial_ft"] == 2
+    assert counts["partial_ft"] == 1 and counts["partial_ft_linear"] == 1  # K = 0 reuses the base run's probe
     assert counts["transfer_det"] == counts["transfer_seg"] == 3  # MAE, scratch, supervised
     assert counts["fit_pca"] == counts["train_tokenizer"] == 1
     for rule in ("summary", "tables", "figures", "claims", "study_plan"):
@@ -72,7 +72,7 @@ def test_study_parts_are_targets(repo_root):
     paper = job_counts((p := dry_run(repo_root, "--configfile", "config/paper.yaml")).stdout + p.stderr)
     assert p.returncode == 0, p.stderr
     assert paper["pretrain"] == 32
-    assert paper["partial_ft"] == 8
+    assert paper["partial_ft"] == 7 and paper["partial_ft_linear"] == 1  # K = 0: the linear probe, reused
     assert paper["transfer_det"] == paper["transfer_seg"] == 3 + 3  # Table 4/5 inits + Table 7 target runs
     assert paper["prepare_data"] == 5  # ImageNet, COCO, ADE20K, iNat, Places described by path
 

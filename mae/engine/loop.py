@@ -366,8 +366,9 @@ def _read_metrics(out_dir: Path) -> dict | None:
 RENAMED_KEYS = {"sampler": "sampling"}
 
 
-def _changed_setting(ckpt: dict, cfg: TrainConfig, path: Path) -> str | None:
-    """Why ``ckpt`` cannot be resumed with ``cfg`` (the first setting that differs), or None."""
+def changed_setting(ckpt: dict, cfg: TrainConfig, path: Path) -> str | None:
+    """Why ``ckpt`` (a checkpoint, or a metrics.json: both carry ``config``) was not made with ``cfg`` (the first
+    setting that differs, :data:`RUNTIME_KEYS` aside), or None."""
     old = {RENAMED_KEYS.get(k, k): v for k, v in ckpt.get("config", {}).items()}
     new = config_to_dict(cfg)
     for key in sorted(set(old) | set(new)):
@@ -496,7 +497,7 @@ class _Trainer:
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem
             raise UserError(f"cannot read checkpoint {self.ckpt_path}: {err}") from None
-        problem = _changed_setting(ckpt, self.cfg, self.ckpt_path)
+        problem = changed_setting(ckpt, self.cfg, self.ckpt_path)
         if self.cfg.on_change == "restart":
             if problem is None and ckpt.get("finished") and not (self.out_dir / METRICS).exists():
                 # Snakemake deletes a job's outputs before rerunning it, and reruns a finished job only when

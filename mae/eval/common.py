@@ -426,6 +426,7 @@ def run_task(
     evaluation: str,
     init: str,
     init_path: str | None = None,
+    data: str | os.PathLike | None = None,
     model_name: str | None = None,
     load_report: Any = None,
     save_weights: bool = False,
@@ -443,6 +444,7 @@ def run_task(
         "eval": evaluation,
         "init": init,
         "init_path": str(init_path) if init_path else None,
+        "data": str(data) if data is not None else None,
         "model": model_name,
         "params": trainable_params(task.model),
         "setup_s": time.perf_counter() - started if started is not None else 0.0,  # model + feature caching
@@ -458,4 +460,33 @@ def run_task(
     metrics = fit(task, cfg, out_dir, extra=added)
     if save_weights and is_main_process():  # fit() returns the trained (or restored) weights in the task
         save_model(getattr(task, "eval_model", task.model), out_dir, model_meta)
+    return metrics
+
+
+def reuse_result(source: str | Path, out_dir: str | Path, cfg: Any, *, evaluation: str, init_path: str | None,
+                 data: str | os.PathLike, extra: dict | None = None) -> dict:
+    """Write the finished result in ``source`` (its metrics.json and predictions.npz) to ``out_dir`` as
+    ``evaluation`` instead of computing it again — only if ``source`` was computed with exactly ``cfg`` (runtime
+    keys aside), the same init and the same data. Partial fine-tuning with K = 0 *is* the linear probe (paper
+    Fig. 9), so the study reuses the run's ``linprobe`` for it (a 90-epoch ImageNet probe at paper scale)."""
+    import json
+
+    from mae.engine import changed_setting, write_outputs
+    from mae.utils.io import PER_IMAGE, read_per_image
+
+    path = Path(source) / METRICS_FILE
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"--reuse: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+    problem = changed_setting(old, cfg, path)
+    for key, value in (("init_path", str(init_path) if init_path else None), ("data", str(data))):
+        if problem is None and old.get(key) != value:
+            problem = f"{path} was computed with {key}={old.get(key)!r}, now {key}={value!r}"
+    if problem is not None:
+        raise UserError(f"--reuse: {problem}")
+    metrics = {**old, **(extra or {}), "eval": evaluation, "reused_from": str(source)}
+    if is_main_process():
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_outputs(out_dir, metrics, read_per_image(Path(source) / PER_IMAGE))
     return metrics

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneCon
                                       "train_images": len(train_set)}
     return common.run_task(
         task, cfg, args.out, evaluation=cfg.stage, init=common.init_label(args), init_path=args.init,
-        model_name=name, load_report=report, save_weights=finetune, started=started, extra=extra,
+        data=args.data, model_name=name, load_report=report, save_weights=finetune, started=started, extra=extra,
         model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
                     "weights": weights["eval_weights"], "finetune_config": config_to_dict(cfg)},
     )

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
     task, model, name, report, extra = build_probe_task(cfg, args.data, args.init, device)
     return common.run_task(
         task, cfg, args.out, evaluation="linprobe", init=common.init_label(args), init_path=args.init,
-        model_name=name, load_report=report, extra=extra, started=started,
+        data=args.data, model_name=name, load_report=report, extra=extra, started=started,
     )
 
 

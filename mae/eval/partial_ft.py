@@ -1,7 +1,9 @@
 """``mae partial-ft --blocks K``: fine-tune the last K Transformer blocks, freeze the rest (paper Fig. 9).
 
 - ``K = 0`` is exactly the linear probe: same model, head (BatchNorm1d + Linear), LARS recipe and config keys
-  as ``mae linprobe`` (:class:`~mae.eval.linprobe.LinprobeConfig`, including ``cached_features``).
+  as ``mae linprobe`` (:class:`~mae.eval.linprobe.LinprobeConfig`, including ``cached_features``); with
+  ``--reuse DIR`` the result of that ``mae linprobe`` in DIR is copied once its settings, init and data are
+  checked to be the same (the study does this).
 - ``K > 0`` follows the fine-tuning recipe (the paper: "follows the setting in Table 9 except for the number of
   epochs"): :class:`~mae.eval.finetune.FinetuneConfig` keys, AdamW with layer-wise lr decay, mixup/cutmix,
   RandAugment, global average pooling + ``fc_norm``. Trainable: ``blocks[-K:]``, the final norm (``norm`` or
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_init_arguments(parser)
     parser.add_argument("--blocks", type=int, required=True, metavar="K",
                         help="number of last Transformer blocks to fine-tune (0 = linear probing)")
+    parser.add_argument("--reuse", metavar="DIR",
+                        help="K = 0 only: the output folder of a finished `mae linprobe` with the same settings, "
+                             "init and data; its result is copied instead of probing again (checked)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -54,8 +59,13 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     if args.blocks < 0:
         raise UserError(f"--blocks: must be >= 0, got {args.blocks}")
+    if args.reuse is not None and args.blocks != 0:
+        raise UserError(f"--reuse: only for --blocks 0 (the linear probe), got --blocks {args.blocks}")
     if args.blocks == 0:
         cfg = config_from_args(linprobe.LinprobeConfig, args)
+        if args.reuse is not None:
+            return common.reuse_result(args.reuse, args.out, cfg, evaluation="partial_ft-0", init_path=args.init,
+                                       data=args.data, extra={"blocks": 0, "recipe": "linprobe"})
         device = common.engine_device(cfg)
         task, _, name, report, extra = linprobe.build_probe_task(cfg, args.data, args.init, device)
         recipe = "linprobe"
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     extra.update({"blocks": args.blocks, "recipe": recipe})
     return common.run_task(
         task, cfg, args.out, evaluation=f"partial_ft-{args.blocks}", init=common.init_label(args),
-        init_path=args.init, model_name=name, load_report=report, extra=extra, started=started,
+        init_path=args.init, data=args.data, model_name=name, load_report=report, extra=extra, started=started,
     )
 
 

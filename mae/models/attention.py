@@ -42,11 +42,15 @@ def set_kernels(blocks: Iterable[nn.Module], fused: bool) -> None:
 
 
 def auto_kernels(model: nn.Module) -> None:
-    """Make a timm ViT pick its kernels per forward by the ``auto`` rule (a forward pre-hook)."""
+    """Make every timm ``Attention`` of ``model`` pick its kernel per call by the ``auto`` rule (a forward
+    pre-hook on each attention module, so that ``forward_features``, feature extraction and the transfer
+    backbones, which do not go through ``model.forward``, follow it too)."""
 
     def select(module: nn.Module, args: tuple) -> None:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor):
-            set_kernels(getattr(module, "blocks", ()), use_fused("auto", x.device))
+            module.fused_attn = use_fused("auto", x.device)
 
-    model.register_forward_pre_hook(select)
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.register_forward_pre_hook(select)

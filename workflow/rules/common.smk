@@ -187,10 +187,8 @@ def runs_dir(wildcards, input):
 
 
 def partial_ft_flags(wildcards):
-    """K = 0 is linear probing (the `linprobe` settings); K > 0 uses the fine-tuning recipe with the
-    `partial_ft` overrides (paper Fig. 9)."""
-    if int(wildcards.blocks) == 0:
-        return stage_flags("linprobe")
+    """K > 0: the fine-tuning recipe with the `partial_ft` overrides (paper Fig. 9); K = 0 is the linear probe
+    (partial_ft_linear in eval.smk)."""
     return f"{stage_flags('finetune')} {section_overrides('partial_ft')}"
 
 

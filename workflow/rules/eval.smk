@@ -63,6 +63,8 @@ rule partial_ft:
         f"logs/partial_ft/{{any_run}}-{{blocks}}.log",
     benchmark:
         f"benchmarks/partial_ft/{{any_run}}-{{blocks}}.tsv"
+    wildcard_constraints:
+        blocks="[1-9][0-9]*",
     conda:
         "../envs/mae.yaml"
     threads: config["threads"]
@@ -77,6 +79,29 @@ rule partial_ft:
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} partial-ft --blocks {wildcards.blocks} --data {input.data}"
         " --out {params.out} {params.init} {params.stage} > {log} 2>&1"
+
+
+# Fig. 9's K = 0 is the linear probe of the same run: `mae partial-ft --reuse` copies that result once it has
+# checked the settings, init and data (a local job: no GPU is held for a copy).
+rule partial_ft_linear:
+    input:
+        data=data_dir(PRETRAIN_DATA),
+        init=init_input,
+        probe=f"{R}/runs/{{any_run}}/linprobe/metrics.json",
+    output:
+        metrics=f"{R}/runs/{{any_run}}/partial_ft-0/metrics.json",
+    log:
+        f"logs/partial_ft/{{any_run}}-0.log",
+    conda:
+        "../envs/mae.yaml"
+    params:
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        probe=lambda wc, input: os.path.dirname(input.probe),
+        init=init_flag,
+        stage=stage_flags("linprobe"),
+    shell:
+        "mae partial-ft --blocks 0 --reuse {params.probe} --data {input.data} --out {params.out} {params.init}"
+        " {params.stage} > {log} 2>&1"
 
 
 rule knn:
