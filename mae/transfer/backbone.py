@@ -225,7 +225,8 @@ def run_transfer(args, config_cls, task_cls, evaluation: str, metric_keys: Seque
     init = None if args.scratch else args.init
     task = task_cls(cfg, args.data, init)
     metrics = run_task(task, cfg, args.out, evaluation=evaluation, init=init_label(args), init_path=init,
-                       data=args.data, model_name=task.model_name, extra={"dataset": task.dataset_name}, started=started)
+                       data=args.data, model_name=task.model_name, extra={"dataset": task.dataset_name},
+                       started=started)
     missing = [k for k in metric_keys if k not in metrics]
     if missing:
         raise UserError(f"{evaluation}: evaluation produced no {missing[0]}")
