@@ -92,8 +92,14 @@ rule partial_ft_linear:
         metrics=f"{R}/runs/{{any_run}}/partial_ft-0/metrics.json",
     log:
         f"logs/partial_ft/{{any_run}}-0.log",
+    benchmark:
+        f"benchmarks/partial_ft/{{any_run}}-0.tsv"
     conda:
         "../envs/mae.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         out=lambda wc, output: os.path.dirname(output.metrics),
         probe=lambda wc, input: os.path.dirname(input.probe),
