@@ -5,7 +5,8 @@ above the (dynamic) mmap threshold are mapped and unmapped each time and the top
 next step touches fresh pages: ≈ 25 000 minor page faults (≈ 100 MB) per step of the study's micro model on one
 CPU thread, ≈ 17 % of its step time. :func:`keep_freed_memory` raises both thresholds (``mallopt``), so freed
 buffers are reused: +15–24 % img/s for that step, 0 page faults per step after the first (README, "Speed").
-The process keeps up to :data:`TRIM_THRESHOLD` of freed memory at the top of its heap.
+The process keeps up to :data:`TRIM_THRESHOLD` of freed memory at the top of its heap: its peak memory (what
+a SLURM memory limit sees) does not grow, only the memory between two peaks stays mapped.
 
 Set ``MAE_MALLOC_TUNING=0`` to keep glibc's defaults (e.g. to time what an untuned process gets).
 """
