@@ -23,19 +23,12 @@ MMAP_THRESHOLD = 32 << 20
 #: free memory at the top of the heap is returned to the system only beyond this
 TRIM_THRESHOLD = 1 << 30
 
-_applied: bool | None = None
-
-
 def keep_freed_memory() -> bool:
-    """Apply the allocator setting once per process (Linux with glibc); returns whether it is in effect."""
-    global _applied
-    if _applied is None:
-        _applied = False
-        if os.environ.get("MAE_MALLOC_TUNING", "1") != "0" and sys.platform.startswith("linux"):
-            try:
-                mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-                _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-            except (OSError, AttributeError):  # no mallopt (not glibc)
-                pass
-    return _applied
+    """Apply the allocator setting (Linux with glibc; idempotent); returns whether it is in effect."""
+    if os.environ.get("MAE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):  # no mallopt (not glibc)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

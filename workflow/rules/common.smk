@@ -186,12 +186,6 @@ def runs_dir(wildcards, input):
     return os.path.join(os.path.dirname(os.path.dirname(input.plan[0])), "runs")
 
 
-def partial_ft_flags(wildcards):
-    """K > 0: the fine-tuning recipe with the `partial_ft` overrides (paper Fig. 9); K = 0 is the linear probe
-    (partial_ft_linear in eval.smk)."""
-    return f"{stage_flags('finetune')} {section_overrides('partial_ft')}"
-
-
 # One study per results folder (mae/utils/lock.py): real runs only; dry runs and remote jobs take no lock.
 onstart:
     take_study_lock(R, {"scale": config.get("scale", "")})

@@ -75,7 +75,8 @@ rule partial_ft:
         launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
-        stage=partial_ft_flags,
+        # K > 0: the fine-tuning recipe with the `partial_ft` overrides (paper Fig. 9); K = 0: partial_ft_linear
+        stage=f"{stage_flags('finetune')} {section_overrides('partial_ft')}",
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} partial-ft --blocks {wildcards.blocks} --data {input.data}"
         " --out {params.out} {params.init} {params.stage} > {log} 2>&1"
