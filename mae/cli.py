@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 import typing
 from typing import Any
 
+from mae import warmstart
 from mae.errors import PREEMPTED_EXIT, Preempted, UserError
 from mae.evaluations import EVALUATIONS
 from mae.utils.memory import keep_freed_memory
@@ -91,6 +93,10 @@ def settings_help(spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and os.environ.get(warmstart.ENV):  # a study job: run in the study's warm-start server
+        code = warmstart.delegate(sys.argv)
+        if code is not None:
+            return code
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="mae", description="Masked Autoencoders study pipeline",
                                      epilog="`mae COMMAND --help` lists a command's options (and settings)")

@@ -173,6 +173,11 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
     proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = (work / "results/summary/runs.csv").read_text().splitlines()
+    # every job started in the warm-start server (mae/warmstart.py), none refused; the server is gone
+    jobs = list((work / "logs").rglob("*.log"))
+    assert (work / "logs/warm_start.log").read_text().count("warm start: worker") >= 40
+    assert not [j for j in jobs if "warm start: not used" in j.read_text(errors="replace")]
+    assert "server stopped" in (work / "logs/warm_start.log").read_text()
     assert len(summary) > 30  # 9 runs x (pretrain, linprobe, finetune) + base/scratch/supervised evaluations
     # evidence: per-image predictions of every evaluation, replicates and intervals in the summary and claims
     for folder in ("base/linprobe", "base/finetune", "base/knn", "scratch/linprobe", "base/transfer_seg",

@@ -12,6 +12,7 @@ from mae.evaluations import (
 from mae.launch import launcher
 from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
 from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
+from mae import warmstart
 
 
 envvars:
@@ -187,13 +188,21 @@ def runs_dir(wildcards, input):
 
 
 # One study per results folder (mae/utils/lock.py): real runs only; dry runs and remote jobs take no lock.
+# Jobs started from this process run in a warm-start server that has imported torch once (mae/warmstart.py).
+WARM_START = {}
+
+
 onstart:
     take_study_lock(R, {"scale": config.get("scale", "")})
+    if str(config.get("warm_start", True)).lower() == "true":
+        WARM_START["server"] = warmstart.start("logs/warm_start.log")
 
 
 onsuccess:
+    warmstart.stop(WARM_START.pop("server", None))
     release_study_lock(R)
 
 
 onerror:
+    warmstart.stop(WARM_START.pop("server", None))
     release_study_lock(R)

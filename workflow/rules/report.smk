@@ -15,8 +15,11 @@ rule study_plan:
         mem_mb=500,
         runtime=5,
     params:
-        # not `partial`: a partial report must not make the plan (and every job after it) out of date
-        plan=lambda wc: {k: v for k, v in config.items() if k != "partial"},
+        # not `partial` (a partial report) nor `warm_start` (how jobs start): neither may make the plan (and
+        # every job after it) out of date
+        plan=lambda wc: {
+            k: v for k, v in config.items() if k not in ("partial", "warm_start")
+        },
     run:
         from mae.study import write_plan
 

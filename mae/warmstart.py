@@ -1,0 +1,334 @@
+"""Warm start: `mae` commands of a local study start from a process that has already imported torch.
+
+Every job of a study is a new `mae` process, and ~3 s of each goes to importing torch, torchvision (which
+imports ``torch._dynamo``) and timm before the job does anything; the default study runs 53 jobs on 2 cores.
+A study run (the Snakefile's ``onstart`` hook) starts one **server** that imports those libraries once and
+then waits on a Unix socket. The `mae` console script of a job, seeing ``MAE_WARM_START=<socket>`` in its
+environment, sends its argv, working directory, environment, ``sys.path`` and its stdin/stdout/stderr file
+descriptors to the server and waits; the server forks a supervisor, the supervisor forks the **worker**, which
+takes over the job's descriptors, folder, environment and thread count, imports `mae` afresh (edits to the
+project's code apply at once; only the third-party libraries are shared) and runs the command. The job's
+process forwards the signals it gets (SIGTERM, SIGINT, SIGUSR1, …) to the worker and ends with the worker's
+exit status (a worker killed by a signal kills it with the same signal); the supervisor kills the worker
+(SIGKILL) when the job's process disappears without one (it was killed).
+
+Nothing changes when it cannot apply: the command runs in its own process, as without a server, when the
+variable is unset, the socket does not answer (a job on another node, a server gone idle), the job runs
+under torchrun, or its environment differs from the server's in anything but the per-job variables
+(:data:`PER_JOB`: thread counts, temp folders, ``MAE_*``) or its interpreter/libraries resolve to other files.
+Linux only (fork after import, ``SCM_RIGHTS``, pidfds). Results are the same as without it (tests compare a
+pretraining run both ways to the last digit). The server exits after :data:`IDLE_S` seconds without a job
+and when the study ends (``onsuccess``/``onerror``); it logs to ``logs/warm_start.log``.
+
+This module imports no third-party library: the job's side costs a Python start and a socket round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+#: the environment variable that points a `mae` command at a server's socket
+ENV = "MAE_WARM_START"
+#: third-party modules the server imports once (the project's own modules are imported by each worker)
+PRELOAD = (
+    "numpy", "yaml", "tqdm", "PIL.Image", "torch", "torchvision", "timm", "timm.data", "timm.optim",
+    "timm.loss", "timm.utils", "torch.utils.flop_counter", "torch.utils.tensorboard", "pycocotools.coco",
+    "pycocotools.cocoeval",
+)
+#: top-level packages whose location a job compares with the server's (same files, or it runs by itself)
+CHECKED = ("torch", "torchvision", "timm", "numpy")
+#: environment variables that may differ between a job and the server (read by the job, not at import)
+PER_JOB = frozenset({
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS", "TMPDIR", "TMP", "TEMP", "TEMPDIR", "PWD", "OLDPWD", "SHLVL", "_",
+})
+PER_JOB_PREFIXES = ("MAE_", "SNAKEMAKE")
+#: signals a job forwards to its worker
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+#: a server without jobs for this long exits (a study that died without its onerror hook)
+IDLE_S = 120.0
+MAX_MESSAGE = 1 << 20
+
+
+def supported() -> bool:
+    return sys.platform.startswith("linux") and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
+
+
+def _interpreter() -> list[str]:
+    """The interpreter's binary (links resolved: python and python3 of one venv are one) and environment."""
+    return [os.path.realpath(sys.executable), sys.prefix, sys.version]
+
+
+def _origins() -> dict[str, str | None]:
+    """Where this interpreter would import each :data:`CHECKED` package from (without importing it)."""
+    out = {}
+    for name in CHECKED:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        out[name] = spec.origin if spec else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- job side
+
+
+def delegate(argv: list[str]) -> int | None:
+    """Run ``mae`` ``argv`` (``sys.argv``) in the server named by :data:`ENV`; ``None``: run it here instead."""
+    path = os.environ.get(ENV)
+    if not path or not supported() or "WORLD_SIZE" in os.environ:  # torchrun ranks start by themselves
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+        request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path),
+                   "interpreter": _interpreter(), "origins": _origins()}
+        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+        reply = json.loads(sock.recv(MAX_MESSAGE) or b"{}")
+    except (OSError, ValueError):  # no server there (gone idle, another node, a closed descriptor)
+        sock.close()
+        return None
+    if "pid" not in reply:
+        print(f"warm start: not used ({reply.get('refused', 'no answer')})", file=sys.stderr)
+        sock.close()
+        return None
+    worker = int(reply["pid"])
+
+    def forward(signum, _frame):
+        try:
+            os.kill(worker, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    data = sock.recv(MAX_MESSAGE)  # the worker's end (a forwarded signal does not interrupt the wait)
+    status = json.loads(data) if data else {"code": 1, "lost": True}
+    if status.get("lost"):
+        print("warm start: lost the server before the command finished", file=sys.stderr)
+    if status.get("signal"):  # end the way the worker ended
+        signal.signal(status["signal"], signal.SIG_DFL)
+        os.kill(os.getpid(), status["signal"])
+    return int(status.get("code", 1))
+
+
+# ---------------------------------------------------------------------------------------------- server side
+
+
+def refusal(request: dict, env: dict[str, str], added: dict[str, str], origins: dict[str, str | None]) -> str | None:
+    """Why the server must not run ``request`` (the job would not get what a fresh process gets), or None.
+    ``env``: the server's environment before its imports; ``added``: what the imports set in it."""
+    if request.get("interpreter") != _interpreter():
+        return f"another interpreter: {request.get('interpreter')}"
+    if request.get("origins") != origins:
+        return "libraries installed elsewhere"
+    theirs = request.get("env", {})
+    for key in sorted(set(env) | set(theirs)):
+        if key in PER_JOB or key.startswith(PER_JOB_PREFIXES):
+            continue
+        if key in added and theirs.get(key) in (None, added[key]):  # what the import would set anyway
+            continue
+        if env.get(key) != theirs.get(key):
+            return f"environment variable {key} differs from the server's"
+    if "OMP_NUM_THREADS" in env and "OMP_NUM_THREADS" not in theirs:  # its default would be the server's
+        return "OMP_NUM_THREADS is unset, the server's is not"
+    return None
+
+
+def _preload(log) -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:  # optional library (e.g. no pycocotools): the worker imports what it needs
+            print(f"warm start: preload {name} skipped ({err})", file=log, flush=True)
+
+
+def _work(request: dict, fds: list[int], added: dict, default_threads: int) -> None:
+    """In the worker: become the job (descriptors, folder, environment, threads) and run ``mae``."""
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for sig in (*FORWARDED, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else
+                      signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)  # as in a fresh interpreter
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update({**added, **request["env"]})
+    tempfile.tempdir = None  # TMPDIR is the job's
+    sys.argv = list(request["argv"])
+    sys.path[:] = request["path"]
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = int(os.environ.get("OMP_NUM_THREADS") or default_threads)
+    torch.set_num_threads(threads)  # the libraries read the variables when the server imported them
+    threadpool_limits(int(os.environ.get("OPENBLAS_NUM_THREADS") or threads), user_api="blas")
+    for name in [m for m in sys.modules if m == "mae" or m.startswith("mae.")]:
+        del sys.modules[name]  # the project's code as it is now, not as it was when the server started
+    code = 1
+    try:
+        from mae.cli import main
+
+        code = int(main(sys.argv[1:]) or 0)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported like an uncaught exception of a fresh process
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    os._exit(code)
+
+
+def _supervise(conn: socket.socket, env: dict, added: dict, origins: dict, default_threads: int) -> None:
+    """In the supervisor (one per job): check the request, fork the worker, report its end to the job."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 3)
+        request = json.loads(data)
+        why = refusal(request, env, added, origins) if len(fds) == 3 else "no standard descriptors"
+        if why:
+            conn.send(json.dumps({"refused": why}).encode())
+            return
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            _work(request, fds, added, default_threads)
+        for fd in fds:
+            os.close(fd)
+        conn.send(json.dumps({"pid": pid}).encode())
+        print(f"warm start: worker {pid}: {' '.join(request['argv'][1:3])}", flush=True)
+        pidfd = os.pidfd_open(pid)
+        ready, _, _ = select.select([pidfd, conn], [], [])  # the worker's end, or the job's process gone
+        if pidfd not in ready and not conn.recv(16):
+            # the job's process died without a signal to forward (SIGKILL, e.g. `kill -9` of the study or its
+            # process group): its worker dies the same way, as it would have as a plain process
+            os.kill(pid, signal.SIGKILL)
+            conn = None
+        _, status = os.waitpid(pid, 0)
+        if conn is not None:
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            code = 128 + sig if sig else os.WEXITSTATUS(status)
+            conn.send(json.dumps({"code": code, "signal": sig}).encode())
+    except BaseException:  # noqa: BLE001 - a supervisor never returns into the server's loop
+        traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def serve(path: str, idle: float = IDLE_S) -> int:
+    """The server: preload, then fork a supervisor per connection until idle for ``idle`` s or SIGTERM."""
+    start, env = time.perf_counter(), dict(os.environ)
+    _preload(sys.stdout)
+    import torch
+
+    # what the imports put in the environment (torch: TORCHINDUCTOR_CACHE_DIR), a job's own values first
+    added = {k: v for k, v in os.environ.items() if env.get(k) != v}
+    default_threads, origins = torch.get_num_threads(), _origins()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    listener.bind(tmp)
+    listener.listen(64)
+    os.replace(tmp, path)  # the socket appears only once the server is ready
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"warm start: serving {path} (pid {os.getpid()}, preloaded in {time.perf_counter() - start:.1f} s, "
+          f"{len(os.listdir('/proc/self/task'))} thread(s))", flush=True)
+    children: set[int] = set()
+    last = time.monotonic()
+    try:
+        while children or time.monotonic() - last < idle:
+            for pid in list(children):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    children.discard(pid)
+                    last = time.monotonic()
+            if not select.select([listener], [], [], 1.0)[0]:
+                continue
+            conn, _ = listener.accept()
+            last = time.monotonic()
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                _supervise(conn, env, added, origins, default_threads)
+            conn.close()
+            children.add(pid)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        print("warm start: server stopped", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------- the study's hooks (Snakefile)
+
+
+def start(log: str | os.PathLike, idle: float = IDLE_S, wait_s: float = 60.0) -> subprocess.Popen | None:
+    """Start a server for this study (its own session, logging to ``log``); set :data:`ENV` for the jobs
+    Snakemake starts from this process. Returns the server's process, or None where unsupported."""
+    if not supported():
+        return None
+    folder = tempfile.mkdtemp(prefix="mae-warm-")  # private (0700): only this user reaches the socket
+    path = os.path.join(folder, "socket")
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    # thread counts: the machine's defaults (torch's is what a job without OMP_NUM_THREADS gets); numpy's
+    # OpenBLAS starts no thread pool in the server (each worker sets its own)
+    env = {**{k: v for k, v in os.environ.items() if k not in PER_JOB}, "OPENBLAS_NUM_THREADS": "1"}
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mae.warmstart", path, "--idle", str(idle)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    proc.socket = path
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not os.path.exists(path):  # jobs run by themselves, as without a server
+        stop(proc)
+        return None
+    os.environ[ENV] = path
+    return proc
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """End the server started by :func:`start` (running jobs finish: their supervisors are separate)."""
+    os.environ.pop(ENV, None)
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    folder = os.path.dirname(proc.socket)
+    for leftover in Path(folder).glob("*"):
+        leftover.unlink()
+    os.rmdir(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mae.warmstart", description=__doc__.splitlines()[0])
+    parser.add_argument("socket", help="path of the Unix socket to serve on")
+    parser.add_argument("--idle", type=float, default=IDLE_S, help="exit after this many seconds without a job")
+    args = parser.parse_args(argv)
+    return serve(args.socket, args.idle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
