@@ -14,8 +14,9 @@ exit status (a worker killed by a signal kills it with the same signal); the sup
 
 Nothing changes when it cannot apply: the command runs in its own process, as without a server, when the
 variable is unset, the socket does not answer (a job on another node, a server gone idle), the job runs
-under torchrun, or its environment differs from the server's in anything but the per-job variables
-(:data:`PER_JOB`: thread counts, temp folders, ``MAE_*``) or its interpreter/libraries resolve to other files.
+under torchrun, its environment differs from the server's in a variable read when libraries load
+(:data:`IMPORT_TIME`: ``TORCH*``, ``PYTHON*``, ``OMP_*``, ``LD_*``, locale, … — thread counts aside, the worker
+sets those), or its interpreter or libraries resolve to other files.
 Linux only (fork after import, ``SCM_RIGHTS``, pidfds). Results are the same as without it (tests compare a
 pretraining run both ways to the last digit). The server exits after :data:`IDLE_S` seconds without a job
 and when the study ends (``onsuccess``/``onerror``); it logs to ``logs/warm_start.log``.
@@ -49,12 +50,14 @@ PRELOAD = (
 )
 #: top-level packages whose location a job compares with the server's (same files, or it runs by itself)
 CHECKED = ("torch", "torchvision", "timm", "numpy")
-#: environment variables that may differ between a job and the server (read by the job, not at import)
-PER_JOB = frozenset({
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS", "TMPDIR", "TMP", "TEMP", "TEMPDIR", "PWD", "OLDPWD", "SHLVL", "_",
-})
-PER_JOB_PREFIXES = ("MAE_", "SNAKEMAKE")
+#: environment variables that the preloaded libraries (or the interpreter, or the C library) may read when
+#: they are loaded: a job whose value differs from the server's runs by itself (its libraries would have read
+#: another value). Everything else a job reads when it runs (its own environment is restored in the worker).
+IMPORT_TIME = ("TORCH", "PYTORCH", "CUDA", "CUBLAS", "CUDNN", "NCCL", "NVIDIA", "TRITON", "OMP_", "KMP_", "GOMP_",
+               "MKL", "DNNL_", "ONEDNN_", "OPENBLAS", "GOTO_", "LD_", "MALLOC_", "GLIBC_", "PYTHON", "TIMM", "HF_",
+               "HUGGINGFACE", "TF_", "NUMPY", "LANG", "LC_", "TZ", "HOME", "USER", "LOGNAME")
+#: thread counts: a job's own (the worker sets them: torch, and numpy's BLAS through threadpoolctl)
+PER_JOB = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS"})
 #: signals a job forwards to its worker
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 #: a server without jobs for this long exits (a study that died without its onerror hook)
@@ -137,7 +140,7 @@ def refusal(request: dict, env: dict[str, str], added: dict[str, str], origins: 
         return "libraries installed elsewhere"
     theirs = request.get("env", {})
     for key in sorted(set(env) | set(theirs)):
-        if key in PER_JOB or key.startswith(PER_JOB_PREFIXES):
+        if key in PER_JOB or not key.startswith(IMPORT_TIME):
             continue
         if key in added and theirs.get(key) in (None, added[key]):  # what the import would set anyway
             continue
@@ -288,7 +291,8 @@ def start(log: str | os.PathLike, idle: float = IDLE_S, wait_s: float = 60.0) ->
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     # thread counts: the machine's defaults (torch's is what a job without OMP_NUM_THREADS gets); numpy's
     # OpenBLAS starts no thread pool in the server (each worker sets its own)
-    env = {**{k: v for k, v in os.environ.items() if k not in PER_JOB}, "OPENBLAS_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in PER_JOB and not k.startswith(("VECLIB", "NUMEXPR"))}
+    env["OPENBLAS_NUM_THREADS"] = "1"
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mae.warmstart", path, "--idle", str(idle)], env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

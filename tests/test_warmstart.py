@@ -23,8 +23,8 @@ TIMING = {"img_s", "wall_s", "setup_s", "roofline_pct", "gemm_gflop_s", "finishe
 
 
 def job_env(socket=None, **extra):
-    """A job's environment: this one, without pytest's per-test variable (the server would refuse it)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", warmstart.ENV)}
+    """A job's environment: this one (``socket``: with the server's socket)."""
+    env = {k: v for k, v in os.environ.items() if k != warmstart.ENV}
     return {**env, **({warmstart.ENV: socket} if socket else {}), **extra}
 
 
@@ -32,10 +32,7 @@ def job_env(socket=None, **extra):
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("warm") / "warm_start.log"
     saved = os.environ.get(warmstart.ENV)
-    test = os.environ.pop("PYTEST_CURRENT_TEST", None)
     proc = warmstart.start(log)
-    if test is not None:
-        os.environ["PYTEST_CURRENT_TEST"] = test
     assert proc is not None, log.read_text()
     path = os.environ[warmstart.ENV]
     if saved is None:  # the variable is this test's, not the session's
@@ -99,14 +96,14 @@ def test_worker_takes_the_jobs_code_threads_environment_and_folder(server, tmp_p
     (fake / "mae" / "cli.py").write_text(
         "import json, os, tempfile, torch\n"
         "def main(argv):\n"
-        "    print(json.dumps([torch.get_num_threads(), os.getcwd(), os.environ.get('MAE_PROBE'), tempfile.gettempdir(),"
+        "    print(json.dumps([torch.get_num_threads(), os.getcwd(), os.environ.get('PROBE'), tempfile.gettempdir(),"
         " 'TORCHINDUCTOR_CACHE_DIR' in os.environ, argv]))\n"
         "    return 7\n")
     (tmp_path / "tmp").mkdir()
     (tmp_path / "cwd").mkdir()
     client = ("import sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); "
               "sys.exit(warmstart.delegate(['mae', 'probe', '--x']))")
-    env = job_env(socket, OMP_NUM_THREADS="2", MAE_PROBE="p", TMPDIR=str(tmp_path / "tmp"))
+    env = job_env(socket, OMP_NUM_THREADS="2", PROBE="p", TMPDIR=str(tmp_path / "tmp"))
     out = subprocess.run([sys.executable, "-c", client, str(fake)], env=env, cwd=tmp_path / "cwd",
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 7, out.stderr
@@ -177,8 +174,8 @@ def test_no_server_runs_by_itself(tmp_path):
 def test_refusal_rules():
     env, added, origins = {"PATH": "/bin", "HOME": "/root"}, {"TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}, warmstart._origins()
     ok = {"interpreter": warmstart._interpreter(), "origins": origins,
-          "env": {**env, "OMP_NUM_THREADS": "1", "TMPDIR": "/x", "MAE_MALLOC_TUNING": "0", "SNAKEMAKE_X": "1"}}
-    assert warmstart.refusal(ok, env, added, origins) is None
+          "env": {**env, "OMP_NUM_THREADS": "1", "TMPDIR": "/x", "MAE_MALLOC_TUNING": "0", "PS1": "$ "}}
+    assert warmstart.refusal(ok, env, added, origins) is None  # what a shell or Snakemake sets per job
     same = {**ok, "env": {**ok["env"], "TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}}  # as the import sets it
     assert warmstart.refusal(same, env, added, origins) is None
     other = {**ok, "env": {**ok["env"], "TORCHINDUCTOR_CACHE_DIR": "/elsewhere"}}
@@ -186,6 +183,7 @@ def test_refusal_rules():
     assert "interpreter" in warmstart.refusal({**ok, "interpreter": ["/other/python"]}, env, added, origins)
     assert "libraries" in warmstart.refusal({**ok, "origins": {"torch": "/elsewhere"}}, env, added, origins)
     assert "HOME" in warmstart.refusal({**ok, "env": {"PATH": "/bin"}}, env, added, origins)
+    assert "LD_PRELOAD" in warmstart.refusal({**ok, "env": {**ok["env"], "LD_PRELOAD": "x.so"}}, env, added, origins)
     assert "OMP_NUM_THREADS" in warmstart.refusal({**ok, "env": env}, {**env, "OMP_NUM_THREADS": "2"}, added,
                                                   origins)
 

@@ -1,5 +1,6 @@
 """The Snakemake DAG: shape of the smoke/default/paper studies, config validation, and a real smoke run."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -170,7 +171,9 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
     shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs",
                                                                       "benchmarks", "__pycache__"))
     run = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/smoke.yaml"]
-    proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=1200)
+    # as from an activated venv's shell (Snakemake drops PS1 from its jobs' environment)
+    activated = {**os.environ, "PS1": "(.venv) $ ", "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
+    proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=1200, env=activated)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = (work / "results/summary/runs.csv").read_text().splitlines()
     # every job started in the warm-start server (mae/warmstart.py), none refused; the server is gone

@@ -188,13 +188,14 @@ def runs_dir(wildcards, input):
 
 
 # One study per results folder (mae/utils/lock.py): real runs only; dry runs and remote jobs take no lock.
-# Jobs started from this process run in a warm-start server that has imported torch once (mae/warmstart.py).
+# Jobs this process runs on this machine start in a warm-start server that has imported torch once
+# (mae/warmstart.py); cluster executors (jobs on other nodes) start none.
 WARM_START = {}
 
 
 onstart:
     take_study_lock(R, {"scale": config.get("scale", "")})
-    if str(config.get("warm_start", True)).lower() == "true":
+    if str(config.get("warm_start", True)).lower() == "true" and not workflow.non_local_exec:
         WARM_START["server"] = warmstart.start("logs/warm_start.log")
 
 
