@@ -187,7 +187,9 @@ def _work(request: dict, fds: list[int], added: dict, default_threads: int) -> N
         from mae.cli import main
 
         code = int(main(sys.argv[1:]) or 0)
-    except SystemExit as exc:
+    except SystemExit as exc:  # as the interpreter ends on it: an int, None (0) or a message (printed, 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001 - reported like an uncaught exception of a fresh process
         traceback.print_exc()
