@@ -195,7 +195,10 @@ WARM_START = {}
 
 onstart:
     take_study_lock(R, {"scale": config.get("scale", "")})
-    if str(config.get("warm_start", True)).lower() == "true" and not workflow.non_local_exec:
+    if (
+        str(config.get("warm_start", True)).lower() == "true"
+        and not workflow.non_local_exec
+    ):
         WARM_START["server"] = warmstart.start("logs/warm_start.log")
 
 
