@@ -8,9 +8,10 @@ environment, sends its argv, working directory, environment, ``sys.path`` and it
 descriptors to the server and waits; the server forks a supervisor, the supervisor forks the **worker**, which
 takes over the job's descriptors, folder, environment and thread count, imports `mae` afresh (edits to the
 project's code apply at once; only the third-party libraries are shared) and runs the command. The job's
-process forwards the signals it gets (SIGTERM, SIGINT, SIGUSR1, …) to the worker and ends with the worker's
+process forwards the signals it gets (SIGTERM, SIGINT, SIGUSR1, …; held back while the command is handed
+over, and those it was started ignoring, as under nohup, stay ignored in the worker) and ends with the worker's
 exit status (a worker killed by a signal kills it with the same signal); the supervisor kills the worker
-(SIGKILL) when the job's process disappears without one (it was killed).
+(SIGKILL) when the job's process disappears without one (it was killed) or the hand-over fails.
 
 Nothing changes when it cannot apply: the command runs in its own process, as without a server, when the
 variable is unset, the socket does not answer (a job on another node, a server gone idle), the job runs
@@ -46,7 +47,7 @@ ENV = "MAE_WARM_START"
 PRELOAD = (
     "numpy", "yaml", "tqdm", "PIL.Image", "torch", "torchvision", "timm", "timm.data", "timm.optim",
     "timm.loss", "timm.utils", "torch.utils.flop_counter", "torch.utils.tensorboard", "pycocotools.coco",
-    "pycocotools.cocoeval",
+    "pycocotools.cocoeval", "threadpoolctl",
 )
 #: top-level packages whose location a job compares with the server's (same files, or it runs by itself)
 CHECKED = ("torch", "torchvision", "timm", "numpy")
@@ -55,7 +56,7 @@ CHECKED = ("torch", "torchvision", "timm", "numpy")
 #: another value). Everything else a job reads when it runs (its own environment is restored in the worker).
 IMPORT_TIME = ("TORCH", "PYTORCH", "CUDA", "CUBLAS", "CUDNN", "NCCL", "NVIDIA", "TRITON", "OMP_", "KMP_", "GOMP_",
                "MKL", "DNNL_", "ONEDNN_", "OPENBLAS", "GOTO_", "LD_", "MALLOC_", "GLIBC_", "PYTHON", "TIMM", "HF_",
-               "HUGGINGFACE", "TF_", "NUMPY", "LANG", "LC_", "TZ", "HOME", "USER", "LOGNAME")
+               "HUGGINGFACE", "TF_", "NUMPY", "NPY_", "TQDM_", "LANG", "LC_", "TZ", "HOME", "USER", "LOGNAME")
 #: thread counts: a job's own (the worker sets them: torch, and numpy's BLAS through threadpoolctl)
 PER_JOB = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS"})
 #: signals a job forwards to its worker
@@ -94,30 +95,38 @@ def delegate(argv: list[str]) -> int | None:
     path = os.environ.get(ENV)
     if not path or not supported() or "WORLD_SIZE" in os.environ:  # torchrun ranks start by themselves
         return None
+    ignored = [int(sig) for sig in FORWARDED if signal.getsignal(sig) is signal.SIG_IGN]  # e.g. under nohup
+    # a stop signal that arrives while the command is handed over waits until it can be forwarded (or, when
+    # the command runs here after all, until the old handlers are back)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        sock.connect(path)
-        request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path),
-                   "interpreter": _interpreter(), "origins": _origins()}
-        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
-        reply = json.loads(sock.recv(MAX_MESSAGE) or b"{}")
-    except (OSError, ValueError):  # no server there (gone idle, another node, a closed descriptor)
-        sock.close()
-        return None
-    if "pid" not in reply:
-        print(f"warm start: not used ({reply.get('refused', 'no answer')})", file=sys.stderr)
-        sock.close()
-        return None
-    worker = int(reply["pid"])
-
-    def forward(signum, _frame):
         try:
-            os.kill(worker, signum)
-        except ProcessLookupError:
-            pass
+            sock.connect(path)
+            request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path),
+                       "interpreter": _interpreter(), "origins": _origins(), "ignored": ignored}
+            socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+            reply = json.loads(sock.recv(MAX_MESSAGE) or b"{}")
+        except (OSError, ValueError):  # no server there (gone idle, another node, a closed descriptor)
+            sock.close()
+            return None
+        if "pid" not in reply:
+            print(f"warm start: not used ({reply.get('refused', 'no answer')})", file=sys.stderr)
+            sock.close()
+            return None
+        worker = int(reply["pid"])
 
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+        def forward(signum, _frame):
+            try:
+                os.kill(worker, signum)
+            except ProcessLookupError:
+                pass
+
+        for sig in FORWARDED:
+            if int(sig) not in ignored:
+                signal.signal(sig, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     data = sock.recv(MAX_MESSAGE)  # the worker's end (a forwarded signal does not interrupt the wait)
     status = json.loads(data) if data else {"code": 1, "lost": True}
     if status.get("lost"):
@@ -139,16 +148,31 @@ def refusal(request: dict, env: dict[str, str], added: dict[str, str], origins: 
     if request.get("origins") != origins:
         return "libraries installed elsewhere"
     theirs = request.get("env", {})
-    for key in sorted(set(env) | set(theirs)):
+    for key in sorted(set(env) | set(theirs) | set(added)):
         if key in PER_JOB or not key.startswith(IMPORT_TIME):
             continue
-        if key in added and theirs.get(key) in (None, added[key]):  # what the import would set anyway
+        if key in added and theirs.get(key) == added[key]:
+            continue
+        if key in added and key not in theirs:  # the import would set it (inductor's: from the temp folder)
+            if key == "TORCHINDUCTOR_CACHE_DIR" and _tempdir(theirs) != _tempdir(env):
+                return f"{key} would follow another temp folder than the server's"
             continue
         if env.get(key) != theirs.get(key):
             return f"environment variable {key} differs from the server's"
     if "OMP_NUM_THREADS" in env and "OMP_NUM_THREADS" not in theirs:  # its default would be the server's
         return "OMP_NUM_THREADS is unset, the server's is not"
+    for key in PER_JOB & set(theirs):
+        if not theirs[key].isdigit() or int(theirs[key]) < 1:  # e.g. OpenMP's nested "4,2"
+            return f"{key}={theirs[key]!r} is not a plain thread count"
     return None
+
+
+def _tempdir(env: dict[str, str]) -> str:
+    """The folder ``tempfile`` picks under ``env``: its variables in its order, else /tmp (a usable one)."""
+    for key in ("TMPDIR", "TEMP", "TMP"):
+        if env.get(key):
+            return os.path.realpath(env[key])
+    return "/tmp"
 
 
 def _preload(log) -> None:
@@ -160,30 +184,32 @@ def _preload(log) -> None:
 
 
 def _work(request: dict, fds: list[int], added: dict, default_threads: int) -> None:
-    """In the worker: become the job (descriptors, folder, environment, threads) and run ``mae``."""
-    for target, fd in zip((0, 1, 2), fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    for sig in (*FORWARDED, signal.SIGCHLD, signal.SIGPIPE):
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else
-                      signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)  # as in a fresh interpreter
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update({**added, **request["env"]})
-    tempfile.tempdir = None  # TMPDIR is the job's
-    sys.argv = list(request["argv"])
-    sys.path[:] = request["path"]
-    sys.stdout.reconfigure(line_buffering=os.isatty(1))
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    threads = int(os.environ.get("OMP_NUM_THREADS") or default_threads)
-    torch.set_num_threads(threads)  # the libraries read the variables when the server imported them
-    threadpool_limits(int(os.environ.get("OPENBLAS_NUM_THREADS") or threads), user_api="blas")
-    for name in [m for m in sys.modules if m == "mae" or m.startswith("mae.")]:
-        del sys.modules[name]  # the project's code as it is now, not as it was when the server started
+    """In the worker: become the job (signals, descriptors, folder, environment, threads) and run ``mae``."""
     code = 1
     try:
+        ignored = set(request.get("ignored", ()))
+        for sig in (*FORWARDED, signal.SIGCHLD):  # as in a fresh interpreter started the way the job was
+            signal.signal(sig, signal.SIG_IGN if int(sig) in ignored else
+                          signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked by the supervisor across the fork
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update({**added, **request["env"]})
+        tempfile.tempdir = None  # TMPDIR is the job's
+        sys.argv = list(request["argv"])
+        sys.path[:] = request["path"]
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        threads = int(os.environ.get("OMP_NUM_THREADS") or default_threads)
+        torch.set_num_threads(threads)  # the libraries read the variables when the server imported them
+        threadpool_limits(int(os.environ.get("OPENBLAS_NUM_THREADS") or threads), user_api="blas")
+        for name in [m for m in sys.modules if m == "mae" or m.startswith("mae.")]:
+            del sys.modules[name]  # the project's code as it is now, not as it was when the server started
         from mae.cli import main
 
         code = int(main(sys.argv[1:]) or 0)
@@ -211,27 +237,32 @@ def _supervise(conn: socket.socket, env: dict, added: dict, origins: dict, defau
         if why:
             conn.send(json.dumps({"refused": why}).encode())
             return
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # the worker unblocks them once it has its handlers
         pid = os.fork()
         if pid == 0:
             conn.close()
             _work(request, fds, added, default_threads)
-        for fd in fds:
-            os.close(fd)
-        conn.send(json.dumps({"pid": pid}).encode())
-        print(f"warm start: worker {pid}: {' '.join(request['argv'][1:3])}", flush=True)
-        pidfd = os.pidfd_open(pid)
-        ready, _, _ = select.select([pidfd, conn], [], [])  # the worker's end, or the job's process gone
-        if pidfd not in ready and not conn.recv(16):
+        try:
+            for fd in fds:
+                os.close(fd)
+            conn.send(json.dumps({"pid": pid}).encode())
+            print(f"warm start: worker {pid}: {' '.join(request['argv'][1:3])}", flush=True)
+            pidfd = os.pidfd_open(pid)
+            ready, _, _ = select.select([pidfd, conn], [], [])  # the worker's end, or the job's process gone
+            if pidfd not in ready and not conn.recv(16):
+                raise ConnectionError("the job's process is gone")
+            _, status = os.waitpid(pid, 0)
+        except BaseException:
             # the job's process died without a signal to forward (SIGKILL, e.g. `kill -9` of the study or its
-            # process group): its worker dies the same way, as it would have as a plain process
+            # process group), or the hand-over failed: the worker dies the same way, as a plain process would
             os.kill(pid, signal.SIGKILL)
-            conn = None
-        _, status = os.waitpid(pid, 0)
-        if conn is not None:
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-            code = 128 + sig if sig else os.WEXITSTATUS(status)
-            conn.send(json.dumps({"code": code, "signal": sig}).encode())
-    except BaseException:  # noqa: BLE001 - a supervisor never returns into the server's loop
+            os.waitpid(pid, 0)
+            raise
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        conn.send(json.dumps({"code": 128 + sig if sig else os.WEXITSTATUS(status), "signal": sig}).encode())
+    except ConnectionError:  # the job's process is gone
+        pass
+    except BaseException:  # noqa: BLE001 - logged; a supervisor never returns into the server's loop
         traceback.print_exc()
     finally:
         os._exit(0)
@@ -274,8 +305,11 @@ def serve(path: str, idle: float = IDLE_S) -> int:
             conn.close()
             children.add(pid)
     finally:
-        if os.path.exists(path):
-            os.unlink(path)
+        for leftover in (path, os.path.dirname(path)):  # the socket and its private folder (from start())
+            try:
+                os.rmdir(leftover) if leftover != path else os.unlink(leftover)
+            except OSError:
+                pass
         print("warm start: server stopped", flush=True)
     return 0
 
@@ -322,10 +356,12 @@ def stop(proc: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    folder = os.path.dirname(proc.socket)
-    for leftover in Path(folder).glob("*"):
-        leftover.unlink()
-    os.rmdir(folder)
+    folder = Path(proc.socket).parent
+    for leftover in (*folder.glob("*"), folder):  # a server that could not clean up (killed, or never ready)
+        try:
+            leftover.rmdir() if leftover == folder else leftover.unlink()
+        except OSError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

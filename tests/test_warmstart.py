@@ -119,30 +119,46 @@ def test_exit_codes_and_error_lines_are_the_commands(server, tmp_path):
     assert mae(["no-such-command"], socket).returncode == mae(["no-such-command"]).returncode == 2
 
 
-def test_sigterm_reaches_the_worker(server, data, tmp_path):
+def test_sigterm_reaches_the_worker_and_ignored_signals_stay_ignored(server, data, tmp_path):
     """SLURM's and Snakemake's stop signal goes to the job's process; the worker stops as a plain run does:
-    checkpoint, exit code PREEMPTED_EXIT."""
+    checkpoint, exit code PREEMPTED_EXIT. A signal the job was started ignoring (SIGHUP under nohup) stays
+    ignored."""
     socket, _ = server
     out = tmp_path / "run"
-    env = job_env(socket)
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mae"),
-                             *pretrain_args(data, out, "epochs=200")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             *pretrain_args(data, out, "epochs=200")], env=job_env(socket), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     deadline = time.monotonic() + 120
     while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT, err[-2000:]
     assert "preempted" in err
 
 
+def test_command_that_crashes_reports_like_a_process(server, tmp_path):
+    socket, _ = server
+    fake = tmp_path / "fake" / "mae"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text("raise RuntimeError('broken on import')\n")
+    client = ("import sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); "
+              "sys.exit(warmstart.delegate(['mae', 'x']))")
+    out = subprocess.run([sys.executable, "-c", client, str(fake.parent)], env=job_env(socket),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "RuntimeError: broken on import" in out.stderr
+
+
 def test_killed_job_ends_its_worker(server, data, tmp_path):
     socket, log = server
     out = tmp_path / "run"
-    env = job_env(socket)
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mae"),
-                             *pretrain_args(data, out, "epochs=200")], env=env, stdout=subprocess.DEVNULL,
+                             *pretrain_args(data, out, "epochs=200")], env=job_env(socket), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
@@ -164,6 +180,8 @@ def test_other_environment_runs_by_itself(server, env, reason):
     out = mae(["--version"], socket, env=env)
     assert out.returncode == 0 and out.stdout.startswith("mae ")
     assert reason in out.stderr and "not used" in out.stderr and workers(log) == before
+    again = mae(["--version"], socket)  # the server serves on after a refusal
+    assert again.returncode == 0 and again.stderr == "" and workers(log) == before + 1
 
 
 def test_no_server_runs_by_itself(tmp_path):
@@ -174,7 +192,7 @@ def test_no_server_runs_by_itself(tmp_path):
 def test_refusal_rules():
     env, added, origins = {"PATH": "/bin", "HOME": "/root"}, {"TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}, warmstart._origins()
     ok = {"interpreter": warmstart._interpreter(), "origins": origins,
-          "env": {**env, "OMP_NUM_THREADS": "1", "TMPDIR": "/x", "MAE_MALLOC_TUNING": "0", "PS1": "$ "}}
+          "env": {**env, "OMP_NUM_THREADS": "1", "MAE_MALLOC_TUNING": "0", "PS1": "$ "}}
     assert warmstart.refusal(ok, env, added, origins) is None  # what a shell or Snakemake sets per job
     same = {**ok, "env": {**ok["env"], "TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}}  # as the import sets it
     assert warmstart.refusal(same, env, added, origins) is None
@@ -186,6 +204,12 @@ def test_refusal_rules():
     assert "LD_PRELOAD" in warmstart.refusal({**ok, "env": {**ok["env"], "LD_PRELOAD": "x.so"}}, env, added, origins)
     assert "OMP_NUM_THREADS" in warmstart.refusal({**ok, "env": env}, {**env, "OMP_NUM_THREADS": "2"}, added,
                                                   origins)
+    nested = {**ok, "env": {**ok["env"], "OMP_NUM_THREADS": "4,2"}}  # OpenMP's nested syntax: runs by itself
+    assert "not a plain thread count" in warmstart.refusal(nested, env, added, origins)
+    # inductor's default cache folder (set by the import when unset) follows the job's temp folder
+    elsewhere = {**ok, "env": {**ok["env"], "TMPDIR": "/var/tmp"}}
+    assert warmstart.refusal(elsewhere, {**env, "TMPDIR": "/tmp"}, added, origins).startswith("TORCHINDUCTOR")
+    assert warmstart.refusal({**ok, "env": {**ok["env"], "TMPDIR": "/tmp"}}, env, added, origins) is None
 
 
 def test_idle_server_exits(tmp_path):

@@ -203,10 +203,10 @@ onstart:
 
 
 onsuccess:
-    warmstart.stop(WARM_START.pop("server", None))
     release_study_lock(R)
+    warmstart.stop(WARM_START.pop("server", None))
 
 
 onerror:
-    warmstart.stop(WARM_START.pop("server", None))
     release_study_lock(R)
+    warmstart.stop(WARM_START.pop("server", None))
