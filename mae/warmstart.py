@@ -6,8 +6,9 @@ A study run (the Snakefile's ``onstart`` hook) starts one **server** that import
 then waits on a Unix socket. The `mae` console script of a job, seeing ``MAE_WARM_START=<socket>`` in its
 environment, sends its argv, working directory, environment, ``sys.path`` and its stdin/stdout/stderr file
 descriptors to the server and waits; the server forks a supervisor, the supervisor forks the **worker**, which
-takes over the job's descriptors, folder, environment and thread count, imports `mae` afresh (edits to the
-project's code apply at once; only the third-party libraries are shared) and runs the command. The job's
+takes over the job's descriptors, folder, environment, umask, CPU affinity and thread count, imports `mae`
+afresh (edits to the project's code apply at once; only the third-party libraries are shared) and runs the
+command. The job's
 process forwards the signals it gets (SIGTERM, SIGINT, SIGUSR1, …; held back while the command is handed
 over, and those it was started ignoring, as under nohup, stay ignored in the worker) and ends with the worker's
 exit status (a worker killed by a signal kills it with the same signal); the supervisor kills the worker
@@ -17,7 +18,8 @@ Nothing changes when it cannot apply: the command runs in its own process, as wi
 variable is unset, the socket does not answer (a job on another node, a server gone idle), the job runs
 under torchrun, its environment differs from the server's in a variable read when libraries load
 (:data:`IMPORT_TIME`: ``TORCH*``, ``PYTHON*``, ``OMP_*``, ``LD_*``, locale, … — thread counts aside, the worker
-sets those), or its interpreter or libraries resolve to other files.
+sets those), or its interpreter or libraries resolve to other files. Not carried over: resource limits
+(``ulimit``), niceness and cgroup — the worker has the server's (the study's own, unless a rule changes them).
 Linux only (fork after import, ``SCM_RIGHTS``, pidfds). Results are the same as without it (tests compare a
 pretraining run both ways to the last digit). The server exits after :data:`IDLE_S` seconds without a job
 and when the study ends (``onsuccess``/``onerror``); it logs to ``logs/warm_start.log``.
@@ -103,8 +105,11 @@ def delegate(argv: list[str]) -> int | None:
     try:
         try:
             sock.connect(path)
+            umask = os.umask(0o022)
+            os.umask(umask)
             request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path),
-                       "interpreter": _interpreter(), "origins": _origins(), "ignored": ignored}
+                       "interpreter": _interpreter(), "origins": _origins(), "ignored": ignored,
+                       "umask": umask, "cpus": sorted(os.sched_getaffinity(0))}
             socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
             reply = json.loads(sock.recv(MAX_MESSAGE) or b"{}")
         except (OSError, ValueError):  # no server there (gone idle, another node, a closed descriptor)
@@ -196,6 +201,8 @@ def _work(request: dict, fds: list[int], added: dict, default_threads: int) -> N
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
+        os.umask(request["umask"])  # file modes of what the job writes (mae.utils.io)
+        os.sched_setaffinity(0, request["cpus"])  # e.g. a job started under taskset
         os.environ.clear()
         os.environ.update({**added, **request["env"]})
         tempfile.tempdir = None  # TMPDIR is the job's

@@ -81,8 +81,8 @@ def test_pretraining_in_the_server_equals_its_own_process(server, data, tmp_path
         for key in TIMING:
             m.pop(key, None)
     assert metrics[0] == metrics[1]
-    losses = [[(r["kind"], r.get("loss")) for r in map(json.loads, (tmp_path / d / "log.jsonl").read_text().splitlines())]
-              for d in ("warm", "cold")]
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("warm", "cold")]
+    losses = [[(r["kind"], r.get("loss")) for r in map(json.loads, log)] for log in logs]
     assert losses[0] == losses[1] and len(losses[0]) > 8
 
 
@@ -96,18 +96,20 @@ def test_worker_takes_the_jobs_code_threads_environment_and_folder(server, tmp_p
     (fake / "mae" / "cli.py").write_text(
         "import json, os, tempfile, torch\n"
         "def main(argv):\n"
-        "    print(json.dumps([torch.get_num_threads(), os.getcwd(), os.environ.get('PROBE'), tempfile.gettempdir(),"
-        " 'TORCHINDUCTOR_CACHE_DIR' in os.environ, argv]))\n"
+        "    umask = os.umask(0); print(json.dumps([torch.get_num_threads(), os.getcwd(), os.environ.get('PROBE'),"
+        " tempfile.gettempdir(), 'TORCHINDUCTOR_CACHE_DIR' in os.environ, argv, umask,"
+        " sorted(os.sched_getaffinity(0))]))\n"
         "    return 7\n")
     (tmp_path / "tmp").mkdir()
     (tmp_path / "cwd").mkdir()
-    client = ("import sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); "
-              "sys.exit(warmstart.delegate(['mae', 'probe', '--x']))")
+    client = ("import os, sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); os.umask(0o027); "
+              "os.sched_setaffinity(0, {0}); sys.exit(warmstart.delegate(['mae', 'probe', '--x']))")
     env = job_env(socket, OMP_NUM_THREADS="2", PROBE="p", TMPDIR=str(tmp_path / "tmp"))
     out = subprocess.run([sys.executable, "-c", client, str(fake)], env=env, cwd=tmp_path / "cwd",
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 7, out.stderr
-    assert json.loads(out.stdout) == [2, str(tmp_path / "cwd"), "p", str(tmp_path / "tmp"), True, ["probe", "--x"]]
+    assert json.loads(out.stdout) == [2, str(tmp_path / "cwd"), "p", str(tmp_path / "tmp"), True, ["probe", "--x"],
+                                      0o027, [0]]
 
 
 def test_exit_codes_and_error_lines_are_the_commands(server, tmp_path):
@@ -190,7 +192,8 @@ def test_no_server_runs_by_itself(tmp_path):
 
 
 def test_refusal_rules():
-    env, added, origins = {"PATH": "/bin", "HOME": "/root"}, {"TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}, warmstart._origins()
+    env, origins = {"PATH": "/bin", "HOME": "/root"}, warmstart._origins()
+    added = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}  # what the server's imports set
     ok = {"interpreter": warmstart._interpreter(), "origins": origins,
           "env": {**env, "OMP_NUM_THREADS": "1", "MAE_MALLOC_TUNING": "0", "PS1": "$ "}}
     assert warmstart.refusal(ok, env, added, origins) is None  # what a shell or Snakemake sets per job
