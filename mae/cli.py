@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
 import sys
 import typing
 from typing import Any
@@ -93,7 +92,7 @@ def settings_help(spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and os.environ.get(warmstart.ENV):  # a study job: run in the study's warm-start server
+    if argv is None:  # the console script: a study job runs in the study's warm-start server, if there is one
         code = warmstart.delegate(sys.argv)
         if code is not None:
             return code

@@ -133,9 +133,10 @@ def delegate(argv: list[str]) -> int | None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     data = sock.recv(MAX_MESSAGE)  # the worker's end (a forwarded signal does not interrupt the wait)
-    status = json.loads(data) if data else {"code": 1, "lost": True}
-    if status.get("lost"):
+    if not data:
         print("warm start: lost the server before the command finished", file=sys.stderr)
+        return 1
+    status = json.loads(data)
     if status.get("signal"):  # end the way the worker ended
         signal.signal(status["signal"], signal.SIG_DFL)
         os.kill(os.getpid(), status["signal"])
