@@ -1,6 +1,8 @@
 """The roofline of a pretraining step on this machine: FLOPs per image (``torch.utils.flop_counter``, forward +
 backward) and the rate of the bf16 matrix products the step runs (each of its ``mm``/``addmm``/``bmm`` shapes
 timed alone, weighted by how often the step runs it). ``% of roofline`` = FLOPs per image × img/s ÷ that rate.
+A second, tighter limit: the step's matrix products run back to back in the step's order and nothing else
+(:func:`gemm_chain_seconds`) — what a step costs at the very least with this machine's matrix kernels.
 
 Used by ``mae bench`` for every variant and by ``mae pretrain`` (``roofline: true``), whose log and
 ``metrics.json`` then show ``roofline_pct`` beside ``img_s``.
@@ -39,23 +41,54 @@ def step_flops(model: nn.Module, images: torch.Tensor, mask_ratio: float, bf16: 
     return counter.get_total_flops() / images.shape[0]
 
 
-def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> Counter:
-    """How often one bf16 training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
+def step_gemms(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> list[tuple[str, tuple, tuple]]:
+    """Every matrix product one bf16 training step runs, in the step's order: (op, shape of A, shape of B)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    shapes: Counter = Counter()
+    gemms: list[tuple[str, tuple, tuple]] = []
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
             if name in GEMM_OPS:
                 a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
-                shapes[(name, tuple(a.shape), tuple(b.shape))] += 1
+                gemms.append((name, tuple(a.shape), tuple(b.shape)))
             return func(*args, **(kwargs or {}))
 
     with Record():
         _one_step(model, images, mask_ratio, True)
-    return shapes
+    return gemms
+
+
+def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> Counter:
+    """How often one bf16 training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
+    return Counter(step_gemms(model, images, mask_ratio))
+
+
+def _operands(op: str, sa: tuple, sb: tuple, device: torch.device):
+    a = torch.randn(sa, device=device, dtype=torch.bfloat16)
+    b = torch.randn(sb, device=device, dtype=torch.bfloat16)
+    return (torch.bmm if op in ("bmm", "baddbmm") else torch.mm), a, b
+
+
+def gemm_flops(op: str, sa: tuple, sb: tuple) -> float:
+    """FLOPs of one matrix product (2 per multiply-add)."""
+    return 2.0 * (sa[0] if len(sa) == 3 else 1) * sa[-2] * sa[-1] * sb[-1]
+
+
+def _best_seconds(run, device: torch.device, repeats: int) -> float:
+    """Best of ``repeats`` timings of ``run()``, after one untimed call (which warms kernel caches)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def gemm_rate(shapes: Counter, device: torch.device, repeats: int = 5) -> float:
@@ -63,23 +96,25 @@ def gemm_rate(shapes: Counter, device: torch.device, repeats: int = 5) -> float:
     combined with the weights the step gives them (total FLOPs ÷ total time)."""
     flops = seconds = 0.0
     for (op, sa, sb), count in shapes.items():
-        a = torch.randn(sa, device=device, dtype=torch.bfloat16)
-        b = torch.randn(sb, device=device, dtype=torch.bfloat16)
-        fn = torch.bmm if op in ("bmm", "baddbmm") else torch.mm
-        fn(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        batch = sa[0] if len(sa) == 3 else 1
-        flops += count * 2.0 * batch * sa[-2] * sa[-1] * sb[-1]
+        fn, a, b = _operands(op, sa, sb, device)
+        best = _best_seconds(lambda: fn(a, b), device, repeats)
+        flops += count * gemm_flops(op, sa, sb)
         seconds += count * best
     return flops / seconds
+
+
+def gemm_chain_seconds(gemms: list[tuple[str, tuple, tuple]], device: torch.device, repeats: int = 5) -> float:
+    """Seconds for ``gemms`` run back to back in their order and nothing else (best of ``repeats``): the time a
+    step would take if every other op were free and its matrix products ran as this machine's kernels run them
+    in sequence. One operand pair per shape, reused (warm caches: a ceiling, not an estimate)."""
+    pairs = {(op, sa, sb): _operands(op, sa, sb, device) for op, sa, sb in dict.fromkeys(gemms)}
+    chain = [pairs[g] for g in gemms]
+
+    def run() -> None:
+        for fn, a, b in chain:
+            fn(a, b)
+
+    return _best_seconds(run, device, repeats)
 
 
 def measure(model: nn.Module, batch_size: int, img_size: int, mask_ratio: float, device: torch.device,

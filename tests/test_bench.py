@@ -3,8 +3,11 @@ import json
 import pytest
 import torch
 
+from collections import Counter
+
+from mae import roofline
 from mae.bench import (PRESETS, StepRunner, Variant, add_arguments, bench_pretrain, cpu_info, gemm_rate, main,
-                       step_flops, step_gemm_shapes)
+                       step_flops, step_gemms)
 
 
 def test_bench_smoke_positive_numbers():
@@ -19,6 +22,10 @@ def test_bench_smoke_positive_numbers():
         assert pct == pytest.approx(expected) and pct > 0
     assert res["gflop_per_image"]["mask_token_encoder"] > res["gflop_per_image"]["fast"]
     assert res["gflop_per_image"]["fast"] == pytest.approx(res["gflop_per_image"]["baseline"], rel=1e-6)
+    # the ceiling (the step's matrix products alone) is above every visible-only variant's rate
+    assert set(res["pct_of_gemm_only"]) == {"baseline", "fast"}
+    assert res["pct_of_gemm_only"]["fast"] == pytest.approx(100 * res["img_s"]["fast"] / res["gemm_only_img_s"])
+    assert 0 < res["pct_of_gemm_only"]["fast"] < 100
     assert res["cpu"] and isinstance(res["flags"], list)
     vis = res["visible_only"]  # visible-only vs mask tokens in the encoder: FLOP ratio beside the measured one
     assert vis["flop_ratio"] == pytest.approx(res["gflop_per_image"]["mask_token_encoder"]
@@ -38,12 +45,23 @@ def test_flops_and_gemm_shapes_of_a_step():
     """FLOPs of the tiny step match the count of its own matrix products (they dominate); the rate is finite."""
     runner = StepRunner(Variant("fast", bf16=True, attention="auto"), dict(PRESETS["cpu-micro"], batch_size=2),
                         torch.device("cpu"))
-    shapes = step_gemm_shapes(runner)
+    gemms = step_gemms(runner)
+    shapes = Counter(gemms)
     gemm_flops = sum(c * 2 * (a[0] if len(a) == 3 else 1) * a[-2] * a[-1] * b[-1] for (_, a, b), c in shapes.items())
+    assert gemm_flops == sum(roofline.gemm_flops(*g) for g in gemms)
     flops = step_flops(runner) * 2
     assert 0.8 * flops < gemm_flops <= 1.05 * flops
     assert {op for op, _, _ in shapes} <= {"mm", "addmm", "bmm", "baddbmm"}
+    # in the step's order: the forward's first product is the first block's qkv projection (the patch embedding
+    # is a convolution), of the visible tokens + cls of both images
+    visible = int(runner.model.patch_embed.num_patches * (1 - runner.mask_ratio)) + 1
+    assert gemms[0] == ("addmm", (2 * visible, runner.model.blocks[0].attn.qkv.in_features),
+                        tuple(runner.model.blocks[0].attn.qkv.weight.T.shape))
     assert 1e6 < gemm_rate(shapes, torch.device("cpu"), repeats=2) < 1e15
+    # the chain of the whole step takes longer than its longest product alone, and less than a second here
+    longest = max(gemms, key=lambda g: roofline.gemm_flops(*g))
+    chain = roofline.gemm_chain_seconds(gemms, torch.device("cpu"), repeats=2)
+    assert roofline.gemm_chain_seconds([longest], torch.device("cpu"), repeats=2) < chain < 1.0
     assert "cpu" in cpu_info()
 
 
