@@ -66,6 +66,7 @@ def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float) 
 
 
 def _operands(op: str, sa: tuple, sb: tuple, device: torch.device):
+    """The product's function and random bf16 operands of its shapes."""
     a = torch.randn(sa, device=device, dtype=torch.bfloat16)
     b = torch.randn(sb, device=device, dtype=torch.bfloat16)
     return (torch.bmm if op in ("bmm", "baddbmm") else torch.mm), a, b

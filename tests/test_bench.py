@@ -1,9 +1,8 @@
 import json
+from collections import Counter
 
 import pytest
 import torch
-
-from collections import Counter
 
 from mae import roofline
 from mae.bench import (PRESETS, StepRunner, Variant, add_arguments, bench_pretrain, cpu_info, gemm_rate, main,
