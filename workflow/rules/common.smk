@@ -45,6 +45,11 @@ wildcard_constraints:
     blocks="[0-9]+",
 
 
+def config_flag(key, default=False):
+    """A true/false config key; `--config key=true` passes a string (the schema accepts both)."""
+    return str(config.get(key, default)).lower() == "true"
+
+
 def data_dir(name):
     return f"{R}/data/{name}"
 
@@ -195,10 +200,7 @@ WARM_START = {}
 
 onstart:
     take_study_lock(R, {"scale": config.get("scale", "")})
-    if (
-        str(config.get("warm_start", True)).lower() == "true"
-        and not workflow.non_local_exec
-    ):
+    if config_flag("warm_start", True) and not workflow.non_local_exec:
         WARM_START["server"] = warmstart.start("logs/warm_start.log")
 
 

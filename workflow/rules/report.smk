@@ -30,7 +30,7 @@ rule summary:
     input:
         plan=rules.study_plan.output,
         # partial=true: summarise what the parts run so far have produced (with --forcerun summary)
-        metrics=[] if str(config.get("partial")).lower() == "true" else all_metrics(),
+        metrics=[] if config_flag("partial") else all_metrics(),
     output:
         csv=f"{R}/summary/runs.csv",
         metrics=f"{R}/summary/metrics.json",
