@@ -4,14 +4,15 @@
 by window (so machine noise hits all variants alike):
 
 - ``baseline``      fp32, eager, timm's default attention (fused SDPA) — what the reference code does;
-- ``fast``          our training path: bf16 autocast + ``attention='auto'`` (explicit-softmax attention
-                    under CPU bf16, where the fused CPU SDPA backward is slow; SDPA on CUDA), fused AdamW
-                    (``mae.optim``; the other variants use torch's default AdamW), optionally
-                    ``torch.compile`` (``--compile``); encoder on the visible tokens only;
+- ``fast``          our training path: the precision ``amp: auto`` picks on this machine (bf16 autocast where the
+                    device computes bf16 fast, fp32 otherwise: :mod:`mae.engine.precision`) + ``attention='auto'``
+                    (explicit-softmax attention under CPU bf16, where the fused CPU SDPA backward is slow; SDPA
+                    otherwise), fused AdamW (``mae.optim``; the other variants use torch's default AdamW),
+                    optionally ``torch.compile`` (``--compile``); encoder on the visible tokens only;
 - ``mask_token_encoder``  the fast path with mask tokens in the encoder (Table 1c ablation);
-- ``hand_tuned``    what a user does by hand to the reference code: the baseline model + bf16 autocast +
-                    explicit-softmax attention + ``torch.compile`` of the forward, nothing else (``--no-hand-tuned``
-                    skips it: compiling takes a minute on 2 cores);
+- ``hand_tuned``    what a user does by hand to the reference code: the baseline model in the precision of
+                    ``fast`` + explicit-softmax attention + ``torch.compile`` of the forward, nothing else
+                    (``--no-hand-tuned`` skips it: compiling takes a minute on 2 cores);
 - with ``--extra``, for the record: ``fp32_math`` (fp32, explicit-softmax attention), ``bf16_sdpa`` (autocast with
   the fused kernel) and ``bf16_weights`` (the whole model cast to bf16, no autocast casts — a bound on what
   removing casts can give, not a training recipe: AdamW then updates bf16 weights).
@@ -26,20 +27,20 @@ cached CPU kernels (oneDNN primitives) and the first step after a switch is much
 the next, so the cost of kernel-cache switches shows as the difference between the two.
 
 **Roofline.** Every variant also gets its **% of the roofline**: FLOPs per image of its training step
-(``torch.utils.flop_counter``, forward + backward) × img/s ÷ the bf16 matrix-product rate of this machine,
-which the bench measures on the step's own matrix shapes (every ``mm``/``addmm``/``bmm`` of one bf16 step,
-each timed alone, weighted by how often the step runs it). ``gemm_only_img_s`` is a tighter ceiling for the
-visible-only step: its matrix products, in order, back to back, every other op left out (best of 5 passes,
-warm operands); ``pct_of_gemm_only`` puts each visible-only variant against it — no implementation that uses
-this machine's matrix kernels runs the step faster. The CPU model and its vector/matrix flags are printed too:
-compare only ratios and percentages measured in one run.
+(``torch.utils.flop_counter``, forward + backward) × img/s ÷ this machine's matrix-product rate *in the
+variant's own precision*, which the bench measures on the step's own matrix shapes (every
+``mm``/``addmm``/``bmm`` of one step, each timed alone, weighted by how often the step runs it; only the
+precisions some variant uses are measured). ``gemm_only_img_s`` is a tighter ceiling for the visible-only step
+in the precision of ``fast``: its matrix products, in order, back to back, every other op left out (best of 5
+passes, warm operands); ``pct_of_gemm_only`` puts each visible-only variant of that precision against it — no
+implementation that uses this machine's matrix kernels runs the step faster. The CPU model and its
+vector/matrix flags are printed too: compare only ratios and percentages measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +51,7 @@ import torch
 from tqdm import tqdm
 
 from mae import roofline
+from mae.engine.precision import Precision, cpu_info, resolve
 from mae.errors import UserError
 from mae.utils.memory import keep_freed_memory
 
@@ -68,7 +70,7 @@ EXTRA = ("fp32_math", "bf16_sdpa", "bf16_weights")
 @dataclass
 class Variant:
     name: str
-    bf16: bool
+    amp: str  # auto | bf16 | none (mae.engine.precision)
     attention: str
     mask_token_in_encoder: bool = False
     compile: bool = False
@@ -84,7 +86,10 @@ class StepRunner:
 
         torch.manual_seed(seed)
         self.variant, self.device, self.mask_ratio = variant, device, preset["mask_ratio"]
+        self.precision: Precision = resolve(variant.amp, device)
         dtype = torch.bfloat16 if variant.bf16_weights else torch.float32
+        #: the precision of the step's matrix products (its roofline's)
+        self.dtype = torch.bfloat16 if variant.bf16_weights else self.precision.dtype
         self.model = create_mae(preset["model"], norm_pix_loss=True, attention=variant.attention,
                                 mask_token_in_encoder=variant.mask_token_in_encoder).to(device, dtype)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -102,7 +107,7 @@ class StepRunner:
         self.images = torch.randn(preset["batch_size"], 3, size, size, device=device, dtype=dtype)
 
     def step(self) -> float:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.variant.bf16):
+        with self.precision.autocast(self.device):
             loss, _, _ = self.forward(self.images, self.mask_ratio)
         loss.backward()
         self.opt.step()
@@ -115,35 +120,14 @@ class StepRunner:
 
 
 # ----------------------------------------------------------------------------------------------- roofline
-#: flags that decide what a CPU's matrix units can do in bf16
-CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-
-
-def cpu_info() -> dict:
-    """The CPU model and which of :data:`CPU_FLAGS` it has (from /proc/cpuinfo on Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    return {"cpu": model, "flags": [f for f in CPU_FLAGS if f in flags]}
-
-
 def step_flops(runner: "StepRunner") -> float:
     """FLOPs of one training step (forward + backward) per image, counted on the eager model."""
-    return roofline.step_flops(runner.model, runner.images, runner.mask_ratio, runner.variant.bf16)
+    return roofline.step_flops(runner.model, runner.images, runner.mask_ratio, runner.precision.dtype)
 
 
 def step_gemms(runner: "StepRunner") -> list[tuple[str, tuple, tuple]]:
-    """The matrix products of one (bf16) training step, in order: (op, shape of A, shape of B)."""
-    return roofline.step_gemms(runner.model, runner.images, runner.mask_ratio)
+    """The matrix products of one training step, in order: (op, shape of A, shape of B)."""
+    return roofline.step_gemms(runner.model, runner.images, runner.mask_ratio, runner.precision.dtype)
 
 
 gemm_rate = roofline.gemm_rate
@@ -189,14 +173,14 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"preset '{preset_name}' needs CUDA, which is not available (use --device cpu)")
     every = {v.name: v for v in (
-        Variant("baseline", bf16=False, attention="sdpa"),
-        Variant("fast", bf16=True, attention="auto", compile=compile, ours=True),
-        Variant("mask_token_encoder", bf16=True, attention="auto", mask_token_in_encoder=True, compile=compile,
+        Variant("baseline", amp="none", attention="sdpa"),
+        Variant("fast", amp="auto", attention="auto", compile=compile, ours=True),
+        Variant("mask_token_encoder", amp="auto", attention="auto", mask_token_in_encoder=True, compile=compile,
                 ours=True),
-        Variant("hand_tuned", bf16=True, attention="math", compile=True),
-        Variant("fp32_math", bf16=False, attention="math"),
-        Variant("bf16_sdpa", bf16=True, attention="sdpa"),
-        Variant("bf16_weights", bf16=False, attention="math", compile=compile, bf16_weights=True),
+        Variant("hand_tuned", amp="auto", attention="math", compile=True),
+        Variant("fp32_math", amp="none", attention="math"),
+        Variant("bf16_sdpa", amp="bf16", attention="sdpa"),
+        Variant("bf16_weights", amp="none", attention="math", compile=compile, bf16_weights=True),
     )}
     names = list(only or [n for n in DEFAULT_VARIANTS if hand_tuned or n != "hand_tuned"])
     names += [n for n in EXTRA if extra and n not in names]
@@ -213,31 +197,43 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     arch = {r.variant.mask_token_in_encoder: step_flops(r) for r in runners
             if r.variant.name in ("fast", "mask_token_encoder")}
     flops = {r.variant.name: arch[r.variant.mask_token_in_encoder] for r in runners}
-    gemms = step_gemms(runners[0])  # runners[0] is fast
-    rate = gemm_rate(Counter(gemms), dev)
-    gemm_only = preset["batch_size"] / roofline.gemm_chain_seconds(gemms, dev)
+    fast = runners[0]
+    gemms = step_gemms(fast)  # the shapes of the visible-only step (the same in every precision)
+    shapes = Counter(gemms)
+    rates = {dtype: gemm_rate(shapes, dev, dtype) for dtype in dict.fromkeys(r.dtype for r in runners)}
+    gemm_only = preset["batch_size"] / roofline.gemm_chain_seconds(gemms, dev, fast.dtype)
     for r in runners:
         for _ in range(warmup):
             r.step()
         r.sync()
     times = _time_windows(runners, windows, steps_per_window, rewarm, mode, progress)
     n = preset["batch_size"] * steps_per_window
-    rates = {name: [n / t for t in ts] for name, ts in times.items()}
-    med = {name: statistics.median(v) for name, v in rates.items()}
+    window_rates = {name: [n / t for t in ts] for name, ts in times.items()}
+    med = {name: statistics.median(v) for name, v in window_rates.items()}
+    by_name = {r.variant.name: r for r in runners}
+    same_as_fast = [r.variant.name for r in runners
+                    if r.dtype == fast.dtype and not r.variant.mask_token_in_encoder]
     res = {
         "preset": preset_name, "model": preset["model"], "batch_size": preset["batch_size"],
         "mask_ratio": preset["mask_ratio"], "device": str(dev), "threads": torch.get_num_threads(),
         **(cpu_info() if dev.type == "cpu" else {"gpu": torch.cuda.get_device_name(dev)}),
         "mode": mode, "windows": windows, "steps_per_window": steps_per_window, "rewarm": rewarm, "compile": compile,
         "malloc_tuned": malloc_tuned,
-        "img_s": med, "range_img_s": {name: (min(v), max(v)) for name, v in rates.items()}, "window_img_s": rates,
-        "gflop_per_image": {name: f / 1e9 for name, f in flops.items()}, "bf16_gemm_gflop_s": rate / 1e9,
-        "roofline_pct": {name: 100.0 * flops[name] * med[name] / rate for name in med},
+        "amp": {r.variant.name: r.precision.amp for r in runners}, "amp_reason": fast.precision.reason,
+        "img_s": med, "range_img_s": {name: (min(v), max(v)) for name, v in window_rates.items()},
+        "window_img_s": window_rates,
+        "gflop_per_image": {name: f / 1e9 for name, f in flops.items()},
+        "gemm_gflop_s": {_DTYPE_NAMES[dtype]: rate / 1e9 for dtype, rate in rates.items()},
+        "roofline_pct": {name: 100.0 * flops[name] * med[name] / rates[by_name[name].dtype] for name in med},
         "gemm_only_img_s": gemm_only,
-        "pct_of_gemm_only": {name: 100.0 * med[name] / gemm_only for name in med if name != "mask_token_encoder"},
-        "visible_only": _visible_only(flops, med, rates),
+        "pct_of_gemm_only": {name: 100.0 * med[name] / gemm_only for name in same_as_fast},
+        "visible_only": _visible_only(flops, med, window_rates),
     }
     return {**res, **_legacy_keys(med)}
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_SHOWN = {"none": "fp32"}
 
 
 def _visible_only(flops: dict[str, float], med: dict[str, float], rates: dict[str, list[float]]) -> dict:
@@ -283,9 +279,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset to time (fast and mask_token_encoder always run; default: "
                         f"{','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from mae import stage_rates
+
+    stage_rates.add_arguments(sub.add_parser("stages", help="every stage's end-to-end rate against its step rate, "
+                                             "from a finished study (mae/stage_rates.py)"))
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.what == "stages":
+        from mae import stage_rates
+
+        return stage_rates.main(args)
     if args.windows < 5:
         raise UserError(f"--windows must be >= 5, got {args.windows}")
     res = bench_pretrain(args.preset, args.batch_size, args.windows, args.steps_per_window, args.warmup,
@@ -300,13 +304,16 @@ def main(args: argparse.Namespace) -> int:
           f"{' [' + ' '.join(res['flags']) + ']' if res.get('flags') else ''}, {res['threads']} threads, "
           f"median of {res['windows']} windows, {res['mode']}, "
           f"allocator {'tuned' if res['malloc_tuned'] else 'glibc defaults'})")
-    print(f"  bf16 matrix products of the step's shapes: {res['bf16_gemm_gflop_s']:.0f} GFLOP/s (the roofline)")
-    print(f"  the step's matrix products alone, back to back: {res['gemm_only_img_s']:.1f} img/s (the ceiling)")
-    print(f"  {'variant':22s} {'img/s':>9s} {'GFLOP/img':>10s} {'% roofline':>11s} {'% ceiling':>10s}")
+    rates = ", ".join(f"{rate:.0f} GFLOP/s in {dtype}" for dtype, rate in res["gemm_gflop_s"].items())
+    print(f"  precision of the fast path: {res['amp']['fast']} ({res['amp_reason']})")
+    print(f"  matrix products of the step's shapes: {rates} (the roofline of each precision)")
+    print(f"  the step's matrix products alone, back to back: {res['gemm_only_img_s']:.1f} img/s "
+          f"(the ceiling, in {_SHOWN.get(res['amp']['fast'], res['amp']['fast'])})")
+    print(f"  {'variant':22s} {'amp':>5s} {'img/s':>9s} {'GFLOP/img':>10s} {'% roofline':>11s} {'% ceiling':>10s}")
     for name, value in res["img_s"].items():
         ceiling = f"{res['pct_of_gemm_only'][name]:9.1f}%" if name in res["pct_of_gemm_only"] else f"{'-':>10s}"
-        print(f"  {name:22s} {value:9.1f} {res['gflop_per_image'][name]:10.3f} {res['roofline_pct'][name]:10.1f}% "
-              f"{ceiling}")
+        print(f"  {name:22s} {res['amp'][name]:>5s} {value:9.1f} {res['gflop_per_image'][name]:10.3f} "
+              f"{res['roofline_pct'][name]:10.1f}% {ceiling}")
     if "speedup_fast_vs_baseline" in res:
         print(f"  fast / baseline               {res['speedup_fast_vs_baseline']:.2f}x")
     if "speedup_fast_vs_hand_tuned" in res:

@@ -47,7 +47,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     momentum: float = 0.9
     clip_grad: Optional[float] = None
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    # autocast precision; auto: bf16 where the device computes it fast, fp16 (+ scaler) on CUDA without bf16,
+    # fp32 otherwise (mae.engine.precision); metrics.json records amp_used and amp_reason
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     seed: int = 0
     num_workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -131,7 +133,6 @@ class PretrainConfig(TrainConfig):
     target_path: Optional[str] = None  # fitted PCA / tokenizer file for target=pca|token
     img_size: Optional[int] = None  # None: the dataset's image size
     eval_images: int = 1024  # val images for the reconstruction-loss monitor (0: skip)
-    roofline: bool = True  # measure the step's FLOPs and bf16 matrix rate first: log/metrics show % of roofline
 
     def check(self) -> None:
         super().check()

@@ -73,16 +73,6 @@ class PretrainTask(Task):
         loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio, sample=sample)
         return loss, imgs.shape[0], {}
 
-    def step_cost(self, batch_size: int) -> dict:
-        """With ``roofline: true``: GFLOP per image of the training step and the bf16 GFLOP/s of its matrix
-        products at ``batch_size`` images (:mod:`mae.roofline`; 0.5-2 s for the toy models)."""
-        if not self.cfg.roofline:
-            return {}
-        from mae import roofline
-
-        return roofline.measure(self.mae, batch_size, self.img_size, self.cfg.mask_ratio, self.device,
-                                bf16=self.cfg.amp == "bf16")
-
     def state_dict(self) -> dict:
         return {"mask_rng": self.mask_rng.get_state()}
 

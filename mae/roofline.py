@@ -1,11 +1,12 @@
 """The roofline of a pretraining step on this machine: FLOPs per image (``torch.utils.flop_counter``, forward +
-backward) and the rate of the bf16 matrix products the step runs (each of its ``mm``/``addmm``/``bmm`` shapes
-timed alone, weighted by how often the step runs it). ``% of roofline`` = FLOPs per image × img/s ÷ that rate.
-A second, tighter limit: the step's matrix products run back to back in the step's order and nothing else
-(:func:`gemm_chain_seconds`) — what a step costs at the very least with this machine's matrix kernels.
+backward) and the rate of the matrix products the step runs, in the precision the step computes in (each of
+its ``mm``/``addmm``/``bmm`` shapes timed alone, weighted by how often the step runs it). ``% of roofline`` =
+FLOPs per image × img/s ÷ that rate. A second, tighter limit: the step's matrix products run back to back in the
+step's order and nothing else (:func:`gemm_chain_seconds`) — what a step costs at the very least with this
+machine's matrix kernels.
 
-Used by ``mae bench`` for every variant and by ``mae pretrain`` (``roofline: true``), whose log and
-``metrics.json`` then show ``roofline_pct`` beside ``img_s``.
+Used by ``mae bench`` only (a measurement, not part of any training job): each variant is put against the rate
+of its own precision, so no figure can exceed 100 % of a limit measured in another precision.
 """
 
 from __future__ import annotations
@@ -19,30 +20,32 @@ from torch import nn
 GEMM_OPS = ("mm", "addmm", "bmm", "baddbmm")
 
 
-def _one_step(model: nn.Module, images: torch.Tensor, mask_ratio: float, bf16: bool) -> None:
-    """Forward + backward of ``model`` on ``images`` (global RNG and gradients left as they were)."""
+def _one_step(model: nn.Module, images: torch.Tensor, mask_ratio: float, dtype: torch.dtype) -> None:
+    """Forward + backward of ``model`` on ``images`` under autocast to ``dtype`` (none for fp32); the global RNG
+    and the gradients are left as they were."""
     devices = [images.device] if images.device.type == "cuda" else []
     grads = {p: p.grad for p in model.parameters()}
     with torch.random.fork_rng(devices=devices), \
-            torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
         loss, _, _ = model(images, mask_ratio)
     loss.backward()
     for p, g in grads.items():
         p.grad = g
 
 
-def step_flops(model: nn.Module, images: torch.Tensor, mask_ratio: float, bf16: bool = True) -> float:
+def step_flops(model: nn.Module, images: torch.Tensor, mask_ratio: float, dtype: torch.dtype = torch.float32) -> float:
     """FLOPs of one training step (forward + backward) per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        _one_step(model, images, mask_ratio, bf16)
+        _one_step(model, images, mask_ratio, dtype)
     return counter.get_total_flops() / images.shape[0]
 
 
-def step_gemms(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> list[tuple[str, tuple, tuple]]:
-    """Every matrix product one bf16 training step runs, in the step's order: (op, shape of A, shape of B)."""
+def step_gemms(model: nn.Module, images: torch.Tensor, mask_ratio: float,
+               dtype: torch.dtype = torch.float32) -> list[tuple[str, tuple, tuple]]:
+    """Every matrix product one training step runs, in the step's order: (op, shape of A, shape of B)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     gemms: list[tuple[str, tuple, tuple]] = []
@@ -56,19 +59,20 @@ def step_gemms(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> lis
             return func(*args, **(kwargs or {}))
 
     with Record():
-        _one_step(model, images, mask_ratio, True)
+        _one_step(model, images, mask_ratio, dtype)
     return gemms
 
 
-def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> Counter:
-    """How often one bf16 training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
-    return Counter(step_gemms(model, images, mask_ratio))
+def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float,
+                     dtype: torch.dtype = torch.float32) -> Counter:
+    """How often one training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
+    return Counter(step_gemms(model, images, mask_ratio, dtype))
 
 
-def _operands(op: str, sa: tuple, sb: tuple, device: torch.device):
-    """The product's function and random bf16 operands of its shapes."""
-    a = torch.randn(sa, device=device, dtype=torch.bfloat16)
-    b = torch.randn(sb, device=device, dtype=torch.bfloat16)
+def _operands(op: str, sa: tuple, sb: tuple, device: torch.device, dtype: torch.dtype):
+    """The product's function and random operands of its shapes in ``dtype``."""
+    a = torch.randn(sa, device=device, dtype=dtype)
+    b = torch.randn(sb, device=device, dtype=dtype)
     return (torch.bmm if op in ("bmm", "baddbmm") else torch.mm), a, b
 
 
@@ -92,23 +96,24 @@ def _best_seconds(run, device: torch.device, repeats: int) -> float:
     return best
 
 
-def gemm_rate(shapes: Counter, device: torch.device, repeats: int = 5) -> float:
-    """bf16 FLOP/s of this machine on ``shapes``: each product timed alone (best of ``repeats``), the rates
+def gemm_rate(shapes: Counter, device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """FLOP/s of this machine on ``shapes`` in ``dtype``: each product timed alone (best of ``repeats``), the rates
     combined with the weights the step gives them (total FLOPs ÷ total time)."""
     flops = seconds = 0.0
     for (op, sa, sb), count in shapes.items():
-        fn, a, b = _operands(op, sa, sb, device)
+        fn, a, b = _operands(op, sa, sb, device, dtype)
         best = _best_seconds(lambda: fn(a, b), device, repeats)
         flops += count * gemm_flops(op, sa, sb)
         seconds += count * best
     return flops / seconds
 
 
-def gemm_chain_seconds(gemms: list[tuple[str, tuple, tuple]], device: torch.device, repeats: int = 5) -> float:
+def gemm_chain_seconds(gemms: list[tuple[str, tuple, tuple]], device: torch.device,
+                       dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
     """Seconds for ``gemms`` run back to back in their order and nothing else (best of ``repeats``): the time a
     step would take if every other op were free and its matrix products ran as this machine's kernels run them
     in sequence. One operand pair per shape, reused (warm caches: a ceiling, not an estimate)."""
-    pairs = {(op, sa, sb): _operands(op, sa, sb, device) for op, sa, sb in dict.fromkeys(gemms)}
+    pairs = {(op, sa, sb): _operands(op, sa, sb, device, dtype) for op, sa, sb in dict.fromkeys(gemms)}
     chain = [pairs[g] for g in gemms]
 
     def run() -> None:
@@ -116,13 +121,3 @@ def gemm_chain_seconds(gemms: list[tuple[str, tuple, tuple]], device: torch.devi
             fn(a, b)
 
     return _best_seconds(run, device, repeats)
-
-
-def measure(model: nn.Module, batch_size: int, img_size: int, mask_ratio: float, device: torch.device,
-            bf16: bool = True) -> dict:
-    """``gflop_per_image`` of ``model``'s training step and the ``gemm_gflop_s`` of its matrix shapes at
-    ``batch_size`` images per process (on random images; the model's weights, gradients and RNG untouched)."""
-    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
-    flops = step_flops(model, images[:2], mask_ratio, bf16)
-    rate = gemm_rate(step_gemm_shapes(model, images, mask_ratio), device)
-    return {"gflop_per_image": flops / 1e9, "gemm_gflop_s": rate / 1e9}

@@ -121,7 +121,7 @@ class KnnConfig:
     model: Optional[str] = None  # None: the name stored in the --init checkpoint (scratch: the study default)
     img_size: Optional[int] = None  # None: the dataset's image size
     batch_size: int = 256
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # as TrainConfig.amp (mae.engine.precision)
     num_workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0  # random init with --scratch

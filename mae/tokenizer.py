@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mae.engine.precision import autocast
 from mae.errors import UserError
 
 
@@ -86,7 +87,6 @@ def train_tokenizer(images: torch.Tensor, patch_size: int = 4, vocab_size: int =
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=0.0)
     steps_per_epoch = max(1, len(images) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
-    use_bf16 = images.device.type in ("cpu", "cuda")
     stats: dict = {}
     bar = tqdm(total=epochs * steps_per_epoch * batch_size, unit="img", unit_scale=True, disable=not progress,
                desc="train-tokenizer")
@@ -96,7 +96,7 @@ def train_tokenizer(images: torch.Tensor, patch_size: int = 4, vocab_size: int =
         rec_sum = 0.0
         for step in range(steps_per_epoch):
             batch = images[perm[step * batch_size:(step + 1) * batch_size]]
-            with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with autocast(batch.device, "auto"):  # the precision every stage picks (mae.engine.precision)
                 recon, ids, vq_loss = tok(batch)
             rec = F.mse_loss(recon.float(), batch)
             loss = rec + vq_loss.float()

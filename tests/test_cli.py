@@ -73,7 +73,7 @@ def test_help_defaults_and_types_read_as_yaml(capsys):
     assert rows["mask_ratio"] == ("0.75", "float")
     assert rows["betas"] == ("[0.9, 0.95]", "[float, float]")
     assert rows["lr"] == ("null", "float or null") and rows["compile"] == ("false", "bool")
-    assert rows["amp"] == ("bf16", "bf16|fp16|none")
+    assert rows["amp"] == ("auto", "auto|bf16|fp16|none")
     _, out = _run(["summarize", "--help"], capsys)  # a command without settings has no block
     assert "settings (" not in out
 

@@ -12,7 +12,7 @@ from mae.errors import UserError
 
 def test_defaults_file_and_overrides(tmp_path):
     cfg = load_config(PretrainConfig)
-    assert (cfg.base_lr, cfg.weight_decay, cfg.betas, cfg.mask_ratio, cfg.amp) == (1.5e-4, 0.05, (0.9, 0.95), 0.75, "bf16")
+    assert (cfg.base_lr, cfg.weight_decay, cfg.betas, cfg.mask_ratio, cfg.amp) == (1.5e-4, 0.05, (0.9, 0.95), 0.75, "auto")
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 3\nmask_ratio: 0.5\nbetas: [0.8, 0.9]\nbase_lr: 1e-3\n")
     cfg = load_config(PretrainConfig, f, ["mask_ratio=0.9", "clip_grad=null", "lr=0.01", "decoder_depth=1"])
@@ -27,7 +27,7 @@ def test_defaults_file_and_overrides(tmp_path):
         ("epochz=3", "unknown key 'epochz' for pretrain (valid: epochs, batch_size"),
         ("epochs=three", "bad value epochs='three' for pretrain (expected an integer)"),
         ("epochs=2.5", "epochs=2.5"),
-        ("amp=fp32", "bad value amp='fp32' for pretrain (choices: 'bf16', 'fp16', 'none')"),
+        ("amp=fp32", "bad value amp='fp32' for pretrain (choices: 'auto', 'bf16', 'fp16', 'none')"),
         ("compile=yes please", "compile"),
         ("betas=[0.9]", "betas"),
         ("batch_size=0", "batch_size=0 for pretrain must be >= 1"),

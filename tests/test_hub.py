@@ -18,6 +18,7 @@ from mae.cli import main as cli
 from mae.errors import UserError
 from mae.eval import common
 from mae.models import create_mae, hub, resolve_init
+from mae.utils import io
 from tests.test_eval import MODEL, _write_dataset
 
 
@@ -50,7 +51,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(io.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -71,13 +72,13 @@ def _closed_port() -> int:
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "c"))
-    assert hub.cache_dir() == tmp_path / "c"
-    monkeypatch.delenv(hub.CACHE_ENV)
+    monkeypatch.setenv(io.CACHE_ENV, str(tmp_path / "c"))
+    assert io.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv(io.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert hub.cache_dir() == tmp_path / "xdg" / "mae-study"
+    assert io.cache_dir() == tmp_path / "xdg" / "mae-study"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert hub.cache_dir() == Path.home() / ".cache" / "mae-study"
+    assert io.cache_dir() == Path.home() / ".cache" / "mae-study"
 
 
 def test_download_is_cached(served, cache):

@@ -1,7 +1,8 @@
 """The one training loop used by every stage: :class:`Task` says what to train, :func:`fit` trains it.
 
 ``fit`` owns everything about iterating: per-iteration warmup + cosine lr (times each group's
-``lr_scale``), gradient accumulation, autocast (bf16 on CPU/CUDA, fp16 + GradScaler on CUDA), gradient
+``lr_scale``), gradient accumulation, autocast (``amp``: the precision :mod:`mae.engine.precision` picks for the
+device; fp16 with a GradScaler), gradient
 clipping, non-finite loss detection, data parallelism under torchrun (``DistributedDataParallel``, global
 batch split over processes and accumulation steps), per-image seeded augmentation, atomic checkpoints with
 exact resume, JSON-lines logs, a tqdm bar with images/s and the final ``metrics.json``.
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mae.config import TrainConfig, batch_plan, config_to_dict, effective_lr
 from mae.engine import distributed as D
+from mae.engine.precision import Precision, resolve
 from mae.errors import Preempted, UserError
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
 from mae.utils.io import (atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps,
@@ -39,7 +41,8 @@ LOG = "log.jsonl"
 METRICS = "metrics.json"
 # keys that may change between a run and its resumption (they do not change what is computed)
 RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps",
-                "tensorboard", "on_change", "roofline"}
+                "tensorboard", "on_change",
+                "roofline"}  # (a key of pretraining checkpoints written before the roofline left the job's path)
 TENSORBOARD = "tensorboard"
 
 
@@ -97,12 +100,6 @@ class Task:
         """Return ``(loss, n_images, extras)``; extras are scalars to log (floats or 0-d tensors)."""
         raise NotImplementedError
 
-    def step_cost(self, batch_size: int) -> dict:
-        """Optional: ``gflop_per_image`` of a training step and the ``gemm_gflop_s`` of this machine on its matrix
-        shapes at ``batch_size`` images per process (:mod:`mae.roofline`); the log and metrics then show
-        ``roofline_pct``. Called once before training, after the loader is known to give batches."""
-        return {}
-
     def after_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (``step`` = steps taken so far), e.g. to update an EMA of the weights."""
 
@@ -156,16 +153,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-def autocast(device: torch.device, amp: str | None):
-    """The one autocast of the package: ``bf16``, ``fp16`` (CUDA; bf16 on a CPU) or ``none``/None."""
-    if amp in (None, False, "none"):
-        return contextlib.nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise UserError(f"amp: invalid value '{amp}' (valid: bf16, fp16, none)")
-    dtype = torch.float16 if amp == "fp16" and device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _seed_worker(worker_id: int) -> None:  # torch seeds python's random in workers; numpy too
@@ -313,22 +300,44 @@ class _Meter:
         for k, v in extras.items():
             self.extras[k] = self.extras.get(k, 0.0) + float(v)
 
-    def means(self, env: D.DistEnv, flop_rate: tuple[float, float] | None = None) -> dict:
-        """Window means; with ``flop_rate`` = (GFLOP per image, the machine's GFLOP/s), ``roofline_pct`` too."""
+    def means(self, env: D.DistEnv) -> dict:
+        """Window means (loss, extras) and images/s over all ranks."""
         keys = sorted(self.extras)
         n = max(self.count, 1)
         vals = D.all_reduce_mean(env, [self.loss / n] + [self.extras[k] / n for k in keys])
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out = {"loss": vals[0], "img_s": self.images * env.world_size / elapsed}
-        if flop_rate:  # per process: the machine's rate is one process's
-            out["roofline_pct"] = _roofline_pct(out["img_s"] / env.world_size, flop_rate)
         out.update(zip(keys, vals[1:]))
         return out
 
 
-def _roofline_pct(img_s: float, flop_rate: tuple[float, float]) -> float:
-    gflop_per_image, gflop_s = flop_rate
-    return 100.0 * gflop_per_image * img_s / gflop_s
+class _Clock:
+    """Where a run's training time goes, in seconds of this process: waiting for batches (``data``), the
+    forward/backward/optimizer steps (``step``), evaluations (``eval``) and checkpoints (``save``).
+    ``metrics.json`` reports it as ``time_s`` and the stage's own step rate as ``step_img_s`` (images per
+    second of ``step`` time), beside ``img_s`` (images per second of the whole epochs)."""
+
+    PARTS = ("data", "step", "eval", "save")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
+    def report(self, train_time: float, train_images: int, world_size: int) -> dict:
+        """``time_s`` (the parts and ``other``: progress bar, logging, lr schedule) and ``step_img_s``."""
+        parts = {k: round(v, 3) for k, v in self.seconds.items()}
+        parts["other"] = round(max(train_time - sum(self.seconds.values()), 0.0), 3)
+        step = self.seconds["step"]
+        return {"time_s": parts, "step_img_s": train_images / step if step > 0 else None,
+                "data_img_s": train_images / world_size / self.seconds["data"] if self.seconds["data"] > 0
+                else None}
 
 
 class _Curves:
@@ -372,9 +381,21 @@ def changed_setting(ckpt: dict, cfg: TrainConfig, path: Path) -> str | None:
     old = {RENAMED_KEYS.get(k, k): v for k, v in ckpt.get("config", {}).items()}
     new = config_to_dict(cfg)
     for key in sorted(set(old) | set(new)):
-        if key not in RUNTIME_KEYS and old.get(key) != new.get(key):
+        if key not in RUNTIME_KEYS and old.get(key) != new.get(key) and not _same_precision(key, old, new):
             return f"{path} was trained with {key}={old.get(key)!r}, now {key}={new.get(key)!r}"
     return None
+
+
+def _same_precision(key: str, old: dict, new: dict) -> bool:
+    """``amp: auto`` and the precision it picks on this machine are one setting (checkpoints written before
+    ``auto`` was the default say ``amp: bf16``)."""
+    if key != "amp" or "auto" not in (old.get(key), new.get(key)):
+        return False
+    device = D.resolve_device(new.get("device") or "auto")
+    try:
+        return resolve(old.get(key), device).amp == resolve(new.get(key), device).amp
+    except UserError:
+        return False
 
 
 def _trim_log(path: Path, last_epoch: int, last_step: int | None = None) -> None:
@@ -415,6 +436,15 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, extra: dict | None = 
         D.shutdown(env)
 
 
+def _agreed_precision(amp: str, env: D.DistEnv) -> Precision:
+    """:func:`mae.engine.precision.resolve` for this run; under torchrun every rank takes rank 0's choice (nodes
+    of a cluster may have different CPUs, and the ranks must compute alike)."""
+    precision = resolve(amp, env.device)
+    if env.distributed:
+        precision = D.all_gather_object(env, precision)[0]
+    return precision
+
+
 def write_outputs(out_dir: str | Path, metrics: dict, per_image: dict | None = None) -> dict:
     """The end of every stage: ``predictions.npz`` (per-image results), then ``metrics.json``."""
     write_per_image(out_dir, per_image or {})
@@ -427,10 +457,10 @@ class _Trainer:
     (restore, train one epoch, one optimisation step, checkpoint, evaluate, finish)."""
 
     def __init__(self, task: Task, cfg: TrainConfig, out_dir: Path, env: D.DistEnv) -> None:
-        if cfg.amp == "fp16" and env.device.type != "cuda":
-            raise UserError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=none on CPU")
         self.task, self.cfg, self.out_dir, self.env = task, cfg, out_dir, env
         self.device = env.device
+        self.precision = _agreed_precision(cfg.amp, env)
+        self.clock = _Clock()
         self.t_start = time.perf_counter()
         self.ckpt_path = out_dir / CHECKPOINT
         self.epoch, self.step, self.wall_prev = 0, 0, 0.0
@@ -447,7 +477,6 @@ class _Trainer:
     # ---- phases
     def run(self, extra: dict) -> dict:
         """Train and finish (``extra`` is merged into metrics.json)."""
-        self.flop_rate = None
         ckpt = self._read_checkpoint()
         if ckpt is not None and ckpt.get("finished"):
             metrics = _read_metrics(self.out_dir)
@@ -468,15 +497,13 @@ class _Trainer:
                 f"the training loader gives {len(loader)} batches per process, fewer than "
                 f"accum_iter={self.cfg.accum_iter}: lower batch_size/accum_iter or use more data"
             )
-        if not finished and per_process:  # the task's roofline (FLOPs per image, the machine's matrix rate)
-            cost = self.task.step_cost(per_process)
-            if cost.get("gflop_per_image") and cost.get("gemm_gflop_s"):
-                extra = {**extra, **cost}
-                self.flop_rate = (cost["gflop_per_image"], cost["gemm_gflop_s"])
         self.ddp = D.wrap(self.env, self.model, self.task.find_unused_parameters)  # broadcasts rank 0's weights
         self.log_file = open(self.out_dir / LOG, "a") if self.env.is_main else None  # noqa: SIM115
         if self.env.is_main and self.cfg.tensorboard:
             self.curves = _Curves(self.out_dir / TENSORBOARD, self.step + 1 if self.step else None)
+        if self.env.is_main and not finished:
+            print(f"precision: {self.precision.amp} ({self.precision.reason})", flush=True)
+            self._log({"kind": "setup", "epoch": self.epoch, "step": self.step, **self.precision.record()})
         try:
             with _preemption_flag() as self.preempt:
                 train_time, train_images = 0.0, 0
@@ -524,7 +551,7 @@ class _Trainer:
                 shutil.rmtree(self.out_dir / TENSORBOARD, ignore_errors=True)
         self.optimizer = task.optimizer(task.param_groups(cfg), self.peak_lr, cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.amp == "fp16" else None
         if ckpt is not None:
             self._restore(ckpt)
         if cfg.compile:
@@ -565,7 +592,10 @@ class _Trainer:
         stop = False
         bar.update(start)
         for it in range(start, self.iters):
-            value, stop = self._iteration(next(batches), it, meter)
+            with self.clock("data"):
+                batch = next(batches)
+            with self.clock("step"):
+                value, stop = self._iteration(batch, it, meter)
             if (it + 1) % cfg.accum_iter == 0 and self._preempted():
                 self._save(epoch, False, next_iter=it + 1)
                 raise Preempted(f"stopped by signal {self.preempt[0]} at epoch {epoch + 1}, iteration {it + 1}; "
@@ -578,13 +608,16 @@ class _Trainer:
                 break
         bar.close()
         del batches
-        self.last = meter.means(self.env, self.flop_rate)
+        self.last = meter.means(self.env)
         self._log({"kind": "epoch", "epoch": epoch, "step": self.step, "lr": self.lr, **self.last})
         done = stop or epoch + 1 == cfg.epochs
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not done:
-            self._log({"kind": "eval", "epoch": epoch, "step": self.step, **self._evaluate()})
+            with self.clock("eval"):
+                result = self._evaluate()
+            self._log({"kind": "eval", "epoch": epoch, "step": self.step, **result})
         if done or (epoch + 1) % cfg.save_every == 0:
-            self._save(epoch, done)
+            with self.clock("save"):
+                self._save(epoch, done)
         self.epoch += 1
         return time.perf_counter() - meter.start, meter.images * self.env.world_size, done
 
@@ -596,7 +629,7 @@ class _Trainer:
             set_lr(self.optimizer, self.lr)
         steps = (it + 1) % cfg.accum_iter == 0
         with self._through_ddp(sync=steps):
-            with autocast(self.device, cfg.amp):
+            with self.precision.autocast(self.device):
                 loss, n_images, extras = self.task.train_step(batch)
             value = float(loss.detach())
             self._check_finite(value, it)
@@ -611,7 +644,7 @@ class _Trainer:
         self.task.after_optimizer_step(self.step)
         if self.step % cfg.log_every == 0:
             self._log({"kind": "step", "epoch": self.epoch, "step": self.step, "lr": self.lr,
-                       **self.window.means(self.env, self.flop_rate)})
+                       **self.window.means(self.env)})
             self.window = _Meter()
         return value, cfg.max_steps is not None and self.step >= cfg.max_steps
 
@@ -680,22 +713,25 @@ class _Trainer:
 
     def _evaluate(self) -> dict:
         self.model.eval()
-        with torch.no_grad(), autocast(self.device, self.cfg.amp):
+        with torch.no_grad(), self.precision.autocast(self.device):
             result = self.task.evaluate() or {}
         self.model.train()
         return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
 
     def _finish(self, train_time: float, train_images: int, extra: dict) -> dict:
+        started = time.perf_counter()
         final = self._evaluate()
         img_s = train_images / train_time if train_time > 0 else self.last.get("img_s", 0.0)
-        if self.flop_rate:
-            extra = {**extra, "roofline_pct": _roofline_pct(img_s / self.env.world_size, self.flop_rate)}
+        timing = self.clock.report(train_time, train_images, self.env.world_size)
+        timing["time_s"]["final_eval"] = round(time.perf_counter() - started, 3)
         metrics = {
             "train_loss": self.last.get("loss"),
             "epochs": self.epoch,
             "steps": self.step,
             "wall_s": self.wall_prev + time.perf_counter() - self.t_start,
             "img_s": img_s,
+            **timing,
+            **self.precision.record(),
             "lr": self.peak_lr,
             **self.plan,
             "config": config_to_dict(self.cfg),

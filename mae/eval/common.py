@@ -345,30 +345,33 @@ def extract_features(
     device: torch.device,
     *,
     batch_size: int = 256,
-    amp: str | None = "bf16",
+    amp: str | None = "auto",
     num_workers: int = 0,
     desc: str = "features",
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Pooled features of every sample of ``dataset`` (float32, on CPU), their labels, and images/s."""
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Pooled features of every sample of ``dataset`` (float32, on CPU), their labels, and the rates: ``img_s``
+    (images per second of the whole pass) and ``step_img_s`` (of the encoder's forward passes alone)."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
     feats, labels = [], []
-    start, n = time.perf_counter(), 0
+    start, n, compute = time.perf_counter(), 0, 0.0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     for batch in bar:
+        t0 = time.perf_counter()
         images = batch[0].to(device, non_blocking=True)
         with autocast(device, amp):
             out = features(model, images)
         feats.append(out.float().cpu())
+        compute += time.perf_counter() - t0
         labels.append(torch.as_tensor(batch[1]).long().cpu())
         n += int(images.shape[0])
         bar.set_postfix(img_s=f"{n / max(time.perf_counter() - start, 1e-9):.0f}")
     model.train(was_training)
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return torch.cat(feats), torch.cat(labels), n / elapsed
+    return torch.cat(feats), torch.cat(labels), {"img_s": n / elapsed, "step_img_s": n / max(compute, 1e-9)}
 
 
 def knn_scores(

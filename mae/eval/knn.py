@@ -16,6 +16,7 @@ import torch
 from mae.config import add_common_arguments, config_from_args, config_to_dict
 from mae.eval import common
 from mae.engine import write_outputs
+from mae.engine.precision import resolve
 from mae.stage_configs import KnnConfig
 
 
@@ -49,15 +50,16 @@ def run(args: argparse.Namespace) -> dict:
     model, report = common.build_encoder(name, 0, global_pool=cfg.global_pool, img_size=img_size, init=args.init)
     model.to(device)
     feats = {}
-    images, extract_s = 0, 0.0
+    images, extract_s, compute_s = 0, 0.0, 0.0
     for split in ("train", "val"):
         dataset = build_dataset(args.data, split, eval_transform(img_size))
         t0 = time.perf_counter()
-        feats[split] = common.extract_features(
+        *feats[split], rates = common.extract_features(
             model, dataset, device, batch_size=cfg.batch_size, amp=cfg.amp, num_workers=cfg.num_workers,
             desc=f"knn features {split}",
-        )[:2]
+        )
         extract_s += time.perf_counter() - t0
+        compute_s += len(dataset) / rates["step_img_s"]
         images += len(dataset)
     (train_f, train_y), (val_f, val_y) = feats["train"], feats["val"]
     metrics, per_image = knn_metrics(train_f, train_y, val_f, val_y, num_classes, cfg.k, cfg.temperature)
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> dict:
             "params": 0,
             "wall_s": time.perf_counter() - start,
             "img_s": images / max(extract_s, 1e-9),
+            "step_img_s": images / max(compute_s, 1e-9),
+            **resolve(cfg.amp, device).record(),
             "config": config_to_dict(cfg),
         }
     )

@@ -86,15 +86,17 @@ def build_probe_task(cfg: LinprobeConfig, data: str, init: str | None, device: t
         train_set = build_dataset(data, "train", linprobe_transform(img_size, True))
         val_set = build_dataset(data, "val", linprobe_transform(img_size, False))
         return LinprobeTask(model, cfg, train_set, val_set, device), model, name, report, extra
-    sets = {}
+    sets, started = {}, time.perf_counter()
     for split in ("train", "val"):
         dataset = build_dataset(data, split, eval_transform(img_size))
-        feats, labels, img_s = common.extract_features(
+        feats, labels, rates = common.extract_features(
             model, dataset, device, batch_size=cfg.batch_size, amp=cfg.amp, num_workers=cfg.num_workers,
             desc=f"features {split}",
         )
         sets[split] = TensorDataset(feats, labels)
-        extra[f"feature_img_s_{split}"] = img_s
+        extra[f"feature_img_s_{split}"] = rates["img_s"]
+        extra[f"feature_step_img_s_{split}"] = rates["step_img_s"]
+    extra["feature_s"] = time.perf_counter() - started  # the encoder's passes over both splits
     task = LinprobeTask(model.head, cfg, sets["train"], sets["val"], device)
     return task, model, name, report, extra
 

@@ -33,21 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from mae.errors import UserError
+from mae.utils.io import cache_dir
 
-CACHE_ENV = "MAE_CACHE"
 TIMEOUT_ENV = "MAE_DOWNLOAD_TIMEOUT"  # seconds without data before a download gives up (default 60)
 TIMM_PREFIX = "timm:"
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def cache_dir() -> Path:
-    """``$MAE_CACHE``, else ``$XDG_CACHE_HOME/mae-study``, else ``~/.cache/mae-study``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mae-study"
 
 
 def resolve_init(spec: str | Path, option: str = "--init") -> Path | dict[str, Any]:

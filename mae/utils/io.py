@@ -60,6 +60,18 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+CACHE_ENV = "MAE_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where the package caches what it fetched or measured (URL downloads, the precision probe): ``$MAE_CACHE``,
+    else ``$XDG_CACHE_HOME/mae-study``, else ``~/.cache/mae-study``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mae-study"
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
