@@ -68,8 +68,8 @@ def job_rates(metrics: dict) -> dict | None:
             "amp": metrics.get("amp_used")}
 
 
-def stage_table(results: str | Path, benchmarks: str | Path = "benchmarks") -> list[dict]:
-    """One row per stage: medians over its jobs (see the module docstring)."""
+def stage_table(results: str | Path, benchmarks: str | Path = "benchmarks", per_job: bool = False) -> list[dict]:
+    """One row per stage: medians over its jobs (see the module docstring); ``per_job``: one row per job."""
     runs = Path(results) / "runs"
     if not runs.is_dir():
         raise UserError(f"no runs folder under {results} (run a study first)")
@@ -86,7 +86,8 @@ def stage_table(results: str | Path, benchmarks: str | Path = "benchmarks") -> l
             continue
         wall = _job_wall(Path(benchmarks), path.parent.parent.name, path.parent.name)
         rates["overhead"] = wall - rates["work"] if wall is not None else None
-        by_stage.setdefault(_stage(path.parent.name), []).append(rates)
+        key = f"{path.parent.parent.name}/{path.parent.name}" if per_job else _stage(path.parent.name)
+        by_stage.setdefault(key, []).append(rates)
     table = []
     for stage, jobs in by_stage.items():
         med = {k: statistics.median(j[k] for j in jobs) for k in ("step", "e2e", "data", "eval", "save")}
@@ -116,10 +117,11 @@ def markdown(table: list[dict]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", help="a study's results folder (with runs/)")
     parser.add_argument("--benchmarks", default="benchmarks", help="Snakemake's benchmark folder (job wall times)")
+    parser.add_argument("--jobs", action="store_true", help="one row per job instead of per stage")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
-    table = stage_table(args.results, args.benchmarks)
+    table = stage_table(args.results, args.benchmarks, per_job=args.jobs)
     print(json.dumps(table, indent=1) if args.json else markdown(table))
     return 0

@@ -99,3 +99,41 @@ def test_bench_variant_subset_and_unknown_variant():
 def test_bench_hand_tuned_variant_compiles():
     res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False)
     assert res["img_s"]["hand_tuned"] > 0 and res["speedup_fast_vs_hand_tuned"] > 0
+
+
+def test_stage_table_from_a_study(tmp_path, capsys):
+    """mae bench stages: step rate, end-to-end rate, shares and overhead from metrics.json + benchmark files."""
+    from mae import stage_rates
+
+    def job(run, folder, metrics, wall=None):
+        (tmp_path / "runs" / run / folder).mkdir(parents=True)
+        (tmp_path / "runs" / run / folder / "metrics.json").write_text(json.dumps(metrics))
+        if wall is not None:
+            stage, _, setting = folder.partition("-")
+            (tmp_path / "b" / stage).mkdir(parents=True, exist_ok=True)
+            name = f"{run}-{setting}.tsv" if setting else f"{run}.tsv"
+            (tmp_path / "b" / stage / name).write_text(f"s\th:m:s\n{wall}\t0:00:{wall}\n")
+
+    parts = {"data": 1.0, "step": 8.0, "eval": 0.5, "save": 0.5, "other": 0.0, "final_eval": 2.0}
+    job("base", "pretrain", {"time_s": parts, "step_img_s": 100.0, "img_s": 80.0, "amp_used": "bf16"}, wall=15)
+    job("base", "partial_ft-1", {"time_s": parts, "step_img_s": 100.0, "img_s": 95.0, "amp_used": "bf16"})
+    job("base", "partial_ft-0", {"reused_from": "x", "step_img_s": 1.0, "img_s": 1.0})  # a copy: no job
+    job("base", "linprobe", {"cached_features": True, "feature_step_img_s_train": 200.0, "feature_img_s_train": 190.0,
+                             "feature_s": 3.0, "time_s": {"step": 0.5}, "amp_used": "none"}, wall=5)
+    rows = {r["stage"]: r for r in stage_rates.stage_table(tmp_path, tmp_path / "b")}
+    assert set(rows) == {"pretrain", "partial_ft", "linprobe"} and rows["partial_ft"]["jobs"] == 1
+    pre = rows["pretrain"]
+    assert pre["ratio"] == pytest.approx(0.8) and pre["data"] == pytest.approx(0.1) and pre["limit"] == "loader"
+    assert pre["overhead_s"] == pytest.approx(15 - 12) and rows["partial_ft"]["overhead_s"] is None
+    assert rows["partial_ft"]["limit"] == "the step"
+    assert rows["linprobe"]["ratio"] == pytest.approx(0.95) and rows["linprobe"]["overhead_s"] == pytest.approx(1.5)
+    assert main(_bench_args(["stages", str(tmp_path), "--benchmarks", str(tmp_path / "b")])) == 0
+    assert "| pretrain | 1 | bf16 | 100 | 80 | 80 % | 10 % |" in capsys.readouterr().out
+
+
+def _bench_args(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)

@@ -239,6 +239,74 @@ def test_fast_tensor_path_matches_torchvision():
     assert ys.shape == (64, 3, 32, 32) and ys.std(0).mean() > 0.1  # crops vary
 
 
+@pytest.mark.parametrize("mode", ["none", "crop_fixed", "crop_rand"])
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 40, 48), (3, 64, 64)])
+def test_batched_tensor_path_equals_one_by_one(mode, shape):
+    """t.batch (two matrix products per image) gives what t(x) gives for the same draws, image by image."""
+    t = transforms.pretrain_transform(mode, 32)
+    assert t.batched
+    x = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    torch.manual_seed(3)
+    u = torch.rand(5, t.UNIFORMS)
+    torch.manual_seed(3)
+    one = torch.stack([t.batch(x[i:i + 1], u[i:i + 1])[0] for i in range(5)])
+    assert torch.allclose(t.batch(x, u), one, atol=1e-5)
+    for i in range(5):  # t(x) draws the same uniforms from torch's global RNG
+        torch.manual_seed(100 + i)
+        single = t(x[i])
+        torch.manual_seed(100 + i)
+        assert torch.allclose(single, t.batch(x[i:i + 1], torch.rand(1, t.UNIFORMS))[0], atol=3e-5)
+
+
+def test_batched_crop_is_the_interpolated_crop():
+    """The weights are F.interpolate's antialiased bicubic on the cropped window (up- and downsampling)."""
+    import torch.nn.functional as F
+
+    t = transforms.pretrain_transform("crop_rand", 24)
+    x = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
+    u = torch.rand(6, t.UNIFORMS)
+    out = t.batch(x, u)
+    for i in range(6):
+        top, ch, _, _, left, cw, _, _, flip = (int(v) for v in t.geometry(40, 40, u[i].tolist()))
+        ref = F.interpolate(x[i:i + 1, :, top:top + ch, left:left + cw].float(), size=(24, 24), mode="bicubic",
+                            align_corners=False, antialias=True)[0].clamp(0, 255)
+        ref = ref.flip(-1) if flip else ref
+        assert torch.allclose(out[i], t.normalise(ref), atol=1e-4)
+    assert out.std(0).mean() > 0.1  # crops and flips differ between images
+
+
+def test_seeded_batches_equal_seeded_images(shapes_dir):
+    """The training loader fetches a batch at once (__getitems__): the same tensors as image by image."""
+    from mae.engine.loop import _SeededDataset
+
+    for transform in (transforms.pretrain_transform("crop_rand", 32), transforms.linprobe_transform(32, True),
+                      transforms.finetune_transform(32, True, auto_augment=None, re_prob=0.0)):
+        ds = build_dataset(shapes_dir, "train", transform)
+        assert ds.batchable
+        seeded = _SeededDataset(ds, seed=4)
+        keys = [(i, 2) for i in (5, 0, 9, 3)]
+        batch = seeded.__getitems__(keys)
+        assert [y for _, y in batch] == [int(ds.targets[i]) for i, _ in keys]
+        for (x, _), key in zip(batch, keys):
+            assert torch.allclose(x, seeded[key][0], atol=3e-5)
+        assert not torch.equal(batch[0][0], seeded.__getitems__([(5, 3)])[0][0])  # another epoch, another crop
+    jitter = build_dataset(shapes_dir, "train", transforms.pretrain_transform("crop_rand_jitter", 32))
+    assert not jitter.batchable  # colour jitter draws per image: one by one
+    seeded = _SeededDataset(jitter, seed=4)
+    assert torch.equal(seeded.__getitems__([(1, 0)])[0][0], seeded[(1, 0)][0])
+
+
+def test_finetune_light_recipe_takes_the_tensor_path():
+    """Without RandAugment/erasing/jitter the fine-tune pipeline is the crop and flip alone, on tensors."""
+    light = transforms.finetune_transform(32, True, auto_augment=None, re_prob=0.0, scale=(0.35, 1.0))
+    assert getattr(light, "batched", False) and light.scale == (0.35, 1.0)
+    full = transforms.finetune_transform(32, True)  # timm's pipeline (RandAugment needs PIL)
+    assert not getattr(full, "batched", False)
+    x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    assert light(x).shape == full(x).shape == (3, 32, 32)
+    assert light(Image.fromarray(x.permute(1, 2, 0).numpy())).shape == (3, 32, 32)  # PIL: timm's own
+
+
 def test_other_transforms_and_mixup():
     x = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
     for t in (transforms.finetune_transform(32, True), transforms.finetune_transform(32, False),

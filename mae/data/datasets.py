@@ -92,6 +92,30 @@ class ArrayDataset(Dataset):
             return img.float().div_(255), int(self.targets[i])
         return self.transform(img), int(self.targets[i])
 
+    @property
+    def batchable(self) -> bool:
+        """Whether :meth:`batch_items` transforms a batch at once (the tensor crop/resize/flip pipelines)."""
+        return bool(getattr(self.transform, "batched", False))
+
+    def batch_items(self, indices: list[int], seeds: list[int] | None = None) -> list:
+        """``[self[i] for i in indices]`` with one transform call for the batch (needs :attr:`batchable`). Image
+        ``i``'s random draws come from a generator seeded with its entry of ``seeds`` (what ``self[i]`` draws
+        after ``torch.manual_seed(seed)``), or from torch's global RNG."""
+        t = self.transform
+        if seeds is None:
+            uniforms = torch.rand(len(indices), t.UNIFORMS)
+        else:
+            gen = torch.Generator()
+            uniforms = torch.stack([torch.rand(t.UNIFORMS, generator=gen.manual_seed(int(s))) for s in seeds])
+        images = torch.from_numpy(self.images[np.asarray(indices)]).permute(0, 3, 1, 2)
+        return list(zip(t.batch(images, uniforms).unbind(0), (int(self.targets[i]) for i in indices)))
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """The DataLoader's batched fetch: one transform call per batch where the pipeline allows it."""
+        if self.batchable:
+            return self.batch_items(list(indices))
+        return [self[i] for i in indices]
+
 
 class ArraySegmentation(Dataset):
     """(image, mask) from memory-mapped arrays; joint ``transform(Image, Mask)`` or float/int64 tensors."""

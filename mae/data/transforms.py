@@ -8,6 +8,7 @@ tensors are converted to PIL there only.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,64 +57,150 @@ def eval_transform(img_size: int, crop_pct: float | None = None):
     return _FastTensorAug("none", img_size, flip=False, fallback=slow, resize_to=resize)
 
 
-class _FastTensorAug:
-    """Per-sample crop/flip/normalise on uint8 or float (3,H,W) tensors without torchvision's dispatch.
+def _bicubic_weights(start: torch.Tensor, length: torch.Tensor, n_out: torch.Tensor, offset: torch.Tensor,
+                     out: int, size_in: int) -> torch.Tensor:
+    """(B, out, size_in) resampling matrices of one image axis: the window ``[start, start + length)`` resized to
+    ``n_out`` samples with antialiased bicubic weights (PIL's filter, a = -0.5, support scaled when shrinking:
+    what ``F.interpolate(..., mode='bicubic', antialias=True)`` computes on the cropped window), of which the
+    samples ``offset .. offset + out - 1`` are kept. Every argument but ``out``/``size_in`` is a (B,) tensor."""
+    scale = (length / n_out)[:, None]
+    filter_scale = scale.clamp(min=1.0)
+    support = 2.0 * filter_scale
+    center = (offset[:, None] + torch.arange(out, dtype=torch.float64) + 0.5) * scale  # (B, out), window coords
+    first = (center - support + 0.5).floor().clamp(min=0)
+    end = torch.minimum((center + support + 0.5).floor(), length[:, None])
+    taps = 2 * int(math.ceil(float(support.max()))) + 1
+    pos = first[..., None] + torch.arange(taps, dtype=torch.float64)  # (B, out, taps)
+    x = ((pos - center[..., None] + 0.5) / filter_scale[..., None]).abs()
+    a = -0.5
+    w = torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
+    w = w * (pos < end[..., None])
+    w = w / w.sum(-1, keepdim=True)
+    index = (pos + start[:, None, None]).long().clamp_(0, size_in - 1)
+    dense = torch.zeros(len(start), out, size_in, dtype=torch.float64)
+    return dense.scatter_add_(2, index, w).float()
 
-    ``mode``: 'none' (resize + centre crop), 'crop_fixed' (resize to img_size/0.875 + random crop), 'crop_rand'
-    (RandomResizedCrop parameters as torchvision draws them, bicubic). PIL inputs go to ``fallback`` (the
-    equivalent torchvision v2 pipeline). About 5–10× faster than v2 on 32 px tensors.
+
+class _FastTensorAug:
+    """Crop / resize / flip / normalise of uint8 or float (3,H,W) tensors, one image or a whole batch at once.
+
+    ``mode``: 'none' (resize the shorter side to ``resize_to`` or img_size + centre crop), 'crop_fixed' (resize to
+    img_size/0.875 + random crop), 'crop_rand' (RandomResizedCrop: torchvision's rule of up to 10 draws of area
+    and log-aspect, then the centre crop). An image's geometry comes from one vector of :data:`UNIFORMS` uniform
+    draws (:meth:`geometry`), its pixels from separable antialiased bicubic weights (:func:`_bicubic_weights`)
+    applied as two matrix products per image — batched, a 32 px image costs ~15 µs instead of ~60 µs one by
+    one, and ``t(x)`` equals ``t.batch(x[None], u[None])[0]`` for the uniforms ``u`` it drew. PIL inputs go
+    to ``fallback`` (the equivalent torchvision v2 pipeline). With colour jitter (``crop_rand_jitter``) images
+    are done one by one (torchvision's ColorJitter draws per image).
     """
+
+    UNIFORMS = 41  # 10 tries x (area, aspect, top, left) + flip
 
     def __init__(self, mode: str, img_size: int, scale=(0.2, 1.0), flip: bool = True, jitter: float = 0.0,
                  fallback=None, resize_to: int | None = None):
-        from torchvision.transforms import RandomResizedCrop
-
         self.resize_to = resize_to
         self.mode, self.size, self.scale, self.flip = mode, img_size, scale, flip
         self.ratio = (3 / 4, 4 / 3)
-        self._params = RandomResizedCrop.get_params
         self.jitter = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter) if jitter else None
-        self.mean = torch.tensor(MEAN).view(3, 1, 1)
-        self.std = torch.tensor(STD).view(3, 1, 1)
+        std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+        self.gain = 1.0 / (255.0 * std)  # x / 255 normalised = x * gain - offset
+        self.offset = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1) / std
         self.fallback = fallback
 
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == size:
-            return x
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`batch` applies (no per-image colour jitter)."""
+        return self.jitter is None
+
+    def _resized(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) after resizing the shorter side (modes none / crop_fixed)."""
+        short = self.resize_to or (self.size if self.mode == "none" else int(round(self.size / 0.875)))
+        if (h, w) == (short, short):
+            return h, w
+        return (short, max(1, int(short * w / h))) if h <= w else (max(1, int(short * h / w)), short)
+
+    def geometry(self, h: int, w: int, u: list[float]) -> list[float]:
+        """The geometry of an h x w image from ``u`` (:data:`UNIFORMS` uniforms in [0, 1)): per axis (window start,
+        window length, resized length, first kept sample), then flip (1.0 or 0.0)."""
+        s = self.size
+        flip = 1.0 if self.flip and u[40] < 0.5 else 0.0
+        if self.mode == "crop_rand":
+            top, left, ch, cw = self._rrc(h, w, u)
+            return [top, ch, s, 0, left, cw, s, 0, flip]
+        nh, nw = self._resized(h, w)
+        if self.mode == "none":
+            i, j = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        else:
+            i, j = int(u[0] * (nh - s + 1)), int(u[1] * (nw - s + 1))
+        return [0, h, nh, i, 0, w, nw, j, flip]
+
+    def _rrc(self, h: int, w: int, u: list[float]) -> tuple[int, int, int, int]:
+        """torchvision's RandomResizedCrop.get_params from the uniforms ``u``: (top, left, height, width)."""
+        area = h * w
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for k in range(10):
+            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[4 * k])
+            aspect = math.exp(log_lo + (log_hi - log_lo) * u[4 * k + 1])
+            cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return int(u[4 * k + 2] * (h - ch + 1)), int(u[4 * k + 3] * (w - cw + 1)), ch, cw
+        in_ratio = w / h  # fallback: the centre crop at the nearest allowed aspect ratio
+        if in_ratio < self.ratio[0]:
+            cw, ch = w, int(round(w / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            ch, cw = h, int(round(h * self.ratio[1]))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def batch(self, images: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Normalised float (B,3,S,S) of uint8 (or [0,1] float) images (B,3,H,W), one row of ``uniforms``
+        (B, :data:`UNIFORMS`) per image."""
+        b, _, h, w = images.shape
+        s = self.size
+        geo = torch.tensor([self.geometry(h, w, row) for row in uniforms.tolist()], dtype=torch.float64)
+        wy = _bicubic_weights(geo[:, 0], geo[:, 1], geo[:, 2], geo[:, 3], s, h)
+        wx = _bicubic_weights(geo[:, 4], geo[:, 5], geo[:, 6], geo[:, 7], s, w)
+        flipped = geo[:, 8] > 0
+        if flipped.any():
+            wx[flipped] = wx[flipped].flip(1)
+        x = images.float() if images.dtype == torch.uint8 else images.float() * 255.0
+        x = (x.reshape(b, 3 * h, w) @ wx.transpose(1, 2)).reshape(b, 3, h, s).transpose(1, 2).reshape(b, h, 3 * s)
+        x = (wy @ x).view(b, s, 3, s).clamp_(0, 255)  # rows, channels, columns
+        if self.jitter is not None:
+            x = torch.stack([self.jitter(img / 255.0) * 255.0 for img in x.permute(0, 2, 1, 3)]).permute(0, 2, 1, 3)
+        return x.mul_(self.gain.view(3, 1)).sub_(self.offset.view(3, 1)).permute(0, 2, 1, 3).contiguous()
+
+    def pixels(self, img: torch.Tensor) -> torch.Tensor:
+        """One uint8 (or [0,1] float) image cropped, resized and flipped: float (3,S,S) in [0, 255], not normalised.
+        The geometry of :meth:`batch` from :data:`UNIFORMS` draws of torch's global RNG, resampled with
+        ``F.interpolate`` (the same filter; cheaper than the matrices for a single image, equal to ~1e-5)."""
         import torch.nn.functional as F
 
-        return F.interpolate(x[None], size=size, mode="bicubic", align_corners=False, antialias=True)[0]
+        h, w = img.shape[-2:]
+        y0, yl, yn, yo, x0, xl, xn, xo, flip = (int(v) for v in self.geometry(h, w, torch.rand(self.UNIFORMS).tolist()))
+        x = img.float() if img.dtype == torch.uint8 else img.float() * 255.0
+        x = x[None, :, y0:y0 + yl, x0:x0 + xl]
+        if (yn, xn) != (yl, xl):
+            x = F.interpolate(x, size=(yn, xn), mode="bicubic", align_corners=False, antialias=True)
+        x = x[0, :, yo:yo + self.size, xo:xo + self.size].clamp(0, 255)
+        return x.flip(-1) if flip else x
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (3,S,S) pixels in [0, 255] -> ImageNet-normalised (colour jitter first, when set)."""
+        if self.jitter is not None:
+            x = self.jitter(x / 255.0) * 255.0
+        return x * self.gain - self.offset
 
     def __call__(self, img):
         if not isinstance(img, torch.Tensor):
             return self.fallback(img)
-        x = img.float() if img.dtype == torch.uint8 else img.float() * 255.0
-        s = self.size
-        if self.mode == "crop_rand":
-            i, j, h, w = self._params(x, list(self.scale), list(self.ratio))
-            x = self._resize(x[:, i : i + h, j : j + w], (s, s))
-        else:
-            h, w = x.shape[-2:]
-            short = self.resize_to or (s if self.mode == "none" else int(round(s / 0.875)))
-            if (h, w) != (short, short) or h != w:
-                nh, nw = (short, max(1, int(short * w / h))) if h <= w else (max(1, int(short * h / w)), short)
-                x = self._resize(x, (nh, nw))
-            h, w = x.shape[-2:]
-            if self.mode == "none":
-                i, j = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-            else:
-                i = int(torch.randint(0, h - s + 1, (1,)))
-                j = int(torch.randint(0, w - s + 1, (1,)))
-            x = x[:, i : i + s, j : j + s]
-        if self.flip and torch.rand(1).item() < 0.5:
-            x = x.flip(-1)
-        x = x.clamp_(0, 255).div_(255.0)
-        if self.jitter is not None:
-            x = self.jitter(x)
-        return (x - self.mean) / self.std
+        return self.normalise(self.pixels(img))
 
     def __repr__(self) -> str:
-        return f"FastTensorAug(mode={self.mode}, size={self.size}, scale={self.scale}, flip={self.flip}, jitter={self.jitter is not None})"
+        return (f"FastTensorAug(mode={self.mode}, size={self.size}, scale={self.scale}, flip={self.flip}, "
+                f"jitter={self.jitter is not None})")
 
 
 def pretrain_transform(aug: str = "crop_rand", img_size: int = 32):
@@ -201,14 +288,20 @@ def finetune_transform(
     scale: tuple[float, float] | None = None,
     crop_pct: float | None = None,
 ):
-    """Fine-tuning: timm ``create_transform`` (RandomResizedCrop, flip, RandAugment, RandomErasing)."""
+    """Fine-tuning: timm ``create_transform`` (RandomResizedCrop, flip, RandAugment, RandomErasing).
+
+    Without RandAugment, colour jitter and random erasing (the toy studies' light recipe) the pipeline is the
+    random-resized crop and flip alone: uint8 tensors then take the batched tensor path (:class:`_FastTensorAug`,
+    the same crop rule and bicubic filter, ~5x faster); otherwise, and for PIL images, timm's pipeline as it is
+    (timm's RandAugment works on PIL images: ~250 µs per 32 px image, most of it in its PIL operations).
+    """
     from timm.data import create_transform
 
     img_size = _check_size(img_size)
     if not train:
         return eval_transform(img_size, crop_pct)
     try:
-        t = create_transform(
+        primary, secondary, final = create_transform(
             input_size=img_size,
             is_training=True,
             scale=scale,
@@ -220,11 +313,15 @@ def finetune_transform(
             re_count=re_count,
             mean=MEAN,
             std=STD,
+            separate=True,
         )
     except (AssertionError, ValueError, KeyError) as err:
         raise UserError(f"bad fine-tune augmentation setting (auto_augment={auto_augment!r}): {err}") from None
-    _patch_posterize(t)
-    return v2.Compose([_ToPIL(), t])
+    _patch_posterize(secondary)
+    timm_pipeline = v2.Compose([_ToPIL(), primary, secondary, final])
+    if interpolation != "bicubic" or secondary.transforms or re_prob > 0:  # PIL ops or erasing: timm's as it is
+        return timm_pipeline
+    return _FastTensorAug("crop_rand", img_size, scale=tuple(scale or (0.08, 1.0)), fallback=timm_pipeline)
 
 
 def seg_transform(img_size: int, train: bool = True) -> v2.Compose:

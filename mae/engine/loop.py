@@ -11,11 +11,13 @@ exact resume, JSON-lines logs, a tqdm bar with images/s and the final ``metrics.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
 import shutil
 import signal
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -224,7 +226,7 @@ class _SeededDataset(Dataset):
     """``dataset[index]`` with torch's and Python's RNGs (what torchvision's and timm's per-image transforms
     draw from) seeded from (seed, epoch, index) for the call and restored afterwards: an image's augmentation
     depends on nothing else — not the rank, the number of processes or workers, nor the batches before it.
-    About 15 µs per image (``torch.manual_seed`` would cost 85 µs: it also seeds every accelerator)."""
+    One by one ~40 µs per image; batched (``__getitems__``, the DataLoader's fetch), the seeds are all it adds."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -232,17 +234,30 @@ class _SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def _seeds(self, index: int, epoch: int) -> tuple[int, int]:
+        """(torch seed, python seed) of image ``index`` in ``epoch``: a BLAKE2b hash of the three numbers (~1 µs;
+        the same on every platform and Python version)."""
+        digest = hashlib.blake2b(struct.pack("<3q", self.seed, epoch, index), digest_size=16).digest()
+        return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2)
+        torch_seed, py_seed = self._seeds(index, epoch)
         py_state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(state[0]))
-            random.seed(int(state[1]))
+            torch.default_generator.manual_seed(torch_seed)
+            random.seed(py_seed)
             try:
                 return self.dataset[index]
             finally:
                 random.setstate(py_state)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list:
+        """A batch: transformed at once where the dataset can (``batch_items``, each image's draws from its own
+        seed: the same images as one by one), else image by image."""
+        if getattr(self.dataset, "batchable", False):
+            return self.dataset.batch_items([i for i, _ in keys], [self._seeds(i, e)[0] for i, e in keys])
+        return [self[k] for k in keys]
 
 
 def _with_sampler(loader: DataLoader, sampler: Any, generator: torch.Generator | None = None,
