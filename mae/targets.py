@@ -164,7 +164,9 @@ def _load_file(path: str | Path, kind: str, key: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{key}: file not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    from mae.models.checkpoint import read_checkpoint
+
+    blob = read_checkpoint(path, option=key, kind=f"{kind} file")
     if not isinstance(blob, dict) or blob.get("kind") != kind:
         raise UserError(f"{key}: {path} is not a '{kind}' file")
     return blob

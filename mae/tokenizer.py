@@ -70,7 +70,9 @@ def load_tokenizer(path: str | Path) -> PatchTokenizer:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"target_path: tokenizer file not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    from mae.models.checkpoint import read_checkpoint
+
+    blob = read_checkpoint(path, option="target_path", kind="tokenizer file")
     if not isinstance(blob, dict) or blob.get("kind") != "vq_tokenizer":
         raise UserError(f"target_path: {path} is not a tokenizer file (expected kind 'vq_tokenizer')")
     tok = PatchTokenizer(**blob["config"])

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from mae.config import TrainConfig, batch_plan, config_to_dict, effective_lr
 from mae.engine import distributed as D
 from mae.engine.precision import Precision, resolve
+from mae.models.checkpoint import read_checkpoint
 from mae.errors import Preempted, UserError
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
 from mae.utils.io import (atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps,
@@ -141,10 +142,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
+    """Every RNG's state as tensors and plain values (a checkpoint then loads with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": random.getstate(),
     }
 
@@ -153,8 +157,13 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)  # (checkpoints written before it was a dict hold numpy's own tuple)
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
 
 
 def _seed_worker(worker_id: int) -> None:  # torch seeds python's random in workers; numpy too
@@ -535,10 +544,7 @@ class _Trainer:
     def _read_checkpoint(self) -> dict | None:
         if not self.ckpt_path.exists():
             return None
-        try:
-            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem
-            raise UserError(f"cannot read checkpoint {self.ckpt_path}: {err}") from None
+        ckpt = read_checkpoint(self.ckpt_path)
         problem = changed_setting(ckpt, self.cfg, self.ckpt_path)
         if self.cfg.on_change == "restart":
             if problem is None and ckpt.get("finished") and not (self.out_dir / METRICS).exists():

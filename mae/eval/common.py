@@ -64,17 +64,13 @@ def engine_device(cfg: Any) -> torch.device:
 def _load_file(path: str | Path) -> Any:
     from mae.models.hub import resolve_init
 
+    from mae.models.checkpoint import read_checkpoint
+
     path = resolve_init(path)  # a local file, a URL's cached download, or timm hub weights (in memory)
     if isinstance(path, dict):
         return path
-    try:  # mmap: reading the model name does not pull a large checkpoint into memory
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
-        pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
-        raise UserError(f"--init: cannot read checkpoint '{path}': {err}") from err
+    # mmap: reading the model name does not pull a large checkpoint into memory
+    return read_checkpoint(path, mmap=True, option="--init")
 
 
 def checkpoint_model_name(path: str | Path) -> str | None:

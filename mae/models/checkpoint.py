@@ -7,6 +7,7 @@ Released pretrain files hold the encoder only; :func:`split_encoder_keys` separa
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,17 +24,53 @@ def is_decoder_key(key: str) -> bool:
     return key.startswith(DECODER_PREFIXES)
 
 
-def read_checkpoint(path: str | Path) -> Any:
+def _allowed_globals() -> list:
+    """The Python objects a checkpoint may hold besides tensors, containers, numbers and strings — loaded through
+    torch's ``weights_only`` allow-list, never by unpickling anything else: ``argparse.Namespace`` (the official MAE
+    training checkpoints keep their arguments in one) and numpy arrays and scalars (the RNG states of our
+    checkpoints written before they became tensors)."""
+    import argparse
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    return [argparse.Namespace, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False, option: str = "", kind: str = "checkpoint",
+                    name: str | None = None) -> Any:
+    """Load a ``torch.save`` file without running code from it: ``weights_only=True`` with the allow-list of
+    :func:`_allowed_globals`. A file that needs any other Python object is refused with one line naming the
+    file (``name``, e.g. the URL it came from, else its path) and the object; ``option`` (e.g. ``--init``)
+    starts every message. ``mmap``: memory-map the tensors (zip-format files; older ones are read whole)."""
     path = Path(path)
+    shown, lead = name or str(path), f"{option}: " if option else ""
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # our training checkpoints also carry config/RNG objects
+        raise UserError(f"{lead}{kind} not found: {shown}")
+    with torch.serialization.safe_globals(_allowed_globals()):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise UserError(f"cannot read checkpoint {path}: {err}") from err
+            if mmap:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as err:
+                    if "mmap" not in str(err):
+                        raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - every unreadable file is one line naming it
+            text = str(err)
+            found = _GLOBAL.search(text)
+            if found:
+                raise UserError(f"{lead}{kind} {shown} refused: loading it needs the Python object "
+                                f"'{found.group(1)}', which could run code (allowed: tensors, numbers, strings, "
+                                "containers, numpy arrays, argparse.Namespace)") from None
+            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+            reason = f"not a file torch.save wrote ({detail[0]})" if "WeightsUnpickler" in text and detail else (
+                text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+            raise UserError(f"{lead}cannot read {kind} {shown}: {reason}") from None
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

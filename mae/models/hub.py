@@ -8,6 +8,8 @@ timm hub name.
   ``$MAE_CACHE/downloads/`` (default ``~/.cache/mae-study``; ``$XDG_CACHE_HOME/mae-study`` when set). The
   download is atomic (a temp file renamed into place); with a ``#sha256=`` suffix the file's SHA-256 is
   checked, after the download and on every later use: a mismatch is an error and leaves no file in the cache.
+  A download that would need unpickling anything but tensors and plain values is refused before it is cached
+  (:func:`mae.models.checkpoint.read_checkpoint`).
 - ``timm:NAME``                          timm's pretrained weights ``NAME`` (e.g. ``timm:vit_base_patch16_224.mae``),
   fetched by timm's own mechanism (the Hugging Face hub and its cache, ``HF_HOME``): a checkpoint object
   ``{'model': state_dict, 'config': {'model': <our name>}}`` held in memory.
@@ -133,6 +135,9 @@ def _fetch(url: str, path: Path, expected: str | None, option: str) -> None:
             raise UserError(f"{option}: cannot download {url}: got {size} of {total} bytes")
         if expected is not None and digest.hexdigest() != expected:
             raise UserError(f"{option}: {url}: sha256 {digest.hexdigest()} does not match the expected {expected}")
+        from mae.models.checkpoint import read_checkpoint
+
+        read_checkpoint(tmp, mmap=True, option=option, kind="download", name=url)  # refused files never reach the cache
 
 
 def _reason(err: Any) -> str:
