@@ -167,7 +167,7 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     if mode not in ("interleaved", "sequential"):
         raise UserError(f"unknown mode '{mode}' (valid: interleaved, sequential)")
     preset = dict(PRESETS[preset_name])
-    if batch_size:
+    if batch_size is not None:
         preset["batch_size"] = batch_size
     dev = torch.device(device or preset["device"])
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -270,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rewarm", type=int, default=1, help="untimed steps before each window (after a variant switch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast variants")
-    p.add_argument("--device", default=None, help="override the preset's device")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the preset's device")
     p.add_argument("--extra", action="store_true", help="also time fp32_math, bf16_sdpa and bf16_weights")
     p.add_argument("--no-hand-tuned", action="store_true", help="skip the hand_tuned variant (saves its compile)")
     p.add_argument("--mode", default="interleaved", choices=["interleaved", "sequential"],
@@ -292,6 +292,10 @@ def main(args: argparse.Namespace) -> int:
         return stage_rates.main(args)
     if args.windows < 5:
         raise UserError(f"--windows must be >= 5, got {args.windows}")
+    for name, low in (("batch_size", 1), ("steps_per_window", 1), ("warmup", 0), ("rewarm", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     res = bench_pretrain(args.preset, args.batch_size, args.windows, args.steps_per_window, args.warmup,
                          args.compile, args.device, progress=not args.json, rewarm=args.rewarm, extra=args.extra,
                          hand_tuned=not args.no_hand_tuned, mode=args.mode,

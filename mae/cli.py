@@ -115,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
     keep_freed_memory()  # reuse freed activation buffers instead of page-faulting fresh ones (mae.utils.memory)
+    from mae.utils.preemption import stop_on_signals
+
     try:
-        return int(module.main(args) or 0)
+        with stop_on_signals():  # SIGTERM / SIGUSR1: Preempted at once (deferred to a step's end in training)
+            return int(module.main(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

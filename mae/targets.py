@@ -225,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
     if images.shape[-1] % args.patch_size or images.shape[-2] % args.patch_size:
         raise UserError(f"--patch-size {args.patch_size} does not divide the image size {tuple(images.shape[-2:])}")
     dim = args.patch_size**2 * images.shape[1]
-    components = args.components or max(1, dim // 8)
+    components = max(1, dim // 8) if args.components is None else args.components
     blob = fit_pca(images, args.patch_size, components, args.max_patches, args.seed)
     blob["data"] = str(args.data)
     atomic_torch_save(blob, args.out)

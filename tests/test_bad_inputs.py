@@ -209,6 +209,9 @@ def data32(tmp_path_factory):
     ("figures --summary {D}/none.csv --runs {D} --out {O}", "summary not found"),
     ("claims --summary {D}/meta.json --out {O}", "meta.json: not a runs.csv"),
     ("fit-pca --data {D} --out {O}/pca.pt --components 100000", "--components must be in [1, 48]"),
+    ("fit-pca --data {D} --out {O}/pca.pt --components 0", "--components must be in [1, 48] for patch size 4, got 0"),
+    ("bench pretrain --batch-size -4", "--batch-size must be >= 1, got -4"),
+    ("bench pretrain --batch-size 0", "--batch-size must be >= 1, got 0"),
     ("prepare-data --kind shapes --out {O}/d --n-train 0", "--n-train and --n-val must be >= 1, got 0"),
 ])
 def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, message):
@@ -227,9 +230,84 @@ def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, messa
     assert (out / "metrics.json").read_text() == '{"earlier": 1}'
 
 
+def _variant(data32: Path, tmp_path: Path, name: str, labels=None, meta=None, n_train=None) -> Path:
+    """A copy of ``data32`` with other labels / meta keys / a shorter train split."""
+    import shutil
+
+    import numpy as np
+
+    out = tmp_path / name
+    shutil.copytree(data32, out)
+    for split, values in (labels or {}).items():
+        array = np.load(out / f"{split}_labels.npy")
+        array[: len(values)] = values
+        np.save(out / f"{split}_labels.npy", array)
+    if n_train is not None:
+        for part in ("images", "labels"):
+            np.save(out / f"train_{part}.npy", np.load(out / f"train_{part}.npy")[:n_train])
+        info = json.loads((out / "meta.json").read_text())
+        info["splits"]["train"] = n_train
+        (out / "meta.json").write_text(json.dumps(info))
+    if meta:
+        (out / "meta.json").write_text(json.dumps({**json.loads((out / "meta.json").read_text()), **meta}))
+    return out
+
+
+@pytest.mark.parametrize("command", ["linprobe", "finetune", "knn"])
+@pytest.mark.parametrize("case, message", [
+    ({"labels": {"train": [50]}}, "train_labels.npy: label 50 is not a class index of this dataset (meta.json: "
+                                  "num_classes 10"),
+    ({"labels": {"val": [-1]}}, "val_labels.npy: label -1 is not a class index"),
+    ({"meta": {"num_classes": 1, "classes": ["only"]}}, "has 1 class(es); classification needs at least 2"),
+])
+def test_labels_that_are_not_class_indices_are_named(data32, tmp_path, capsys, command, case, message):
+    from mae.cli import main as cli_main
+
+    data = _variant(data32, tmp_path, "bad", **case)
+    argv = [command, "--data", str(data), "--out", str(tmp_path / "o"), "--scratch", "--device", "cpu"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (finetune may print a note on RandAugment first)
+    assert err.startswith("error: ") and message in err, err
+
+
+def test_one_training_image_and_nan_weights_are_refused(data32, tmp_path, capsys):
+    import torch
+
+    from mae.cli import main as cli_main
+    from mae.models import create_mae
+
+    one = _variant(data32, tmp_path, "one", n_train=1)
+    assert cli_main(["linprobe", "--data", str(one), "--out", str(tmp_path / "o"), "--scratch", "--device",
+                     "cpu"]) == 2
+    assert "the training split has 1 image; training needs at least 2" in capsys.readouterr().err
+    model = create_mae("mae_vit_micro_patch4")
+    state = model.state_dict()
+    state["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save({"model": state, "config": {"model": "mae_vit_micro_patch4"}}, bad)
+    assert cli_main(["knn", "--data", str(data32), "--out", str(tmp_path / "k"), "--init", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "weight 'blocks.0.attn.qkv.weight' holds NaN or inf values" in err and str(bad) in err
+
+
+def test_16_bit_images_keep_their_grey_levels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mae.data.adapters import load_image
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    rgb = np.asarray(load_image(tmp_path / "g16.png"))
+    assert rgb.dtype == np.uint8 and np.array_equal(rgb[..., 0], (ramp >> 8).astype(np.uint8))
+    assert (rgb == 255).mean() < 0.01  # not clipped white
+
+
 @pytest.mark.parametrize("failure", [
     OSError(28, "No space left on device"),
     RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12845376 vs 12845270"),
 ])
 def test_a_failed_write_is_named_and_keeps_the_earlier_file(tmp_path, monkeypatch, failure):
     import torch
@@ -244,7 +322,7 @@ def test_a_failed_write_is_named_and_keeps_the_earlier_file(tmp_path, monkeypatc
         raise failure
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match=r"cannot write .*checkpoint\.pt: .*(No space left|failed writing)") as err:
+    with pytest.raises(UserError, match=r"cannot write .*checkpoint\.pt: .*(No space left|failed writing|pos)") as err:
         atomic_torch_save({"model": {}}, target)
     assert "\n" not in str(err.value)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -228,7 +228,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert r0["metrics"]["lr"] == pytest.approx(2.0 * 8 / 256)
     assert len(ckpt["rng_ranks"]) == 2
     # only rank 0 wrote: exactly the expected files, one log line per log step
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "metrics.json", "tensorboard"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "log.jsonl", "metrics.json", "tensorboard"]
     steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"step"' in x]
     assert len([r for r in steps if r["kind"] == "step"]) == 6
 
@@ -304,6 +304,12 @@ def test_preempted_run_resumes_mid_epoch_bit_identical(tmp_path, signal_at, accu
     steps = [r["step"] for r in map(json.loads, (tmp_path / "resumed" / "log.jsonl").read_text().splitlines())
              if r["kind"] == "step"]
     assert steps == list(range(1, 13))  # one log line per step, none duplicated (the global batch sets the steps)
+    # the resumed epoch's logged loss is the mean over all its iterations, not only those after the resume
+    epochs = {name: [r["loss"] for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
+                     if r["kind"] == "epoch"] for name in ("straight", "resumed")}
+    assert epochs["resumed"] == pytest.approx(epochs["straight"], rel=1e-6)
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["train_loss"] == pytest.approx(
+        json.loads((tmp_path / "straight" / "metrics.json").read_text())["train_loss"], rel=1e-6)
 
 
 def test_preempted_cli_exit_code(monkeypatch, capsys):

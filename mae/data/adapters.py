@@ -60,12 +60,26 @@ def load_image(path: str | os.PathLike):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return _to_rgb(im)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"cannot decode image {path}: {msg}") from None
+
+
+def _to_rgb(im):
+    """An RGB image; 16-bit grey levels (PNG/TIFF mode ``I;16*``, or ``I`` holding values above 255) scaled to 8
+    bits by their bit depth (``convert("RGB")`` would clip every value above 255: a 16-bit image turns white)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        peak = int(values.max(initial=0))
+        bits = 16 if im.mode.startswith("I;16") else 8 if peak < 256 else 16 if peak < 2**16 else 32
+        grey = (np.clip(values, 0, 2**bits - 1) >> (bits - 8)).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return im.convert("RGB")
 
 
 def load_label_png(path: str | os.PathLike) -> np.ndarray:

@@ -136,6 +136,18 @@ class ArraySegmentation(Dataset):
         return adapters.apply_seg_transform(img, mask, self.transform)
 
 
+def _check_labels(path: Path, labels: np.ndarray, meta: dict) -> None:
+    """Every label is a class index of ``meta`` (0 .. num_classes - 1): one line naming the file otherwise."""
+    if not len(labels):
+        return
+    num_classes = int(meta.get("num_classes") or len(meta["classes"]))
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise UserError(f"{path}: label {bad} is not a class index of this dataset (meta.json: num_classes "
+                        f"{num_classes}, labels 0..{num_classes - 1})")
+
+
 def _exclude(meta: dict) -> set[str]:
     return set(meta.get("exclude") or [])
 
@@ -158,6 +170,7 @@ def build_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bo
         labels = _load_npy(data_dir, f"{split}_labels.npy", mmap=False)
         if len(images) != len(labels):
             raise UserError(f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels")
+        _check_labels(data_dir / f"{split}_labels.npy", labels, meta)
         return ArrayDataset(images, labels, meta["classes"], transform)
     root = Path(meta.get("root", ""))
     ex = _exclude(meta)

@@ -16,9 +16,7 @@ import json
 import math
 import random
 import shutil
-import signal
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ from tqdm.auto import tqdm
 
 from mae.config import TrainConfig, batch_plan, config_to_dict, effective_lr
 from mae.engine import distributed as D
+from mae.utils import preemption
+from mae.utils.lock import run_lock
 from mae.engine.precision import Precision, resolve
 from mae.models.checkpoint import read_checkpoint
 from mae.errors import Preempted, UserError
@@ -47,24 +47,6 @@ RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every"
                 "tensorboard", "on_change",
                 "roofline"}  # (a key of pretraining checkpoints written before the roofline left the job's path)
 TENSORBOARD = "tensorboard"
-
-
-#: signals that ask a run to stop soon (SLURM sends SIGTERM before killing a job; `--signal=USR1@90` is common)
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-@contextlib.contextmanager
-def _preemption_flag():
-    """A list that gets one item when a preemption signal arrives (handlers restored afterwards; in a
-    non-main thread, where Python cannot install handlers, the flag just stays empty)."""
-    flag: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    old = {sig: signal.signal(sig, lambda signum, frame: flag.append(signum)) for sig in PREEMPT_SIGNALS}
-    try:
-        yield flag
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 class NonFiniteLossError(UserError):
@@ -317,6 +299,13 @@ class _Meter:
     extras: dict = field(default_factory=dict)
     start: float = field(default_factory=time.perf_counter)
 
+    def partial(self) -> dict:
+        """The sums that a resume continues (not the images and time: the rate is the resumed part's)."""
+        return {"loss": self.loss, "count": self.count, "extras": dict(self.extras)}
+
+    def restore(self, state: dict) -> None:
+        self.loss, self.count, self.extras = state["loss"], state["count"], dict(state["extras"])
+
     def add(self, loss: float, images: int, extras: dict) -> None:
         self.loss += loss
         self.count += 1
@@ -422,6 +411,18 @@ def _same_precision(key: str, old: dict, new: dict) -> bool:
         return False
 
 
+#: the log record written after ``metrics.json``: its metrics were delivered (see ``_Trainer._read_checkpoint``)
+REPORTED = "reported"
+
+
+def _reported(out_dir: Path) -> bool:
+    """Whether the run's log says its metrics were written once (then removed by someone: a rerun)."""
+    path = out_dir / LOG
+    if not path.exists():
+        return False
+    return any(f'"kind": "{REPORTED}"' in line for line in path.read_text(encoding="utf-8").splitlines())
+
+
 def _trim_log(path: Path, last_epoch: int, last_step: int | None = None) -> None:
     """Drop log lines written after the checkpoint we resume from: after epoch ``last_epoch``, or (a checkpoint
     inside an epoch) after step ``last_step`` of it."""
@@ -455,7 +456,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, extra: dict | None = 
         # instead of 387-393 (same loss to 4 decimals)
         torch.set_flush_denormal(True)
     try:
-        return _Trainer(task, cfg, Path(out_dir), env).run(extra or {})
+        with run_lock(out_dir) if env.is_main else contextlib.nullcontext():  # one writer per run folder
+            return _Trainer(task, cfg, Path(out_dir), env).run(extra or {})
     finally:
         D.shutdown(env)
 
@@ -489,6 +491,8 @@ class _Trainer:
         self.ckpt_path = out_dir / CHECKPOINT
         self.epoch, self.step, self.wall_prev = 0, 0, 0.0
         self.start_iter = 0  # > 0: resuming inside an epoch (a preempted run)
+        self.resumed_meters: list | None = None  # the loss sums of that epoch before the stop (one per rank)
+        self.meter = _Meter()
         self.preempt: list[int] = []  # a signal number once a preemption signal arrived
         self.last: dict = {"loss": float("nan"), "img_s": 0.0}
         self.log_file = None
@@ -529,7 +533,7 @@ class _Trainer:
             print(f"precision: {self.precision.amp} ({self.precision.reason})", flush=True)
             self._log({"kind": "setup", "epoch": self.epoch, "step": self.step, **self.precision.record()})
         try:
-            with _preemption_flag() as self.preempt:
+            with preemption.deferred() as self.preempt:
                 train_time, train_images = 0.0, 0
                 while not finished and self.epoch < self.cfg.epochs:
                     seconds, images, finished = self._train_epoch(loader)
@@ -547,9 +551,11 @@ class _Trainer:
         ckpt = read_checkpoint(self.ckpt_path)
         problem = changed_setting(ckpt, self.cfg, self.ckpt_path)
         if self.cfg.on_change == "restart":
-            if problem is None and ckpt.get("finished") and not (self.out_dir / METRICS).exists():
+            if problem is None and ckpt.get("finished") and not (self.out_dir / METRICS).exists() \
+                    and (_reported(self.out_dir) or not ckpt.get("reports")):
                 # Snakemake deletes a job's outputs before rerunning it, and reruns a finished job only when
-                # its settings or inputs changed: the weights belong to the old inputs
+                # its settings or inputs changed: the weights belong to the old inputs. (A finished checkpoint
+                # whose metrics were never written — the process was killed in between — is finished instead.)
                 problem = f"{self.ckpt_path} is finished but its {METRICS} is gone (a rerun for changed inputs)"
             if problem is not None:
                 if self.env.is_main:
@@ -587,6 +593,7 @@ class _Trainer:
         self.start_iter = ckpt.get("next_iter", 0)  # > 0: saved inside epoch `epoch` (a preempted run)
         self.epoch = ckpt["epoch"] + (0 if self.start_iter else 1)
         self.step, self.wall_prev = ckpt["step"], ckpt.get("wall_s", 0.0)
+        self.resumed_meters = ckpt.get("epoch_meters")
         self.last = ckpt.get("last", self.last)
         states = ckpt.get("rng_ranks") or [ckpt["rng"]]
         if self.env.rank < len(states):
@@ -605,6 +612,9 @@ class _Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         meter, self.window = _Meter(), _Meter()
+        if self.start_iter and self.resumed_meters:  # resumed inside this epoch: its sums before the stop
+            meter.restore(self.resumed_meters[min(self.env.rank, len(self.resumed_meters) - 1)])
+        self.meter, self.resumed_meters = meter, None
         start, self.start_iter = self.start_iter, 0
         batches = loader.epoch(epoch, skip=start)
         bar = tqdm(total=self.iters, desc=f"{getattr(cfg, 'stage', 'train')} {epoch + 1}/{cfg.epochs}",
@@ -633,7 +643,7 @@ class _Trainer:
         self._log({"kind": "epoch", "epoch": epoch, "step": self.step, "lr": self.lr, **self.last})
         done = stop or epoch + 1 == cfg.epochs
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not done:
-            with self.clock("eval"):
+            with self.clock("eval"), preemption.immediate():  # a stop signal here: resume from the last checkpoint
                 result = self._evaluate()
             self._log({"kind": "eval", "epoch": epoch, "step": self.step, **result})
         if done or (epoch + 1) % cfg.save_every == 0:
@@ -718,6 +728,8 @@ class _Trainer:
         """Checkpoint after epoch ``epoch`` or, with ``next_iter``, inside it (resume at that iteration)."""
         env = self.env
         rngs = D.all_gather_object(env, _rng_state())
+        # inside an epoch: its loss sums so far, so that the resumed epoch's logged loss covers all its iterations
+        meters = D.all_gather_object(env, self.meter.partial()) if next_iter else None
         if env.is_main:
             atomic_torch_save(
                 {
@@ -725,7 +737,8 @@ class _Trainer:
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                     "epoch": epoch, "next_iter": next_iter, "step": self.step, "rng": rngs[0], "rng_ranks": rngs,
                     "config": config_to_dict(self.cfg), "stage": getattr(self.cfg, "stage", "train"),
-                    "task": self.task.state_dict(), "finished": done, "last": self.last,
+                    "task": self.task.state_dict(), "finished": done, "last": self.last, "reports": True,
+                    "epoch_meters": meters,
                     "wall_s": self.wall_prev + time.perf_counter() - self.t_start, "world_size": env.world_size,
                 },
                 self.ckpt_path,
@@ -762,6 +775,7 @@ class _Trainer:
         if self.env.is_main:
             self._log({"kind": "eval", "epoch": self.epoch - 1, "step": self.step, **final})
             write_outputs(self.out_dir, metrics, self.task.per_image())
+            self._log({"kind": REPORTED, "epoch": self.epoch - 1, "step": self.step})
         D.barrier(self.env)
         return metrics
 

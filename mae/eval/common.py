@@ -161,6 +161,7 @@ def trainable_named_params(model: nn.Module) -> Iterable[tuple[str, nn.Parameter
 
 
 def dataset_info(data_dir: str | Path) -> dict:
+    """The meta of a prepared dataset a classification stage can use: image size and >= 2 classes."""
     from mae.data import load_meta
 
     path = Path(data_dir)
@@ -170,6 +171,9 @@ def dataset_info(data_dir: str | Path) -> dict:
     for key in ("num_classes", "img_size"):
         if key not in meta:
             raise UserError(f"--data: {path / 'meta.json'} has no '{key}'")
+    if not isinstance(meta["num_classes"], int) or meta["num_classes"] < 2:
+        raise UserError(f"--data: {path} has {meta['num_classes']} class(es); classification needs at least 2 "
+                        "(a single class makes every accuracy 100 %)")
     return meta
 
 
@@ -188,6 +192,8 @@ def make_loader(
     n = len(dataset)
     if n == 0:
         raise UserError("--data: the split is empty")
+    if train and n < 2:
+        raise UserError(f"--data: the training split has {n} image; training needs at least 2 (batch statistics)")
     if train:
         batch_size = min(batch_size, n)
         if even and batch_size % 2 and batch_size > 1:

@@ -82,6 +82,9 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
                 break
         sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
         if sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
+            bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            if bad is not None:
+                raise UserError(f"{source}: weight '{bad}' holds NaN or inf values (a diverged run?): not loaded")
             return sd
     raise UserError(f"{source}: no model state dict found (expected {{'model': state_dict}})")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,10 +37,6 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as err:  # disk full, quota, read-only file system: the earlier file stays as it was
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-    except RuntimeError as err:  # torch.save reports a failed write (e.g. a full disk) as a RuntimeError
-        if "write" not in str(err).lower():
-            raise
-        raise UserError(f"cannot write {path}: {str(err).splitlines()[0]}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -104,7 +101,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk, a quota) this way
+            free = shutil.disk_usage(tmp.parent).free
+            why = "no space left on device" if free < (1 << 20) else str(err).strip().splitlines()[0]
+            raise OSError(why) from None
 
 
 #: per-image results of an evaluation, beside its metrics.json (see :mod:`mae.stats`)

@@ -10,6 +10,7 @@ take no lock (the Snakefile's ``onstart`` hook, which Snakemake runs only for re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -77,3 +78,33 @@ def release(results: str | os.PathLike) -> None:
     holder = _read(path)
     if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         path.unlink(missing_ok=True)
+
+
+RUN_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike):
+    """One process writes a run folder at a time: an exclusive ``flock`` of ``FOLDER/.lock`` for the block. A second
+    process is refused with one line naming the holder's pid; the kernel releases the lock when its process ends,
+    however it ends (a ``kill -9`` leaves no stale lock). No-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"{folder} is being written by another process (pid {holder} on this machine): wait for "
+                            "it to finish, or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
