@@ -379,6 +379,44 @@ def test_symlink_loop_as_dataset_root(tmp_path, capsys):
     assert f"dataset root is a symlink loop: {tmp_path / 'a'}" in capsys.readouterr().err
 
 
+def test_prepare_data_on_a_disk_that_fills_up_is_a_named_error(tmp_path, monkeypatch, capsys):
+    """Another process fills the disk after the free-space check: an error line (no SIGBUS from a memory map),
+    the earlier dataset intact and no temp folder left."""
+    from mae.cli import main as cli_main
+    from mae.data import prepare
+
+    argv = ["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "d"), "--img-size", "16", "--n-train", "1200",
+            "--n-val", "8"]
+    assert cli_main(argv) == 0
+    before = (tmp_path / "d" / "train_images.npy").read_bytes()
+    enter = prepare._NpyWriter.__enter__
+
+    class FillingFile:  # the second write finds the disk full
+        def __init__(self, fh):
+            self.fh, self.writes = fh, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 2:
+                raise OSError(28, "No space left on device")
+            return self.fh.write(data)
+
+        def close(self):
+            self.fh.close()
+
+    def entered(self):
+        enter(self)
+        self.fh = FillingFile(self.fh)
+        return self
+
+    monkeypatch.setattr(prepare._NpyWriter, "__enter__", entered)
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: cannot write ") and "train_images.npy: No space left on device" in err, err
+    assert (tmp_path / "d" / "train_images.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
 def test_prepare_data_refuses_when_the_disk_is_too_full(tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -228,7 +228,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert r0["metrics"]["lr"] == pytest.approx(2.0 * 8 / 256)
     assert len(ckpt["rng_ranks"]) == 2
     # only rank 0 wrote: exactly the expected files, one log line per log step
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "log.jsonl", "metrics.json", "tensorboard"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "metrics.json", "tensorboard"]
     steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"step"' in x]
     assert len([r for r in steps if r["kind"] == "step"]) == 6
 

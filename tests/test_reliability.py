@@ -28,7 +28,7 @@ def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
         code = ("from mae.engine import fit; from tests.test_engine import RegressionTask, cfg_for; "
                 f"cfg = cfg_for(epochs=1); fit(RegressionTask(cfg), cfg, {str(tmp_path / 'run')!r})")
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0 and f"is being written by another process (pid {os.getpid()}" in proc.stderr
+        assert proc.returncode != 0 and "is being written by another process" in proc.stderr
         assert not (tmp_path / "run" / "checkpoint.pt").exists()
     cfg = cfg_for(epochs=1)  # released: the next writer goes ahead (a killed holder releases it too)
     fit(RegressionTask(cfg), cfg, tmp_path / "run")

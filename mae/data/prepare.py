@@ -77,18 +77,18 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
     from tqdm import tqdm
 
     bs = synthetic.batch_size_for(img_size)
-    images = np.lib.format.open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(n, img_size, img_size, 3))
-    semseg = np.lib.format.open_memmap(tmp / f"{split}_semseg.npy", mode="w+", dtype=np.uint8, shape=(n, img_size, img_size))
+    images = _NpyWriter(tmp / f"{split}_images.npy", (n, img_size, img_size, 3))
+    semseg = _NpyWriter(tmp / f"{split}_semseg.npy", (n, img_size, img_size))
     labels = np.zeros(n, np.int64)
     img_recs, anns = [], []
-    with tqdm(total=n, desc=f"{kind}/{split}", unit="img", mininterval=1.0) as bar:
+    with images, semseg, tqdm(total=n, desc=f"{kind}/{split}", unit="img", mininterval=1.0) as bar:
         for bi in range(math.ceil(n / bs)):
             rng = np.random.default_rng([seed, SPLIT_IDS[split], bi])
             batch = synthetic.generate_batch(rng, bs, img_size, kind, len(classes), style)
             lo, hi = bi * bs, min(n, (bi + 1) * bs)  # full batches are drawn, then cut: prefix-stable in n
             k = hi - lo
-            images[lo:hi] = batch.images[:k]
-            semseg[lo:hi] = batch.semseg[:k]
+            images.write(batch.images[:k])
+            semseg.write(batch.semseg[:k])
             labels[lo:hi] = batch.labels[:k]
             for j in range(k):
                 idx = lo + j
@@ -97,9 +97,6 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
                 for a in batch.instances[j]:
                     anns.append({"id": len(anns) + 1, "image_id": idx + 1, **a})
             bar.update(k)
-    images.flush()
-    semseg.flush()
-    del images, semseg
     np.save(tmp / f"{split}_labels.npy", labels)
     coco = {
         "info": {"description": f"mae built-in dataset '{kind}' ({split})", "version": str(FORMAT_VERSION)},
@@ -111,9 +108,37 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
     _dump_json(tmp / f"{split}_instances.json", coco)
 
 
+class _NpyWriter:
+    """A uint8 ``.npy`` file of a known shape written batch by batch through an ordinary file (not a memory map,
+    where a disk that fills up during the writes — another process — ends the process with SIGBUS: here it is an
+    ``OSError``, i.e. one named line, and the temp folder is removed)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path, self.shape, self.rows = path, shape, 0
+
+    def __enter__(self) -> "_NpyWriter":
+        self.fh = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.fh, header)
+        return self
+
+    def write(self, rows: np.ndarray) -> None:
+        try:
+            self.fh.write(np.ascontiguousarray(rows, dtype=np.uint8).tobytes())
+        except OSError as err:  # the disk filled up after the free-space check (another writer)
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
+        self.rows += len(rows)
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+        if exc[0] is None and self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path}: wrote {self.rows} of {self.shape[0]} rows")
+
+
 def _check_free_space(out: Path, array_bytes: int) -> None:
-    """A full disk under the memory-mapped writes would end in SIGBUS: refuse up front, with a margin for the
-    instance annotations (COCO json) and the old copy kept until the swap."""
+    """Refuse up front when the arrays will not fit (with a margin for the instance annotations (COCO json) and the
+    old copy kept until the swap): a disk that fills up anyway during the writes is an ``OSError`` (one line)."""
     parent = next((p for p in [Path(out).absolute(), *Path(out).absolute().parents] if p.exists()), Path("/"))
     need = int(array_bytes * 1.5) + (1 << 20)
     free = shutil.disk_usage(parent).free

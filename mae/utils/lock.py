@@ -80,14 +80,12 @@ def release(results: str | os.PathLike) -> None:
         path.unlink(missing_ok=True)
 
 
-RUN_LOCK = ".lock"
-
-
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike):
-    """One process writes a run folder at a time: an exclusive ``flock`` of ``FOLDER/.lock`` for the block. A second
-    process is refused with one line naming the holder's pid; the kernel releases the lock when its process ends,
-    however it ends (a ``kill -9`` leaves no stale lock). No-op where ``fcntl`` does not exist."""
+    """One process writes a run folder at a time: an exclusive ``flock`` of the folder itself for the block (no
+    file is created). A second process is refused with one line; the kernel releases the lock when its process
+    ends, however it ends (a ``kill -9`` leaves no stale lock). No-op where ``flock`` of a folder is not
+    available (not POSIX; some network file systems)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -95,16 +93,15 @@ def run_lock(folder: str | os.PathLike):
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"{folder} is being written by another process (pid {holder} on this machine): wait for "
-                            "it to finish, or use another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise UserError(f"{folder} is being written by another process on this machine: wait for it to "
+                            "finish, or use another --out") from None
+        except OSError:  # the file system cannot lock folders: go on unlocked
+            pass
         yield
     finally:
         os.close(fd)
