@@ -162,7 +162,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterabl
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = load_yaml_strict(path.read_text(), str(path))
         except OSError as err:
             raise UserError(f"cannot read config file {path}: {err.strerror}") from None
         except yaml.YAMLError as err:
@@ -184,6 +184,34 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterabl
             value = text
         values[_check_key(cls, key, stage, "")] = value
     return config_from_mapping(cls, values)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping with the same key twice (YAML keeps the last silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise UserError(f"{loader.name}: key '{key}' appears twice in one mapping (line "
+                            f"{key_node.start_mark.line + 1}); YAML would keep the last one silently")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml_strict(text: str, name: str = "<config>") -> Any:
+    """YAML text as Python values (safe types only); a key given twice in one mapping is a ``UserError``."""
+    loader = _StrictLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def config_from_mapping(cls: type[C], values: dict[str, Any], where: str = "") -> C:

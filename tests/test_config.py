@@ -64,3 +64,15 @@ def test_common_arguments():
     assert (cfg.epochs, cfg.seed, cfg.device) == (4, 3, "cpu")
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "o"])  # --data is required
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("epochs: 3\nbatch_size: 8\nepochs: 5\n")
+    with pytest.raises(UserError, match=r"dup\.yaml: key 'epochs' appears twice in one mapping \(line 3\)"):
+        load_config(PretrainConfig, path)
+    from mae.config import load_yaml_strict
+
+    with pytest.raises(UserError, match="key 'k' appears twice"):
+        load_yaml_strict("a: {k: 1, k: 2}\n")
+    assert load_yaml_strict("a: {k: 1}\nb: [1, 2]\n") == {"a": {"k": 1}, "b": [1, 2]}
