@@ -14,8 +14,9 @@ verdict is never decided on val-image noise alone. The rules (docs/statistics.md
   inside ``(−t, t)`` and fails when it is shown outside.
 
 A claim's ``p_value`` is ``2 × min(p_holds, p_fails)``: it decides (holds or fails) at 5 % when that is below
-0.05, so that with no true effect (or at the tolerance's edge) the chance of any decision is ≤ 5 %
-(tests/test_claims_null.py simulates it for every claim). The verdicts are then adjusted over all claims of the
+0.05, so that with no true effect (or at the tolerance's edge) the chance of any decision is at most the
+nominal 5 % (a single contrast: a two-sided test of exact size; several: less; tests/test_claims_null.py
+simulates it for every claim). The verdicts are then adjusted over all claims of the
 study by Holm–Bonferroni (``verdict_holm``), and every decided verdict is recomputed leaving out each seed in
 turn (``fragile``). The same functions run on the paper's own numbers (:func:`mae.report.paper.paper_as_runs`,
 point values only), so the paper's margin is printed beside ours.
@@ -519,6 +520,10 @@ def _interval(lo: float, hi: float) -> str:
     return "–" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
 
 
+def _signed(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:+.2f}"
+
+
 def _p(p: float) -> str:
     return "–" if math.isnan(p) else f"{p:.2g}"
 
@@ -544,6 +549,7 @@ def write_claims(result: pd.DataFrame, out: str | Path) -> Path:
     shown = shown.assign(
         ci=[_interval(lo, hi) for lo, hi in zip(result["ci_lo"], result["ci_hi"])],
         p=[_p(p) for p in result["p_value"]], p_adj=[_p(p) for p in result["p_holm"]],
+        margin=[_signed(m) for m in result["margin"]], paper_margin=[_signed(m) for m in shown["paper_margin"]],
         noise=[f"{s} ({d:.0f} df)" if math.isfinite(d) else s for s, d in zip(result["seed_var"], result["df"])],
         verdict_holm=[v + (" (fragile)" if str(f).startswith("yes") else "")
                       for v, f in zip(result["verdict_holm"], result["fragile"])])

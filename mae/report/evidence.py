@@ -78,7 +78,8 @@ class Evidence:
     def __init__(self, frame: pd.DataFrame, replicates: dict | None = None, n_boot: int | None = None) -> None:
         self.frame = frame.reset_index(drop=True)
         self.replicates = replicates or {}
-        self.n_boot = (stats.N_BOOT if self.replicates else 0) if n_boot is None else n_boot
+        lengths = [len(a) for reps in self.replicates.values() for a in reps.values()]
+        self.n_boot = (min(lengths) if lengths else 0) if n_boot is None else n_boot  # 1 000 in summaries
         self._matrix: dict[str, np.ndarray] = {}
         self._pools: dict[str, dict] = {}
         self.base = base_knobs(self.frame) if len(self.frame) else {}

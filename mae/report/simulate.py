@@ -121,19 +121,21 @@ def simulate(template: pd.DataFrame, truth: Callable[[pd.Series], float], noise:
 
 def false_decision_rates(template: pd.DataFrame, truth: Callable[[pd.Series], float], noise: dict[tuple, Noise],
                          draws: int, seed: int = 0, n_boot: int = 200) -> pd.DataFrame:
-    """Per claim, how often each verdict (raw and Holm-adjusted) comes out over ``draws`` synthetic studies."""
+    """Per claim, how often each verdict (raw and Holm-adjusted) comes out over ``draws`` synthetic studies, and
+    how often the claim had a p-value at all (``tested``: a rule never tested cannot make a false decision)."""
     from mae.report.claims import check_claims
 
     rng = np.random.default_rng(seed)
     counts: list[pd.DataFrame] = []
     for _ in range(draws):
         frame, replicates = simulate(template, truth, noise, rng, n_boot)
-        result = check_claims(frame, replicates, with_paper=False, fragile=False)
-        counts.append(result[["id", "verdict", "verdict_holm"]])
+        result = check_claims(frame, replicates, with_paper=False, n_boot=n_boot, fragile=False)
+        counts.append(result[["id", "verdict", "verdict_holm", "p_value"]])
     every = pd.concat(counts, ignore_index=True)
     raw = pd.crosstab(every["id"], every["verdict"]) / draws
     holm = (pd.crosstab(every["id"], every["verdict_holm"]) / draws).add_suffix(" (Holm)")
-    return pd.concat([raw, holm], axis=1).fillna(0.0)
+    tested = every.assign(tested=every["p_value"].notna()).groupby("id")["tested"].mean()
+    return pd.concat([raw, holm, tested], axis=1).fillna(0.0)
 
 
 #: a plausible level of each evaluation (points); no claim depends on the levels, only on their differences
