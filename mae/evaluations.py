@@ -88,6 +88,9 @@ def check_study_sections(config: dict[str, Any]) -> None:
         where = f"study config '{section}:'"
         if not isinstance(values, dict):
             raise UserError(f"{where} must be a mapping of key: value")
+        if "seed" in values:
+            raise UserError(f"{where} sets 'seed': the seeds of a study come from `seeds` / `seeds_per` (every "
+                            "run of a setting, baselines included, once per seed)")
         ev = EVALUATIONS.get(section)
         drop = (ev.per, *ev.dag_keys) if ev else ()
         own = {k: v for k, v in values.items() if k not in drop}

@@ -76,17 +76,78 @@ def ablation_base(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any
     return {**base, **check_knobs(dict(over), "ablation_base")}
 
 
-def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
-    """All pretraining runs of a study, deduplicated, keyed by name (base first, then in table order)."""
+#: parts of a study, besides its tables, whose seeds ``seeds_per`` may set: the base run's evaluations (k-NN,
+#: partial fine-tuning, transfer) and the baselines (scratch, and supervised: transfer of the scratch fine-tune)
+SEED_GROUPS = ("base_run", "scratch")
+#: the inits that are baselines of ours (no pretraining): run folders ``<init>`` and ``<init>_seed-<s>``
+BASELINES = ("scratch", "supervised")
+
+
+def _base(config: dict[str, Any]) -> dict[str, Any]:
     base = check_knobs(dict(config["base"]), "base")
     missing = [k for k in KNOBS if k not in base]
     if missing:
         raise UserError(f"base: missing knob(s) {', '.join(missing)}")
+    return base
+
+
+def _seed_list(values: Any, where: str) -> list[int]:
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{where}: expected a non-empty list of seeds")
+    return list(dict.fromkeys(check_knobs({"seed": s}, where)["seed"] for s in values))
+
+
+def seeds_of(config: dict[str, Any], part: str | None = None) -> list[int]:
+    """The seeds of one part of a study (a table id, or one of :data:`SEED_GROUPS`; None: the base setting):
+    ``seeds_per[part]`` where the config sets it, else ``seeds`` (default ``[base.seed]``). Every compared
+    setting is run once per seed, baselines and base-run evaluations included."""
+    per = config.get("seeds_per") or {}
+    if not isinstance(per, dict):
+        raise UserError("seeds_per: expected a mapping of table id / base_run / scratch: [seeds]")
+    tables = [str(t) for t, spec in (config.get("ablations") or {}).items() if spec is not None]
+    for key in per:
+        if str(key) not in (*SEED_GROUPS, *tables):
+            raise UserError(f"seeds_per: unknown part '{key}' (valid: {', '.join((*SEED_GROUPS, *tables))})")
+    if part is not None and part in per:
+        return _seed_list(per[part], f"seeds_per.{part}")
+    return _seed_list(config.get("seeds") or [config["base"]["seed"]], "seeds")
+
+
+def base_run_names(config: dict[str, Any]) -> list[str]:
+    """The runs of the base setting that get the base-run evaluations: ``base`` and ``seed-<s>``."""
+    base = _base(config)
+    return [run_name({**base, "seed": s}, base) for s in seeds_of(config, "base_run")]
+
+
+def baseline_name(init: str, seed: int, base_seed: int) -> str:
+    """``scratch`` / ``supervised`` for the base seed, ``scratch_seed-1`` … for the others (as MAE runs)."""
+    return init if seed == base_seed else f"{init}_seed-{seed}"
+
+
+def parse_baseline_name(name: str) -> tuple[str, int | None] | None:
+    """``scratch`` -> ('scratch', None); ``supervised_seed-2`` -> ('supervised', 2); an MAE run -> None."""
+    init, _, seed = name.partition("_seed-")
+    if init not in BASELINES:
+        return None
+    if not seed:
+        return (init, None) if name == init else None
+    return (init, int(seed)) if seed.isdigit() else None
+
+
+def baseline_runs(config: dict[str, Any], init: str = "scratch") -> list[str]:
+    """The runs of a baseline, one per seed of ``seeds_per.scratch`` (or ``seeds``): ``scratch``,
+    ``scratch_seed-1`` …; ``supervised_seed-<s>`` transfers the fine-tune of ``scratch_seed-<s>``."""
+    base_seed = _base(config)["seed"]
+    return [baseline_name(init, s, base_seed) for s in seeds_of(config, "scratch")]
+
+
+def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
+    """All pretraining runs of a study, deduplicated, keyed by name (base first, then in table order)."""
+    base = _base(config)
     table_base = ablation_base(config, base)
-    seeds = [check_knobs({"seed": s}, "seeds")["seed"] for s in config.get("seeds") or [base["seed"]]]
     runs: dict[str, Run] = {}
 
-    def add(setting: dict[str, Any], table: str | None, start: dict[str, Any]) -> None:
+    def add(setting: dict[str, Any], table: str | None, start: dict[str, Any], seeds: list[int]) -> None:
         for seed in seeds if "seed" not in setting else [setting["seed"]]:
             full = {**start, **setting, "seed": seed}
             name = run_name(full, base)
@@ -94,12 +155,12 @@ def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
             if table and table not in run.tables:
                 run.tables.append(table)
 
-    add({}, None, base)
+    add({}, None, base, list(dict.fromkeys(seeds_of(config) + seeds_of(config, "base_run"))))
     for table, spec in (config.get("ablations") or {}).items():
         if spec is None:  # a table switched off (e.g. by an overriding config file)
             continue
         for setting in [{}, *_table_settings(str(table), spec)]:  # the table's base row first
-            add(setting, str(table), table_base)
+            add(setting, str(table), table_base, seeds_of(config, str(table)))
     return runs
 
 

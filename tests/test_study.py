@@ -119,3 +119,33 @@ def test_cli_renderers_quote_values():
         "--kind shapes --img-size 32 --verify"
     )
     assert cli_overrides({"blocks": [0, 1], "name": "a b"}) == "--set blocks='[0, 1]' --set name='\"a b\"'"
+
+
+def test_every_compared_setting_has_seeds():
+    """`seeds` reach the baselines and the base run's evaluations too; `seeds_per` sets other seeds for a table,
+    the base-run evaluations or the baselines; a stage section cannot set a seed of its own."""
+    from mae.evaluations import check_study_sections
+    from mae.study import base_run_names, baseline_runs, parse_baseline_name, seeds_of
+
+    config = {"base": BASE, "seeds": [0, 1], "ablations": {"fig5": {"mask_ratio": [0.5]}, "1a": None}}
+    assert base_run_names(config) == ["base", "seed-1"]
+    assert baseline_runs(config) == ["scratch", "scratch_seed-1"]
+    assert baseline_runs(config, "supervised") == ["supervised", "supervised_seed-1"]
+    more = {**config, "seeds_per": {"fig5": [0, 1, 2], "scratch": [0, 1, 2, 3], "base_run": [0]}}
+    runs = plan_runs(more)
+    assert sorted(runs) == ["base", "mask_ratio-0.5", "mask_ratio-0.5_seed-1", "mask_ratio-0.5_seed-2", "seed-1",
+                            "seed-2"]  # fig5's base row gets seed 2 as well
+    assert runs["seed-2"].tables == ["fig5"] and base_run_names(more) == ["base"]
+    assert baseline_runs(more) == ["scratch", "scratch_seed-1", "scratch_seed-2", "scratch_seed-3"]
+    assert seeds_of(more, "1b") == [0, 1]
+    assert parse_baseline_name("scratch_seed-3") == ("scratch", 3) and parse_baseline_name("supervised") == \
+        ("supervised", None)
+    assert parse_baseline_name("seed-1") is None and parse_baseline_name("scratchy") is None
+    for bad, message in (({"seeds_per": {"1z": [0]}}, "seeds_per: unknown part '1z'"),
+                         ({"seeds_per": {"1a": [0]}}, "unknown part '1a'"),  # switched off
+                         ({"seeds_per": {"scratch": []}}, "seeds_per.scratch: expected a non-empty list"),
+                         ({"seeds_per": {"scratch": [-1]}}, "bad value -1 for 'seed'")):
+        with pytest.raises(UserError, match=message):
+            plan_runs({**config, **bad}) and baseline_runs({**config, **bad})
+    with pytest.raises(UserError, match="'finetune:' sets 'seed'"):
+        check_study_sections({"finetune": {"epochs": 1, "seed": 3}})

@@ -58,6 +58,13 @@ def test_default_and_paper_dag_shapes(repo_root):
     assert default["transfer_cls"] == 3 * 2  # MAE, scratch, supervised x shapes2, digits
     cpu = job_counts((p := dry_run(repo_root, "--configfile", "config/cpu.yaml")).stdout + p.stderr)
     assert cpu["pretrain"] == 2 * 22, p.stderr  # 22 settings x 2 seeds
+    # every compared setting has both seeds: scratch and supervised (scratch_seed-1, supervised_seed-1) and the
+    # base run's k-NN, partial fine-tuning and transfer (seed-1) too -- 195 jobs (177 before the baselines had seeds)
+    assert cpu["finetune"] == cpu["linprobe"] == 2 * 22 + 2  # every run + scratch, scratch_seed-1
+    assert cpu["knn"] == 2 and cpu["partial_ft"] == 2 * 4 and cpu["partial_ft_linear"] == 2
+    assert cpu["transfer_cls"] == 3 * 2 * 2  # (MAE, scratch, supervised) x 2 seeds x (shapes2, digits)
+    assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 2 + 2 * 3  # inits x seeds + Table 7's other targets
+    assert cpu["total"] == 195
 
 
 def test_study_parts_are_targets(repo_root):

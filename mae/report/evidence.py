@@ -1,57 +1,87 @@
-"""The summary as *cells* with bootstrap replicates: what the claims check and the tables' intervals read.
+"""The summary as *cells* with a two-level noise model: what the claims, the tables' ± and the figures' bars read.
 
-A cell is one setting's value (e.g. "linear-probe top-1 of the runs with mask ratio 0.9"): an array
-``(1 + n_boot,)`` whose index 0 is the point value (the mean over the setting's seeds) and index ``b`` its value
-on bootstrap replicate ``b``. Replicate ``b`` resamples the *same* val images in every run (the canonical
-resamples of :mod:`mae.stats`, stored per row in ``replicates.npz`` by ``mae summarize``), so differences of
-cells are paired; a setting with two or more seeds has its seeds resampled too (with replacement, independently
-per setting; the fine-tune and linear-probe cells of the same runs share their draws, as they share the
-pretrained models). With one seed an interval covers val-image noise only, not training noise; with k seeds
-the seed bootstrap understates the seed variance by a factor (k − 1)/k. A value without per-image
-predictions has NaN replicates: its interval is unknown, never zero.
+A cell is one setting's value (e.g. "linear-probe top-1 of the runs with mask ratio 0.9"): the mean over its
+seeds, with each seed's value on every canonical bootstrap replicate of :mod:`mae.stats` (replicate ``b``
+resamples the *same* val images in every run, stored per row in ``replicates.npz`` by ``mae summarize``), so
+differences of cells are paired over images.
+
+Noise has two levels (docs/statistics.md): training noise between seeds of a setting, then val-image noise. A
+cell's seed variance is its own sample variance when it has ≥ :data:`~mae.stats.MIN_OWN_SEEDS` seeds, else the
+within-setting variance pooled over every setting of the same evaluation kind (fine-tune, linear probe, k-NN,
+partial fine-tuning, each transfer and transfer dataset; :func:`kind_of`) that has ≥ 2 seeds, whatever its
+init; a kind without any such setting has none, and a value read with none gets no interval at all — never an
+interval of image noise alone. :meth:`Evidence.estimate` turns a linear contrast of cells into a
+:class:`~mae.stats.Estimate` (t interval, Satterthwaite df). A value without per-image predictions has NaN
+replicates: its interval is unknown, never zero.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from mae import stats
 from mae.report.ablations import ABLATIONS
-from mae.report.summary import ablation_mask, base_knobs, row_key
+from mae.report.summary import ablation_mask, base_knobs, differs_only_in, pretraining_knobs, row_key
 
 #: short names of what claims read: kind -> (evaluation, metric)
 METRIC_OF = {"ft": ("finetune", "top1"), "lin": ("linprobe", "top1"), "img_s": ("pretrain", "img_s")}
 
 
+def kind_of(ev: str, metric: str, eval_setting: str = "") -> tuple[str, str, str]:
+    """The evaluation kind whose settings share a pooled seed variance: the evaluation and metric, plus the
+    dataset of a classification transfer (each dataset its own scale). ``partial_ft-0`` is the run's linear
+    probe (copied by ``mae partial-ft --reuse``), so it reads the linear probe's variance."""
+    if ev == "partial_ft" and str(eval_setting) == "0":
+        return ("linprobe", metric, "")
+    return (ev, metric, str(eval_setting) if ev == "transfer_cls" else "")
+
+
 @dataclass
 class Cell:
-    """One setting's value: ``values[0]`` the mean over seeds, ``values[1:]`` its bootstrap replicates."""
+    """One setting's value: its seeds' values ``(k,)``, their replicates ``(k, n_boot)`` and its seed variance."""
 
     key: tuple
-    values: np.ndarray
-    seeds: int
+    seed_values: np.ndarray
+    replicates: np.ndarray
+    noise: stats.SeedVariance
+    rows: np.ndarray
+    seed_ids: tuple = ()
     n_val: float = math.nan
 
     @property
     def point(self) -> float:
-        return float(self.values[0])
+        """The mean over seeds."""
+        return float(self.seed_values.mean())
+
+    @property
+    def seeds(self) -> int:
+        return len(self.seed_values)
+
+    @property
+    def mean_replicates(self) -> np.ndarray:
+        """The mean over seeds on every bootstrap replicate ``(n_boot,)``."""
+        return self.replicates.mean(0)
+
+
+Term = tuple[float, Cell]
 
 
 class Evidence:
-    """The summary as cells with bootstrap replicates (see the module docstring)."""
+    """The summary as cells with the two-level noise model (see the module docstring)."""
 
-    def __init__(self, frame: pd.DataFrame, replicates: dict | None = None, n_boot: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, frame: pd.DataFrame, replicates: dict | None = None, n_boot: int | None = None) -> None:
         self.frame = frame.reset_index(drop=True)
         self.replicates = replicates or {}
-        self.n_boot = (stats.N_BOOT if self.replicates else 0) if n_boot is None else n_boot
-        self.seed = seed
+        lengths = [len(a) for reps in self.replicates.values() for a in reps.values()]
+        self.n_boot = (min(lengths) if lengths else 0) if n_boot is None else n_boot  # 1 000 in summaries
         self._matrix: dict[str, np.ndarray] = {}
+        self._pools: dict[str, dict] = {}
         self.base = base_knobs(self.frame) if len(self.frame) else {}
 
     # ---- values
@@ -70,25 +100,79 @@ class Evidence:
             self._matrix[metric] = out
         return self._matrix[metric]
 
+    @functools.cached_property
+    def setting_of(self) -> pd.Series:
+        """Per row, the key of its setting: evaluation, setting, init and every pretraining knob but the seed."""
+        columns = [c for c in ("eval", "eval_setting", "init", *pretraining_knobs()) if c in self.frame]
+        return self.frame[columns].astype("string").fillna("<NA>").agg("|".join, axis=1)
+
+    @functools.cached_property
+    def _columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """The seed and the val-image count of every row, as arrays (cells read them often)."""
+        seeds = self.frame["seed"].to_numpy(object) if "seed" in self.frame else np.full(len(self.frame), None)
+        n_val = pd.to_numeric(self.frame["n_val"], errors="coerce").to_numpy(float) if "n_val" in self.frame \
+            else np.full(len(self.frame), np.nan)
+        return seeds, n_val
+
+    @functools.cached_property
+    def base_rows(self) -> pd.Series:
+        """The MAE rows of the base setting (every seed; :func:`~mae.report.summary.differs_only_in`)."""
+        return differs_only_in(self.frame, [], self.base)
+
+    def pools(self, metric: str) -> dict[tuple, stats.SeedVariance]:
+        """The pooled seed variance of every evaluation kind (:func:`kind_of`), from its settings with ≥ 2
+        seeds (``partial_ft-0`` rows are copies of linear probes and are left out)."""
+        if metric not in self._pools:
+            values = self.matrix(metric)
+            finite = np.isfinite(values[:, 0]) & ~(self.frame["eval"].eq("partial_ft")
+                                                   & self.frame["eval_setting"].eq("0")).to_numpy(bool)
+            parts: dict[tuple, list] = {}
+            codes = pd.factorize(self.setting_of)[0]
+            for code in np.unique(codes[finite]):
+                rows = np.flatnonzero(finite & (codes == code))
+                reps = values[rows, 1:] if self.n_boot else None
+                kind = kind_of(self.frame.at[rows[0], "eval"], metric, self.frame.at[rows[0], "eval_setting"])
+                parts.setdefault(kind, []).append(stats.within_variance(values[rows, 0], reps))
+            self._pools[metric] = {kind: stats.pooled_variance(p, ("pooled", kind)) for kind, p in parts.items()}
+        return self._pools[metric]
+
+    def _noise(self, kind: tuple, values: np.ndarray, reps: np.ndarray | None, rows: np.ndarray) -> \
+            stats.SeedVariance:
+        if len(values) >= stats.MIN_OWN_SEEDS:
+            ss, df, image_ss = stats.within_variance(values, reps)
+            return stats.SeedVariance(ss / df, df, image_ss / df, stats.OWN, ("own", kind, tuple(rows)))
+        return self.pools(kind[1]).get(kind, stats.NO_SEED_VARIANCE)
+
     def _cell(self, key: tuple, rows: np.ndarray, metric: str) -> Cell | None:
         values = self.matrix(metric)[rows]
-        values = values[np.isfinite(values[:, 0])]
+        keep = np.isfinite(values[:, 0])
+        values, rows = values[keep], rows[keep]
         if not len(values):
             return None
-        k = len(values)
-        out = np.empty(1 + self.n_boot)
-        out[0] = values[:, 0].mean()
-        if self.n_boot:
-            if k > 1:  # resample the seeds of this setting too (same draws for every evaluation of these runs)
-                runs = "|".join(sorted(self.frame.loc[rows, "run"].astype(str)))
-                rng = np.random.default_rng([self.seed, zlib.crc32(runs.encode())])
-                draws = rng.integers(0, k, size=(k, self.n_boot))
-                out[1:] = values[draws, 1 + np.arange(self.n_boot)].mean(0)
-            else:
-                out[1:] = values[0, 1:]
-        n_val = pd.to_numeric(self.frame.loc[rows, "n_val"], errors="coerce").min() if "n_val" in self.frame \
-            else math.nan
-        return Cell(key, out, k, float(n_val))
+        kind = kind_of(self.frame.at[rows[0], "eval"], metric, self.frame.at[rows[0], "eval_setting"])
+        reps = values[:, 1:]
+        noise = self._noise(kind, values[:, 0], reps if self.n_boot else None, rows)
+        seeds, n_val = self._columns
+        counts = n_val[rows][np.isfinite(n_val[rows])]
+        return Cell(key, values[:, 0], reps, noise, rows, tuple(seeds[rows]),
+                    float(counts.min()) if len(counts) else math.nan)
+
+    # ---- estimates
+    def estimate(self, terms: Sequence[Term]) -> stats.Estimate:
+        """The linear contrast ``Σ weight · cell`` with its two-level standard error (:func:`mae.stats.contrast`);
+        a cell that appears twice has its weights added."""
+        merged: dict[int, list] = {}
+        for weight, cell in terms:
+            merged.setdefault(id(cell), [0.0, cell])[0] += weight
+        weights = [w for w, _ in merged.values()]
+        cells = [c for _, c in merged.values()]
+        reps = np.stack([c.mean_replicates for c in cells]) if self.n_boot else np.empty((len(cells), 0))
+        return stats.contrast(weights, [c.point for c in cells], reps, [c.seeds for c in cells],
+                              [c.noise for c in cells])
+
+    def interval(self, cell: Cell, level: float = stats.LEVEL) -> tuple[float, float]:
+        """The ``level`` interval of one cell's mean (NaN without a training-noise estimate or replicates)."""
+        return self.estimate([(1.0, cell)]).interval(level)
 
     # ---- selections
     def cells(self, knobs: list[str], kind: str, eval_setting: str = "") -> list[Cell]:
@@ -133,14 +217,9 @@ class Evidence:
         value = self.base.get(knob)
         return float(value) if value is not None and value is not pd.NA else math.nan
 
-    def interval(self, cell: Cell) -> tuple[float, float]:
-        """95 % percentile interval of a cell (NaN when it has no replicates)."""
-        reps = cell.values[1:]
-        return stats.percentile_interval(reps) if len(reps) and np.isfinite(reps).all() else (math.nan, math.nan)
-
     def table(self, ev: str, metric: str, knobs: list[str], rows: pd.Index, eval_setting: str = "") -> pd.DataFrame:
         """Per value of ``knobs`` among ``rows`` (an index of :attr:`frame`): mean over seeds, 95 % interval
-        half-width (``ci``) and number of seeds (``n``)."""
+        half-width (``ci``: NaN without a training-noise estimate) and number of seeds (``n``)."""
         mask = pd.Series(self.frame.index.isin(rows), index=self.frame.index)
         records = []
         for cell in self.select(ev, metric, knobs, mask, eval_setting):

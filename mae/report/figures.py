@@ -106,7 +106,7 @@ def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: s
                        facet_kws={"sharex": False, "sharey": False})
     for (panel, series), pts in ours.dropna(subset=["ci"]).groupby(["panel", "series"]):
         ax = grid.axes_dict.get(("ours", panel))
-        if ax is not None:  # 95 % intervals of our points (bootstrap over val images and seeds)
+        if ax is not None:  # 95 % intervals of our points (seeds and val images; none without a seed variance)
             ax.errorbar(pts["x"], pts["value"], yerr=pts["ci"], fmt="none", ecolor="0.3", capsize=3, lw=1)
     grid.set_axis_labels(xlabel, "top-1 accuracy (%) ± 95% CI")
     grid.set_titles("{row_name} — {col_name}")

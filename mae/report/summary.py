@@ -30,6 +30,7 @@ from mae.errors import UserError
 from mae.evaluations import EVALUATIONS
 from mae.knobs import KNOBS as PRETRAIN_KNOBS
 from mae.knobs import columns as knob_columns
+from mae.study import parse_baseline_name
 from mae.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("mae.report.summary")
@@ -62,7 +63,8 @@ KNOBS = ("model", "dataset", "img_size", "patch_size",
 COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS, *CI_COLUMNS)
 #: the evaluations that are part of an evaluation folder's name: ``partial_ft-4`` -> (partial_ft, "4")
 EVALS = ("pretrain", *EVALUATIONS)
-#: runs whose folder name says how the encoder was initialised (no pretraining of ours)
+#: runs whose folder name says how the encoder was initialised (no pretraining of ours): ``scratch``,
+#: ``scratch_seed-1``, ``supervised``, … (:func:`mae.study.parse_baseline_name`)
 BASELINE_INITS = ("scratch", "supervised")
 #: bootstrap replicates of the summary's metrics, beside runs.csv (read by tables, figures and claims)
 REPLICATES = "replicates.npz"
@@ -145,11 +147,13 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
         entry = study.get("runs", {}).get(name, {}) or {}
         settings_path = run_dir / "settings.json"
         own = _read_json(settings_path) if settings_path.is_file() else {}
-        init = str(own.get("init") or entry.get("settings", {}).get("init")
-                   or (name if name in BASELINE_INITS else "mae"))
+        baseline = parse_baseline_name(name)
+        init = str(own.get("init") or entry.get("settings", {}).get("init") or (baseline[0] if baseline else "mae"))
         if init in BASELINE_INITS and not own:
-            # no pretraining of ours: only the architecture/data knobs of the base apply
+            # no pretraining of ours: only the architecture/data knobs of the base apply; the seed is the run's
             knobs = {k: base[k] for k in ("model", "dataset", "img_size", "patch_size", "seed") if k in base}
+            if baseline and baseline[1] is not None:
+                knobs["seed"] = baseline[1]
             knobs.update(_knobs(entry.get("settings", {})))
         else:
             knobs = {**base, **_knobs(entry.get("settings", {})), **_knobs(own)}
@@ -411,18 +415,35 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     return normalise(frame)
 
 
+#: what identifies one row of runs.csv: one evaluation of one run (a seed of a setting)
+ROW_KEY = ("run", "eval", "eval_setting", "seed")
+
+
 def _check_values(frame: pd.DataFrame, path: Path) -> None:
-    """A metric that is not a number, or a knob that is not of its type, names its row and column (instead of
-    silently dropping the claims that read it)."""
+    """A metric that is not a finite number, or a knob that is not of its type, names its row and column
+    (instead of silently dropping the claims and table rows that read it); a repeated row key is refused too
+    (it would be read as two seeds of one setting)."""
     numeric = [c for c in (*METRICS, *CI_COLUMNS) if c in frame]
     numeric += [c for c, t in KNOB_TYPES.items() if t in (int, float) and c in frame]
     for col in numeric:
         values = frame[col]
-        bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = values.notna() & (parsed.isna() | np.isinf(parsed.astype("float64")))
         if bad.any():
             i = int(bad.to_numpy().argmax())
+            shown = f"{values.iloc[i]!r}" if pd.isna(parsed.iloc[i]) else f"{float(parsed.iloc[i])}"
+            what = "is not a number" if pd.isna(parsed.iloc[i]) else "is not finite (a metric is a finite number)"
             raise UserError(f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): "
-                            f"{col}={values.iloc[i]!r} is not a number")
+                            f"{col}={shown} {what}")
+    key = frame[list(ROW_KEY)].astype("string").fillna("")
+    repeated = key.duplicated(keep=False)
+    if repeated.any():
+        rows = [i + 2 for i in np.flatnonzero(repeated.to_numpy())]
+        first = key[repeated].iloc[0]
+        rows = [r for r, same in zip(rows, (key[repeated] == first).all(axis=1)) if same]
+        shown = ", ".join(f"{c}={first[c]!r}" for c in ROW_KEY)
+        raise UserError(f"{path}: rows {' and '.join(map(str, rows))} repeat the key ({shown}): one row per run, "
+                        "evaluation, setting and seed")
     mae = frame["init"].fillna("mae") == "mae"
     for col in (c for c in KNOBS if c in frame and c not in ("dataset", "img_size", "patch_size")):
         bad = mae & frame[col].isna() & frame["eval"].notna()

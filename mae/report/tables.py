@@ -36,8 +36,9 @@ log = logging.getLogger("mae.report.tables")
 PAPER_SCALE = "ImageNet-1K, {epochs} pretraining epochs"
 #: column suffix of a 95 % interval half-width beside our value (``lin top-1 ±``)
 CI_SUFFIX = " ±"
-CI_NOTE = (" Ours: mean over seeds ± half-width of its 95% interval (bootstrap over val images, seeds resampled "
-           "where there are several).")
+CI_NOTE = (" Ours: mean over seeds ± half-width of its 95% interval (training noise between seeds, pooled over "
+           "the settings of the same evaluation where a setting has fewer than 3, plus val-image noise by the paired "
+           "bootstrap; t interval, docs/statistics.md); no ± where no seed-variance estimate exists.")
 
 
 @dataclass

@@ -10,7 +10,15 @@ from mae.evaluations import (
     trains,
 )
 from mae.launch import launcher
-from mae.study import cli_flags, cli_overrides, needs_target_file, plan_runs
+from mae.study import (
+    base_run_names,
+    baseline_runs,
+    cli_flags,
+    cli_overrides,
+    needs_target_file,
+    parse_baseline_name,
+    plan_runs,
+)
 from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
 from mae import warmstart
 
@@ -28,7 +36,11 @@ R = config["results"]
 RUNS = plan_runs(config)
 check_study_evaluations(config)
 check_study_sections(config)
-BASE = "base"
+# The runs of the base setting that get the base-run evaluations (one per seed: base, seed-1, ...) and the
+# baselines' runs (scratch, scratch_seed-1, ...; supervised_seed-<s> transfers scratch_seed-<s>'s fine-tune).
+BASE_RUNS = base_run_names(config)
+SCRATCH_RUNS = baseline_runs(config, "scratch")
+SUPERVISED_RUNS = baseline_runs(config, "supervised")
 PRETRAIN_DATA = config["pretrain_dataset"]
 EVALS = config["evaluations"]
 EVERY_RUN = EVALS.get("every_run", [])
@@ -40,7 +52,7 @@ PER_TABLE = EVALS.get("per_table") or {}
 
 wildcard_constraints:
     run="|".join(sorted(RUNS)),
-    any_run="|".join(sorted(RUNS) + ["scratch", "supervised"]),
+    any_run="|".join(sorted(RUNS) + SCRATCH_RUNS + SUPERVISED_RUNS),
     dataset="[A-Za-z0-9_]+",
     blocks="[0-9]+",
 
@@ -97,25 +109,37 @@ def pretrain_done(run):
     return f"{R}/runs/{run}/pretrain/metrics.json"
 
 
+def scratch_of(run):
+    """The scratch run whose fine-tuned encoder a supervised run transfers (the same seed)."""
+    return run.replace("supervised", "scratch", 1)
+
+
 def init_input(wildcards):
     """What an evaluation/transfer of `any_run` starts from: a pretrain run, nothing (scratch) or the
     supervised encoder (the from-scratch fine-tuned model, the paper's supervised baseline).
     """
     run = wildcards.any_run
-    if run == "scratch":
+    baseline = parse_baseline_name(run)
+    if baseline is None:
+        return [pretrain_done(run)]
+    if baseline[0] == "scratch":
         return []
-    if run == "supervised":
-        return [f"{R}/runs/scratch/finetune/metrics.json"]
-    return [pretrain_done(run)]
+    return [f"{R}/runs/{scratch_of(run)}/finetune/metrics.json"]
 
 
 def init_flag(wildcards):
+    """How the encoder starts; a baseline run of another seed than the base's also seeds its evaluation
+    (`--set seed=<s>`: random init, head, data order); MAE runs' evaluations keep the stage's seed.
+    """
     run = wildcards.any_run
-    if run == "scratch":  # random init of the base run's architecture
-        return f"--scratch --set model={config['base']['model']}"
-    if run == "supervised":
-        return f"--init {R}/runs/scratch/finetune/model.pt"
-    return f"--init {R}/runs/{run}/pretrain/checkpoint.pt"
+    baseline = parse_baseline_name(run)
+    if baseline is None:
+        return f"--init {R}/runs/{run}/pretrain/checkpoint.pt"
+    init, seed = baseline
+    seeded = "" if seed is None else f" --set seed={seed}"
+    if init == "scratch":  # random init of the base run's architecture
+        return f"--scratch --set model={config['base']['model']}{seeded}"
+    return f"--init {R}/runs/{scratch_of(run)}/finetune/model.pt{seeded}"
 
 
 def eval_files(run, ev):
@@ -135,11 +159,11 @@ def all_metrics():
     for run in RUNS:
         files.append(pretrain_done(run))
         files += [f for ev in run_evals(run) for f in eval_files(run, ev)]
-    files += [f for ev in BASE_RUN for f in eval_files(BASE, ev)]
+    files += [f for run in BASE_RUNS for ev in BASE_RUN for f in eval_files(run, ev)]
     for ev in SCRATCH:
-        files += eval_files("scratch", ev)
+        files += [f for run in SCRATCH_RUNS for f in eval_files(run, ev)]
         if EVALUATIONS[ev].transfer and "finetune" in SCRATCH:
-            files += eval_files("supervised", ev)
+            files += [f for run in SUPERVISED_RUNS for f in eval_files(run, ev)]
     return list(dict.fromkeys(files))
 
 
@@ -154,26 +178,25 @@ def study_parts():
             files.append(pretrain_done(run_name))
             evals = EVERY_RUN + PER_TABLE.get(table, [])
             files += [f for ev in evals for f in eval_files(run_name, ev)]
-    base_evals = [f for ev in EVERY_RUN for f in eval_files(BASE, ev)]
+    base_evals = [
+        f for run in BASE_RUNS for ev in EVERY_RUN for f in eval_files(run, ev)
+    ]
     if "partial_ft" in BASE_RUN:
-        parts["fig9"] = base_evals + eval_files(BASE, "partial_ft")
+        parts["fig9"] = base_evals + [
+            f for run in BASE_RUNS for f in eval_files(run, "partial_ft")
+        ]
     scratch = [ev for ev in SCRATCH if not EVALUATIONS[ev].transfer]
     if scratch:
         parts["scratch"] = base_evals + [
-            f for ev in scratch for f in eval_files("scratch", ev)
+            f for ev in scratch for run in SCRATCH_RUNS for f in eval_files(run, ev)
         ]
     transfer = [ev for ev in BASE_RUN if EVALUATIONS[ev].transfer]
     if transfer:
-        inits = [BASE] + [
-            r
-            for r in ("scratch", "supervised")
-            if r == "scratch" or "finetune" in SCRATCH
-        ]
+        baselines = SCRATCH_RUNS + (SUPERVISED_RUNS if "finetune" in SCRATCH else [])
         parts["transfer"] = [
             f
             for ev in transfer
-            for run in inits
-            if run == BASE or ev in SCRATCH
+            for run in BASE_RUNS + (baselines if ev in SCRATCH else [])
             for f in eval_files(run, ev)
         ]
     return {part: list(dict.fromkeys(files)) for part, files in parts.items()}
@@ -182,7 +205,7 @@ def study_parts():
 def finetune_flags(wildcards):
     """Fine-tuning settings; the from-scratch baseline adds its own overrides (`scratch_finetune`)."""
     flags = stage_flags("finetune")
-    if wildcards.any_run == "scratch":
+    if (parse_baseline_name(wildcards.any_run) or (None,))[0] == "scratch":
         flags = f"{flags} {cli_overrides(config.get('scratch_finetune'))}"
     return flags
 
