@@ -74,5 +74,5 @@ def test_claims_compare_within_a_table_and_the_base_run_with_scratch(frame):
                                                                                           (True,): 27.0}
     assert [c.point for c in evidence.cells([], "ft")] == [62.0]  # the final (norm-pix) run
     outcome = C.mae_beats_scratch(evidence)
-    assert outcome.margin[0] == pytest.approx(22.0)
-    assert C.norm_pixels_at_least_pixels(evidence).margin[0] == pytest.approx(20.0)
+    assert outcome.point_margin == pytest.approx(22.0)
+    assert C.norm_pixels_at_least_pixels(evidence).point_margin == pytest.approx(20.0)

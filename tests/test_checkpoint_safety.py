@@ -18,7 +18,7 @@ import torch
 
 from mae.cli import main as cli
 from mae.models.checkpoint import read_checkpoint
-from tests.test_eval import MODEL, _write_dataset
+from tests.test_eval import MODEL
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fit_checkpoint_408f98b.pt"
 

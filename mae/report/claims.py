@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import pandas as pd
 
 from mae import stats
@@ -85,12 +84,6 @@ class Test:
         """The margin on point values alone: the weakest contrast (all above) or the contrast (within); what
         the paper's numbers give."""
         return min(c.point() for c in self.contrasts)
-
-    @property
-    def margin(self) -> np.ndarray:
-        """:attr:`point_margin` as ``margin[0]``, where the earlier replicate arrays kept their point value
-        (tests/test_ablation_base.py reads it so)."""
-        return np.array([self.point_margin])
 
     def describe(self) -> str:
         t = self.threshold
