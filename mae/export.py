@@ -90,7 +90,9 @@ def export_timm(sd: dict, config: dict, out: Path, source: str) -> str:
         write_safetensors(out, encoder, {**arch, "timm": timm_call(arch)})
     else:
         atomic_torch_save(encoder, out)
-    return f"wrote {out}; load it with {_call_text(timm_call(arch, out))}"
+    eps = arch["layer_norm_eps"]
+    note = f" (note: the source ran its LayerNorms at eps {eps:g}; timm's ViT uses 1e-6)" if eps != 1e-6 else ""
+    return f"wrote {out}; load it with {_call_text(timm_call(arch, out))}{note}"
 
 
 def export_hf(sd: dict, config: dict, out: Path, source: str) -> str:

@@ -190,7 +190,7 @@ def test_finetuned_model_exports_and_timm_loads_it(images, tmp_path, capsys):
         assert _diff(back.eval()(images), want) == 0
     assert cli(["export", str(tmp_path / "model.pt"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "classifier weights have no Hugging Face ViTMAE form" in err and "\n" not in err
+    assert err.startswith("error: ") and "\n" not in err and "classifier weights have no Hugging Face ViTMAE" in err
 
 
 # ----------------------------------------------------------------------------------------------- transformers
@@ -305,8 +305,6 @@ def test_pretraining_and_finetuning_write_encoder_safetensors(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ errors
 def test_errors_are_one_line(tmp_path, capsys):
-    from mae.models import create_encoder
-
     def fails(argv: list[str], *words: str) -> None:
         assert cli(argv) == 2
         err = capsys.readouterr().err.strip()
