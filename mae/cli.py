@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "claims": ("mae.report.claims", "check the paper's claims against our runs"),
     "visualize": ("mae.visualize", "original / masked / reconstruction grid of your images (paper Figs. 2-4)"),
     "bench": ("mae.bench", "pretraining-step throughput benchmark (img/s and share of the roofline)"),
+    "export": ("mae.export", "weights as safetensors, for timm or for Hugging Face transformers"),
 }
 #: the settings class ("module:Class") of each command that takes --config/--set
 SETTINGS: dict[str, str] = {

@@ -1,8 +1,9 @@
 """``mae pretrain``: MAE pretraining of a named model on a prepared dataset.
 
 Writes ``OUT/checkpoint.pt`` (``'model'`` = the plain MAE state dict, reference format), ``OUT/log.jsonl``,
-``OUT/metrics.json`` (train loss, held-out reconstruction loss, img/s, wall time, parameter counts) and
-``OUT/../settings.json`` (the run's full knob set). Re-running with the same ``--out`` resumes.
+``OUT/metrics.json`` (train loss, held-out reconstruction loss, img/s, wall time, parameter counts),
+``OUT/encoder.safetensors`` (the trained encoder without pickle, its architecture in the metadata; timm loads it)
+and ``OUT/../settings.json`` (the run's full knob set). Re-running with the same ``--out`` resumes.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def run(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
     task = PretrainTask(cfg, data_dir)
     metrics = fit(task, cfg, out_dir, extra=task.param_counts())
     if is_main_process():  # after fit: a refused resume (a changed knob) leaves the run's settings untouched
+        from mae.models.checkpoint import ENCODER_FILE, write_encoder_safetensors
+
+        write_encoder_safetensors(out_dir / ENCODER_FILE, task.mae.state_dict(), config_to_dict(cfg))
         atomic_write_json(out_dir.parent / "settings.json", settings(cfg, task, data_dir, metrics))
     return metrics
 

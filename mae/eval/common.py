@@ -62,11 +62,10 @@ def engine_device(cfg: Any) -> torch.device:
 
 
 def _load_file(path: str | Path) -> Any:
+    from mae.models.checkpoint import read_checkpoint
     from mae.models.hub import resolve_init
 
-    from mae.models.checkpoint import read_checkpoint
-
-    path = resolve_init(path)  # a local file, a URL's cached download, or timm hub weights (in memory)
+    path = resolve_init(path)  # a local file or folder, a URL's cached download, or timm hub weights (in memory)
     if isinstance(path, dict):
         return path
     # mmap: reading the model name does not pull a large checkpoint into memory
@@ -74,17 +73,12 @@ def _load_file(path: str | Path) -> Any:
 
 
 def checkpoint_model_name(path: str | Path) -> str | None:
-    """The model name stored in one of our checkpoints (pretrain ``config`` or fine-tune ``model.pt``)."""
-    obj = _load_file(path)
-    if not isinstance(obj, dict):
-        return None
-    for key in ("config", "args", "meta"):
-        section = obj.get(key)
-        if isinstance(section, dict) and isinstance(section.get("model"), str):
-            return section["model"]
-        if section is not None and isinstance(getattr(section, "model", None), str):
-            return section.model
-    return None
+    """The model name a checkpoint records: our pretrain ``config`` or fine-tuned ``model.pt``, the ``args`` of the
+    official files, a safetensors file's architecture, a Hugging Face or timm folder's config; else None."""
+    from mae.models.checkpoint import recorded_config
+
+    name = recorded_config(_load_file(path)).get("model")
+    return name if isinstance(name, str) and name else None
 
 
 def resolve_model_name(configured: str | None, init: str | None) -> str:
@@ -410,12 +404,15 @@ def knn_scores(
 
 def save_model(model: nn.Module, out_dir: str | Path, meta: dict | None = None) -> Path:
     """The trained ``VisionTransformer`` as ``out_dir/model.pt`` in the reference ``{'model': state_dict}`` format
-    (loadable with ``timm.create_model``; ``meta`` lands beside it under ``'config'``)."""
+    (loadable with ``timm.create_model``; ``meta`` lands beside it under ``'config'``), and the same weights
+    without pickle as ``out_dir/encoder.safetensors`` (their architecture in its metadata)."""
+    from mae.models.checkpoint import ENCODER_FILE, write_encoder_safetensors
     from mae.utils.io import atomic_torch_save
 
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     path = Path(out_dir) / MODEL_FILE
     atomic_torch_save({"model": state, "config": dict(meta or {})}, path)
+    write_encoder_safetensors(Path(out_dir) / ENCODER_FILE, state, dict(meta or {}))
     return path
 
 

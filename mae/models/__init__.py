@@ -2,7 +2,8 @@
 
 ``create_mae(name, **overrides)`` builds a named :class:`MaskedAutoencoderViT`; ``create_encoder`` the
 matching timm ``VisionTransformer`` for fine-tuning / probing; ``load_encoder_checkpoint`` loads a MAE
-checkpoint into it; ``resolve_init`` turns an ``--init`` spec (file, URL, ``timm:NAME``) into weights to load.
+checkpoint into it; ``resolve_init`` turns an ``--init`` spec (file, folder, URL, ``timm:NAME``) into weights to
+load; ``infer_model_name`` finds our name of an encoder's shapes and heads.
 """
 
 from __future__ import annotations
@@ -48,10 +49,21 @@ def list_models() -> list[str]:
     return list(MODEL_SPECS)
 
 
+def infer_model_name(patch_size: int, embed_dim: int, depth: int, mlp_ratio: float,
+                     num_heads: int | None = None) -> str | None:
+    """Our name of the encoder with these shapes (any image size), or None when none or several fit. The number of
+    heads is not in the weights: without ``num_heads`` the shapes alone decide."""
+    found = [name for name, spec in MODEL_SPECS.items()
+             if (spec["patch_size"], spec["embed_dim"], spec["depth"]) == (patch_size, embed_dim, depth)
+             and abs(spec["mlp_ratio"] - mlp_ratio) < 1e-6 and num_heads in (None, spec["num_heads"])]
+    return found[0] if len(found) == 1 else None
+
+
 from mae.models.encoder import create_encoder, encoder_kwargs, load_encoder_checkpoint  # noqa: E402
 from mae.models.hub import resolve_init  # noqa: E402
 
 __all__ = [
     "MaskedAutoencoderViT", "create_mae", "create_encoder", "encoder_kwargs", "load_encoder_checkpoint",
     "load_mae_checkpoint", "save_mae_checkpoint", "model_spec", "list_models", "MODEL_SPECS", "resolve_init",
+    "infer_model_name",
 ]

@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from mae.errors import UserError
-from mae.models.checkpoint import is_decoder_key, load_state
+from mae.models.checkpoint import apply_layer_norm_eps, is_decoder_key, read_weights
 from mae.models.pos_embed import resample_pos_embed
 
 TIMM_NAMES = {
@@ -61,9 +61,9 @@ def load_encoder_checkpoint(vit: VisionTransformer, path_or_state: str | Path | 
     in the checkpoint with a compatible shape. Ignored: ``decoder*``, ``mask_token``, ``encoder_mask_token``;
     ``norm.*`` when ``vit`` pools by average (its norm is Identity, ``fc_norm`` is trained anew); ``head.*``
     when its shape differs (new classifier). ``pos_embed`` is bicubically resampled (patch rows only) when
-    the patch grid differs.
+    the patch grid differs. A LayerNorm eps the checkpoint records (a Hugging Face ViTMAE folder's) is kept.
     """
-    sd, source = load_state(path_or_state)
+    sd, config, source = read_weights(path_or_state)
     own = vit.state_dict()
     report = {"source": source, "ignored": [], "missing": [], "pos_embed_resampled": None}
     load = {}
@@ -94,6 +94,7 @@ def load_encoder_checkpoint(vit: VisionTransformer, path_or_state: str | Path | 
     if required:
         raise UserError(f"{source}: encoder keys missing from checkpoint: {required[:5]}")
     vit.load_state_dict(load, strict=False)
+    report["layer_norm_eps"] = apply_layer_norm_eps(vit, config)
     report["missing"] = missing
     report["loaded"] = len(load)
     return report
