@@ -164,29 +164,53 @@ def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
     return runs
 
 
+def check_datasets(config: dict[str, Any]) -> None:
+    """Every dataset the study names (``pretrain_dataset``, ``transfer_cls.datasets``) is a key of ``datasets``:
+    one line naming the missing one (at plan time, so ``snakemake -n`` says it)."""
+    datasets = config.get("datasets") or {}
+    named = [("pretrain_dataset", config.get("pretrain_dataset"))]
+    named += [("transfer_cls.datasets", d) for d in (config.get("transfer_cls") or {}).get("datasets") or []]
+    for key, name in named:
+        if name not in datasets:
+            raise UserError(f"study config '{key}': dataset {name!r} is not under 'datasets:' (defined: "
+                            f"{', '.join(map(str, datasets)) or 'none'})")
+
+
 def needs_target_file(run: Run) -> str | None:
     """'pca' or 'token' when the run's target needs a fitted file, else None."""
     return run.settings["target"] if run.settings["target"] in FITTED_TARGETS else None
 
 
+def study_plan(config: dict[str, Any]) -> dict[str, Any]:
+    """The study manifest that the summary reads: base, runs (settings + tables), scale (JSON values)."""
+    runs = plan_runs(config)
+    plan = {
+        "base": config["base"],
+        "runs": {name: run.to_dict() for name, run in runs.items()},
+        "scale": {
+            "model": config["base"]["model"],
+            "dataset": config["pretrain_dataset"],
+            "epochs": config["base"]["epochs"],
+            "name": config.get("scale", ""),
+        },
+    }
+    return json.loads(json.dumps(plan))
+
+
 def write_plan(config: dict[str, Any], path: str | Path) -> None:
-    """The study manifest that the summary reads: base, runs (settings + tables), scale."""
+    """:func:`study_plan` of ``config`` as a JSON file."""
     from mae.utils.io import atomic_write_json
 
-    runs = plan_runs(config)
-    atomic_write_json(
-        path,
-        {
-            "base": config["base"],
-            "runs": {name: run.to_dict() for name, run in runs.items()},
-            "scale": {
-                "model": config["base"]["model"],
-                "dataset": config["pretrain_dataset"],
-                "epochs": config["base"]["epochs"],
-                "name": config.get("scale", ""),
-            },
-        },
-    )
+    atomic_write_json(path, study_plan(config))
+
+
+def plan_is_current(config: dict[str, Any], path: str | Path) -> bool:
+    """Whether ``path`` (a study.json) holds the plan of ``config``: compared by content, so that a fresh clone
+    (whose Snakemake has no record of the params that made the committed file) still notices a changed config."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")) == study_plan(config)
+    except (OSError, ValueError):
+        return False
 
 
 def cli_overrides(section: dict[str, Any] | None) -> str:

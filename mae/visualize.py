@@ -144,7 +144,7 @@ def load_mae(spec: str | Path, model: str | None = None, target: str | None = No
     records (``{}`` if none). Architecture: ``model`` (else the recorded name) with the image size and decoder
     read from the weights; ``target``/``sampling`` default to the recorded ones (else pixel / random)."""
     from mae.models import create_mae, load_mae_checkpoint, model_spec, resolve_init
-    from mae.models.checkpoint import extract_state_dict, read_checkpoint
+    from mae.models.checkpoint import apply_layer_norm_eps, extract_state_dict, read_checkpoint
 
     source = f"{option} {spec}"
     found = resolve_init(spec, option)
@@ -169,6 +169,7 @@ def load_mae(spec: str | Path, model: str | None = None, target: str | None = No
         load_mae_checkpoint(mae, sd, strict=True)
     except UserError as err:
         raise UserError(f"{source} does not fit model {name}: {err}") from None
+    apply_layer_norm_eps(mae, cfg)  # e.g. the 1e-12 of a Hugging Face ViTMAE folder
     return mae.eval(), cfg
 
 

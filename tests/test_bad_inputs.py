@@ -454,3 +454,17 @@ def test_init_from_a_file_that_is_no_encoder_checkpoint(data32, tmp_path, capsys
                      "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(path) in err and "\n" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("pretrain_dataset: imagenet\n", "study config 'pretrain_dataset': dataset 'imagenet' is not under 'datasets:'"),
+    ("transfer_cls: {datasets: [cifar]}\n", "study config 'transfer_cls.datasets': dataset 'cifar' is not under"),
+    ("base:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' appears twice in one mapping (line 3)"),
+])
+def test_dry_run_names_a_missing_dataset_or_a_repeated_key(tmp_path, extra, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(extra)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+                           "config/smoke.yaml", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+    assert "KeyError" not in proc.stdout + proc.stderr

@@ -225,3 +225,45 @@ def test_snakemake_lint_and_snakefmt_are_clean(repo_root):
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=repo_root,
                          capture_output=True, text=True, timeout=120)
     assert fmt.returncode == 0, fmt.stderr[-3000:]
+
+
+def test_the_plan_follows_the_config_in_a_fresh_clone(repo_root, tmp_path):
+    """A fresh clone has the committed summary/study.json and no Snakemake record of the params behind it: an
+    edited config still rebuilds the plan (by content), and the new run carries its table tags."""
+    import json
+
+    work = tmp_path / "clone"
+    shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", ".snakemake", "logs",
+                                                                      "benchmarks", "__pycache__"))
+    results = work / "results"
+    for stale in (results / "runs", results / "data"):
+        shutil.rmtree(stale, ignore_errors=True)
+    (results / ".plan_request").unlink(missing_ok=True)
+    plan = results / "summary" / "study.json"
+    unchanged = dry_run(repo_root, cwd=work, results=results)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert "study_plan" not in job_counts(unchanged.stdout + unchanged.stderr)  # the committed plan is current
+    config = work / "config" / "config.yaml"
+    text = config.read_text()
+    assert "fig5: {mask_ratio: [0.5, 0.75, 0.9]}" in text
+    config.write_text(text.replace("fig5: {mask_ratio: [0.5, 0.75, 0.9]}", "fig5: {mask_ratio: [0.5, 0.6, 0.75, 0.9]}"))
+    edited = dry_run(repo_root, cwd=work, results=results)
+    assert job_counts(edited.stdout + edited.stderr).get("study_plan") == 1, edited.stdout + edited.stderr
+    proc = subprocess.run([*SNAKEMAKE, str(plan), "--cores", "1", "--config", f"results={results}"], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(plan.read_text())["runs"]
+    assert "fig5" in runs["mask_ratio-0.6"]["tables"]
+
+
+def test_a_results_folder_with_a_space(repo_root, tmp_path):
+    """Every path in the rules is quoted: a study into 'my results' runs its jobs."""
+    work = tmp_path / "study"
+    shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake",
+                                                                      "logs", "benchmarks", "__pycache__"))
+    results = work / "my results"
+    target = results / "runs" / "base" / "linprobe" / "metrics.json"
+    proc = subprocess.run([*SNAKEMAKE, str(target), "--cores", "2", "--configfile", "config/smoke.yaml",
+                           "--config", f"results={results}"], cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert target.is_file() and (results / "runs" / "base" / "pretrain" / "encoder.safetensors").is_file()

@@ -1,5 +1,6 @@
 # Shared helpers of the DAG: the run plan (mae.study), paths, and how a rule calls the `mae` CLI.
 import os
+import shlex
 import sys
 
 from mae.evaluations import (
@@ -9,14 +10,17 @@ from mae.evaluations import (
     folders,
     trains,
 )
+from mae.config import load_yaml_strict
 from mae.launch import launcher
 from mae.study import (
     base_run_names,
     baseline_runs,
     cli_flags,
+    check_datasets,
     cli_overrides,
     needs_target_file,
     parse_baseline_name,
+    plan_is_current,
     plan_runs,
 )
 from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
@@ -32,7 +36,13 @@ os.environ["PATH"] = os.pathsep.join(
     [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
 )
 
+# Snakemake's YAML loader keeps the last of a key given twice in one mapping, silently: refuse it, naming it.
+for configfile_path in workflow.configfiles:
+    if str(configfile_path).endswith((".yaml", ".yml")):
+        load_yaml_strict(open(configfile_path).read(), str(configfile_path))
+
 R = config["results"]
+check_datasets(config)
 RUNS = plan_runs(config)
 check_study_evaluations(config)
 check_study_sections(config)
@@ -55,6 +65,28 @@ wildcard_constraints:
     any_run="|".join(sorted(RUNS) + SCRATCH_RUNS + SUPERVISED_RUNS),
     dataset="[A-Za-z0-9_]+",
     blocks="[0-9]+",
+
+
+# The study plan's config: not `partial` (a partial report) nor `warm_start` (how jobs start), which must not
+# make the plan (and every job after it) out of date.
+PLAN_CONFIG = {k: v for k, v in config.items() if k not in ("partial", "warm_start")}
+
+
+def plan_request():
+    """The study_plan rule's input: none while summary/study.json holds this config's plan; otherwise a file
+    written now (newer than study.json), so that the plan is rebuilt even without Snakemake's record of the
+    params that made it (a fresh clone of a committed study: the config edited, the plan kept). A dry run
+    writes it too (a one-line marker in the results folder)."""
+    plan = f"{R}/summary/study.json"
+    if not os.path.exists(plan) or plan_is_current(PLAN_CONFIG, plan):
+        return []
+    request = f"{R}/.plan_request"
+    os.makedirs(R, exist_ok=True)
+    with open(request, "w") as fh:
+        fh.write(
+            "the config's study plan differs from summary/study.json: rebuild it\n"
+        )
+    return [request]
 
 
 def config_flag(key, default=False):
@@ -134,12 +166,14 @@ def init_flag(wildcards):
     run = wildcards.any_run
     baseline = parse_baseline_name(run)
     if baseline is None:
-        return f"--init {R}/runs/{run}/pretrain/checkpoint.pt"
+        return f"--init {shlex.quote(f'{R}/runs/{run}/pretrain/checkpoint.pt')}"
     init, seed = baseline
     seeded = "" if seed is None else f" --set seed={seed}"
     if init == "scratch":  # random init of the base run's architecture
         return f"--scratch --set model={config['base']['model']}{seeded}"
-    return f"--init {R}/runs/{scratch_of(run)}/finetune/model.pt{seeded}"
+    return (
+        f"--init {shlex.quote(f'{R}/runs/{scratch_of(run)}/finetune/model.pt')}{seeded}"
+    )
 
 
 def eval_files(run, ev):

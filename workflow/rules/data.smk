@@ -17,7 +17,7 @@ rule prepare_data:
     params:
         flags=lambda wc: cli_flags(config["datasets"][wc.dataset]),
     shell:
-        "mae prepare-data --out {output} {params.flags} > {log} 2>&1"
+        "mae prepare-data --out {output:q} {params.flags} > {log:q} 2>&1"
 
 
 rule fit_pca:
@@ -39,7 +39,7 @@ rule fit_pca:
         flags=cli_flags(config.get("fit_pca")),
         patch=lambda wc: config.get("patch_size", 4),
     shell:
-        "mae fit-pca --data {input} --out {output} --patch-size {params.patch} {params.flags} > {log} 2>&1"
+        "mae fit-pca --data {input:q} --out {output:q} --patch-size {params.patch} {params.flags} > {log:q} 2>&1"
 
 
 rule train_tokenizer:
@@ -61,5 +61,5 @@ rule train_tokenizer:
         flags=cli_flags(config.get("train_tokenizer")),
         patch=lambda wc: config.get("patch_size", 4),
     shell:
-        "OMP_NUM_THREADS={threads} mae train-tokenizer --data {input} --out {output}"
-        " --patch-size {params.patch} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mae train-tokenizer --data {input:q} --out {output:q}"
+        " --patch-size {params.patch} {params.flags} > {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule finetune:
         init=init_flag,
         stage=finetune_flags,
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} finetune --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} finetune --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"
 
 
 rule linprobe:
@@ -49,8 +49,8 @@ rule linprobe:
         init=init_flag,
         stage=stage_flags("linprobe"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} linprobe --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} linprobe --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"
 
 
 rule partial_ft:
@@ -78,8 +78,8 @@ rule partial_ft:
         # K > 0: the fine-tuning recipe with the `partial_ft` overrides (paper Fig. 9); K = 0: partial_ft_linear
         stage=f"{stage_flags('finetune')} {section_overrides('partial_ft')}",
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} partial-ft --blocks {wildcards.blocks} --data {input.data}"
-        " --out {params.out} {params.init} {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} partial-ft --blocks {wildcards.blocks} --data {input.data:q}"
+        " --out {params.out:q} {params.init} {params.stage} > {log:q} 2>&1"
 
 
 # Fig. 9's K = 0 is the linear probe of the same run: `mae partial-ft --reuse` copies that result once it has
@@ -107,8 +107,8 @@ rule partial_ft_linear:
         init=init_flag,
         stage=stage_flags("linprobe"),
     shell:
-        "mae partial-ft --blocks 0 --reuse {params.probe} --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "mae partial-ft --blocks 0 --reuse {params.probe:q} --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"
 
 
 rule knn:
@@ -132,5 +132,5 @@ rule knn:
         init=init_flag,
         stage=stage_flags("knn"),
     shell:
-        "OMP_NUM_THREADS={threads} mae knn --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mae knn --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"

@@ -24,9 +24,9 @@ rule pretrain:
         knobs=lambda wc: run_flags(wc.run),
         stage=stage_flags("pretrain"),
         target=lambda wc, input: (
-            f"--set target_path={input.target[0]}" if input.target else ""
+            f"--set target_path={shlex.quote(input.target[0])}" if input.target else ""
         ),
         launcher=launch,
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} pretrain --data {input.data} --out {params.out}"
-        " {params.stage} {params.knobs} {params.target} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} pretrain --data {input.data:q} --out {params.out:q}"
+        " {params.stage} {params.knobs} {params.target} > {log:q} 2>&1"

@@ -2,6 +2,8 @@
 
 
 rule study_plan:
+    input:
+        plan_request(),
     output:
         f"{R}/summary/study.json",
     log:
@@ -15,11 +17,7 @@ rule study_plan:
         mem_mb=500,
         runtime=5,
     params:
-        # not `partial` (a partial report) nor `warm_start` (how jobs start): neither may make the plan (and
-        # every job after it) out of date
-        plan=lambda wc: {
-            k: v for k, v in config.items() if k not in ("partial", "warm_start")
-        },
+        plan=PLAN_CONFIG,
     run:
         from mae.study import write_plan
 
@@ -49,7 +47,7 @@ rule summary:
     params:
         runs=runs_dir,
     shell:
-        "mae summarize --runs {params.runs} --study {input.plan} --out {output.csv} > {log} 2>&1"
+        "mae summarize --runs {params.runs:q} --study {input.plan:q} --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule tables:
@@ -74,7 +72,7 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mae tables --summary {input.csv} --replicates {input.replicates} --out {output} > {log} 2>&1"
+        "mae tables --summary {input.csv:q} --replicates {input.replicates:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule claims:
@@ -99,7 +97,7 @@ rule claims:
     params:
         out=lambda wc, output: os.path.dirname(output.csv),
     shell:
-        "mae claims --summary {input.csv} --replicates {input.replicates} --out {params.out} > {log} 2>&1"
+        "mae claims --summary {input.csv:q} --replicates {input.replicates:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -128,7 +126,7 @@ rule figures:
     params:
         runs=runs_dir,
     shell:
-        "mae figures --summary {input.csv} --replicates {input.replicates} --runs {params.runs} --data {input.data} --out {output} > {log} 2>&1"
+        "mae figures --summary {input.csv:q} --replicates {input.replicates:q} --runs {params.runs:q} --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Parts of a long study, one target per table/figure (`snakemake --cores all part_fig5`): the pretraining runs

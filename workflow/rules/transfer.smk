@@ -24,8 +24,8 @@ rule transfer_det:
         init=init_flag,
         stage=stage_flags("transfer_det"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} transfer-det --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} transfer-det --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"
 
 
 rule transfer_seg:
@@ -50,8 +50,8 @@ rule transfer_seg:
         init=init_flag,
         stage=stage_flags("transfer_seg"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} transfer-seg --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} transfer-seg --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"
 
 
 rule transfer_cls:
@@ -76,5 +76,5 @@ rule transfer_cls:
         init=init_flag,
         stage=stage_flags("transfer_cls"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} transfer-cls --data {input.data} --out {params.out} {params.init}"
-        " {params.stage} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} transfer-cls --data {input.data:q} --out {params.out:q} {params.init}"
+        " {params.stage} > {log:q} 2>&1"
