@@ -42,8 +42,9 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
     Evaluation("finetune", "mae.eval.finetune", "end-to-end fine-tuning (or --scratch)", SC + "FinetuneConfig"),
     Evaluation("linprobe", "mae.eval.linprobe", "linear probing of the frozen encoder", SC + "LinprobeConfig"),
     # K > 0 blocks: the fine-tuning settings with the partial_ft section over them; K = 0: the linprobe settings
+    # head: probe (K > 0 starts from the run's trained linear probe, `--head-from`) or new (a fresh head)
     Evaluation("partial_ft", "mae.eval.partial_ft", "fine-tune the last K blocks", SC + "FinetuneConfig",
-               per="blocks"),
+               per="blocks", dag_keys=("head",)),
     Evaluation("knn", "mae.eval.knn", "weighted k-NN monitor on frozen features", SC + "KnnConfig"),
     Evaluation("transfer_det", "mae.transfer.det", "ViTDet-style Mask R-CNN detection transfer", SC + "DetConfig",
                transfer=True, dag_keys=("dataset",)),
@@ -56,8 +57,32 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
 GROUPS = ("every_run", "base_run", "scratch", "per_table")
 
 
-#: sections of a study config laid over another stage's section (scratch fine-tuning, partial fine-tuning)
-OVERLAYS = {"scratch_finetune": "finetune", "partial_ft": "finetune"}
+#: sections of a study config laid over another stage's section (scratch fine-tuning, partial fine-tuning and
+#: classification transfer use the fine-tuning recipe with their own keys over it)
+OVERLAYS = {"scratch_finetune": "finetune", "partial_ft": "finetune", "transfer_cls": "finetune"}
+#: ``partial_ft.head``: where the head of K >= 1 blocks starts (the default: the trained linear probe)
+PARTIAL_FT_HEADS = ("probe", "new")
+
+
+def partial_ft_head(config: dict[str, Any]) -> str:
+    """``probe`` or ``new``, checked: a probe head needs the probe's pooling to be the fine-tuning one."""
+    section = config.get("partial_ft") or {}
+    head = section.get("head", "probe") if isinstance(section, dict) else "probe"
+    if head not in PARTIAL_FT_HEADS:
+        raise UserError(f"study config 'partial_ft: head': must be one of {', '.join(PARTIAL_FT_HEADS)}, got {head!r}")
+    groups = config.get("evaluations") or {}
+    named = [ev for group in groups.values() for ev in (group.values() if isinstance(group, dict) else [group])]
+    used = any("partial_ft" in (ev if isinstance(ev, list) else [ev]) for ev in named)
+    if head == "probe" and used and any(int(k) > 0 for k in section.get("blocks", [])):
+        from mae.stage_configs import FinetuneConfig, LinprobeConfig
+
+        pools = [(config.get(section) or {}).get("global_pool", cls.global_pool)
+                 for section, cls in (("linprobe", LinprobeConfig), ("finetune", FinetuneConfig))]
+        if pools[0] != pools[1]:
+            raise UserError(f"study config 'partial_ft: head: probe' starts K >= 1 blocks from the linear probe, "
+                            f"but it pools with global_pool={pools[0]!r} and fine-tuning with {pools[1]!r}: set "
+                            "the same global_pool, or 'partial_ft: head: new'")
+    return head
 
 
 def _section_classes() -> dict[str, Any]:
@@ -80,6 +105,7 @@ def check_study_sections(config: dict[str, Any]) -> None:
     plan time: a typo'd key or a bad value fails ``snakemake -n`` with one line naming it."""
     from mae.config import config_from_mapping
 
+    partial_ft_head(config)
     for section, config_class in _section_classes().items():
         values = config.get(section)
         if values is None:

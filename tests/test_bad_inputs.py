@@ -71,9 +71,24 @@ def test_study_sections_are_checked_at_plan_time(sections, message):
 def test_shipped_study_configs_pass_the_section_check():
     import yaml
 
-    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for name in ("config", "smoke", "cpu", "paper", "mae_vs_scratch"):
-        check_study_sections({**base, **yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())})
+    from snakemake.utils import update_config
+
+    for name in ("config", "smoke", "cpu", "paper", "mae_vs_scratch"):  # merged as --configfile does
+        config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+        update_config(config, yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()))
+        check_study_sections(config)
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"partial_ft": {"blocks": [0, 1], "head": "old"}}, "'partial_ft: head': must be one of probe, new, got 'old'"),
+    ({"partial_ft": {"blocks": [0, 1]}, "evaluations": {"base_run": ["partial_ft"]}, "linprobe": {"global_pool": "token"}},
+     "pools with global_pool='token' and fine-tuning with 'avg'"),
+])
+def test_partial_ft_head_is_checked_at_plan_time(sections, message):
+    with pytest.raises(UserError) as err:
+        check_study_sections(sections)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    check_study_sections({**sections, "partial_ft": {"blocks": [0, 1], "head": "new"}})
 
 
 def test_dry_run_names_a_typo_in_a_stage_section(tmp_path):

@@ -43,7 +43,10 @@ def test_every_claim_is_tested_under_the_null(rates):
     single-contrast rules, exact at their null, decide about as often as they may (a rule that never decides
     would pass the bound above for nothing)."""
     assert set(rates.index) == {cid for cid, _, _ in C.CLAIMS}
-    assert (rates["tested"] == 1.0).all(), rates["tested"]
+    # one_block's protocol check (1 block − lin ≥ −2 SE) fires on its own noise where 1 block = lin, as here:
+    # ~2.5 % of draws are `protocol invalid` (no p-value); every other claim has a p-value in every draw
+    assert (rates["tested"].drop("one_block") == 1.0).all(), rates["tested"]
+    assert 0.9 <= rates.loc["one_block", "tested"] < 1.0 and rates.loc["one_block", C.PROTOCOL_INVALID] > 0
     single = ["mask_token", "lin_vs_random", "mae_vs_scratch", "aug_robust", "decoder_depth", "decoder_width",
               "one_block"]
     decided = rates.loc[single].reindex(columns=[C.HOLDS, C.FAILS], fill_value=0.0).sum(axis=1)

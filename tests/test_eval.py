@@ -398,6 +398,47 @@ def test_partial_ft_zero_blocks_is_linear_probe(data, ckpt, tmp_path):
     assert not (out_r / "checkpoint.pt").exists()
 
 
+def test_folded_probe_head_gives_the_probe_outputs():
+    torch.manual_seed(0)
+    head = linprobe.probe_head(16, 3, 0.5)
+    head.train()
+    head(torch.randn(64, 16) * 3 + 1)  # running statistics away from (0, 1)
+    head.eval()
+    x = torch.randn(8, 16) * 3 + 1
+    torch.testing.assert_close(linprobe.folded_linear(head)(x), head(x), rtol=1e-5, atol=1e-5)
+
+
+def test_partial_ft_head_starts_from_the_trained_probe(data, ckpt, tmp_path, capsys):
+    """`--head-from` puts the probe's trained head on the K-block model: with lr 0 (nothing moves) its
+    predictions are exactly the probe's; a probe of other features, init or data is refused by name."""
+    flags = ["--data", str(data), "--init", str(ckpt), *FAST, "--set", "batch_size=16", "--set", "amp=none"]
+    out_l = tmp_path / "lin"
+    assert cli(["linprobe", "--out", str(out_l), *flags, "--set", "epochs=3", "--set", "cached_features=true",
+                "--set", "optimizer=sgd", "--set", "global_pool=avg"]) == 0
+    assert (out_l / linprobe.HEAD_FILE).is_file()
+    out = tmp_path / "pft1"
+    assert cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(out), *flags,
+                "--set", "epochs=1", "--set", "base_lr=0", "--set", "mixup=0", "--set", "cutmix=0"]) == 0
+    m, ml = _metrics(out), _metrics(out_l)
+    assert m["head_init"] == "probe" and m["head_from"] == {"dir": str(out_l), "top1": ml["top1"]}
+    assert m["top1"] == ml["top1"]
+    assert np.array_equal(np.load(out / "predictions.npz")["pred"], np.load(out_l / "predictions.npz")["pred"])
+    # a probe finished before it wrote head.safetensors: the head comes from its final checkpoint
+    (out_l / linprobe.HEAD_FILE).unlink()
+    assert cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(tmp_path / "old"), *flags,
+                "--set", "epochs=1", "--set", "base_lr=0", "--set", "mixup=0", "--set", "cutmix=0"]) == 0
+    assert _metrics(tmp_path / "old")["top1"] == ml["top1"]
+    for extra, message in ((["--set", "global_pool=token"], "global_pool='avg' features"),
+                           (["--scratch"], "was computed with init_path=")):
+        args = [a for a in flags if a not in ("--init", str(ckpt))] if extra == ["--scratch"] else flags
+        assert cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(tmp_path / "x"), *args,
+                    *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert cli(["partial-ft", "--blocks", "0", "--head-from", str(out_l), "--out", str(tmp_path / "y"),
+                *flags]) == 2
+    assert "only for --blocks K > 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change, message", [
     (["--set", "epochs=3"], "was trained with epochs=2, now epochs=3"),
     (["--blocks", "1"], "--reuse: only for --blocks 0"),

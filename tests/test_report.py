@@ -423,6 +423,21 @@ def test_claims_fail_when_numbers_disagree(tree, tmp_path):
     assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(base_ft - 99.0, abs=0.03)
 
 
+def test_one_block_below_the_probe_is_a_protocol_failure_not_a_verdict(tree, tmp_path):
+    """Tuning one block starts from the probe's features and head: a result far below K = 0 says the schedule
+    did not converge. It is `protocol invalid` (no p-value, left out of the Holm adjustment), never `fails`;
+    a little below K = 0, within the noise, the claim is decided as usual."""
+    base_lin = _accuracy(BASE, "lin")
+    frame, reps = _replace(tree, tmp_path / "far", {("base", "partial_ft-1"): base_lin - 10})
+    row = C.check_claims(frame, reps, with_paper=False).set_index("id").loc["one_block"]
+    assert row["verdict"] == row["verdict_holm"] == C.PROTOCOL_INVALID, row
+    assert math.isnan(row["p_value"]) and row["contrast"] == "1 block − lin" and row["ci_hi"] < 0
+    assert row["margin"] == pytest.approx(-10, abs=0.5) and "did not converge" in row["evidence"]
+    frame, reps = _replace(tree, tmp_path / "near", {("base", "partial_ft-1"): base_lin - 0.2})
+    row = C.check_claims(frame, reps, with_paper=False).set_index("id").loc["one_block"]
+    assert row["verdict"] == C.FAILS and row["contrast"] == "1 block − (lin + ft)/2", row
+
+
 def test_a_claim_that_is_close_to_its_own_noise_is_inconclusive(tree, tmp_path):
     """Two settings with the same per-image predictions: margin 0, an interval around it of the training noise
     -> neither holds nor fails."""

@@ -43,6 +43,10 @@ from mae.utils.io import atomic_path, atomic_write_text
 log = logging.getLogger("mae.report.claims")
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
+#: the verdict of a claim whose protocol check failed (:attr:`Test.checks`): a result of our protocol, not of MAE
+PROTOCOL_INVALID = "protocol invalid"
+#: a protocol check fails when its contrast is below −CHECK_SE standard errors
+CHECK_SE = 2.0
 #: the verdict of a claim whose every contrast lacks a training-noise estimate (never decided on image noise)
 NO_TRAINING_NOISE = "inconclusive (no training-noise estimate)"
 ALPHA = 0.05
@@ -74,6 +78,9 @@ class Test:
     evidence: str
     rule: str = ALL_ABOVE
     threshold: float = 0.0
+    #: protocol checks: contrasts that a converged protocol cannot put below 0 (e.g. tuning one block more than
+    #: the linear probe it starts from); one below −CHECK_SE standard errors makes the claim ``protocol invalid``
+    checks: tuple[Contrast, ...] = ()
 
     @property
     def cells(self) -> list[Cell]:
@@ -340,7 +347,10 @@ def one_block_far_above_linear(ev: Evidence) -> Test | str:
     gap = ft[0].point - lin.point
     frac = f"; {(one.point - lin.point) / gap * 100:.0f}% of the gap" if gap > 0 else ""
     con = Contrast("1 block − (lin + ft)/2", ((1.0, one), (-0.5, lin), (-0.5, ft[0])))
-    return Test([con], f"lin {lin.point:.2f} → 1 block {one.point:.2f} (full ft {ft[0].point:.2f}{frac})")
+    # 1 block tunes the probe's features and starts from its head: below the probe, it did not converge
+    check = Contrast("1 block − lin", ((1.0, one), (-1.0, lin)))
+    return Test([con], f"lin {lin.point:.2f} → 1 block {one.point:.2f} (full ft {ft[0].point:.2f}{frac})",
+                checks=(check,))
 
 
 def longer_schedules_keep_improving(ev: Evidence) -> Test | str:
@@ -415,10 +425,30 @@ def _seed_summary(cells: list[Cell]) -> tuple[str, str]:
     return seeds, "+".join(sorted({c.noise.source for c in cells}))
 
 
+def failed_check(test: Test, ev: Evidence) -> Verdict | None:
+    """The ``protocol invalid`` verdict of the first protocol check below −CHECK_SE standard errors (or None).
+    A check without an interval (no training-noise estimate) is not applied; the evidence then says so."""
+    for check in test.checks:
+        est = ev.estimate(check.terms)
+        if not est.known:
+            test.evidence += f"; protocol check {check.label} not applied (no interval)"
+        elif est.value < -CHECK_SE * est.se:
+            (lo, hi), (seeds, seed_var) = est.interval(), _seed_summary(test.cells)
+            return Verdict(PROTOCOL_INVALID, margin=est.value, lo=lo, hi=hi, df=est.df, contrast=check.label,
+                           seeds=seeds, seed_var=seed_var,
+                           rule=f"check: {check.label} ≥ −{CHECK_SE:g} SE",
+                           evidence=f"{test.evidence}; {check.label} = {est.value:+.2f} (SE {est.se:.2f}): the "
+                                    f"protocol did not converge, so this is not evidence about the claim")
+    return None
+
+
 def decide(test: Test | str, ev: Evidence) -> Verdict:
     """The verdict of one claim (see the module docstring for the rules)."""
     if isinstance(test, str):
         return Verdict(NOT_RUN, evidence=test)
+    invalid = failed_check(test, ev)
+    if invalid is not None:
+        return invalid
     estimates = [ev.estimate(c.terms) for c in test.contrasts]
     cells = test.cells
     seeds, seed_var = _seed_summary(cells)

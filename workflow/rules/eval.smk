@@ -1,4 +1,5 @@
 # Evaluations of a pretraining run (or of a random init: run "scratch"): one CLI call each.
+from mae.evaluations import partial_ft_head
 
 
 rule finetune:
@@ -57,6 +58,12 @@ rule partial_ft:
     input:
         data=data_dir(PRETRAIN_DATA),
         init=init_input,
+        # partial_ft.head probe (the default): the head starts as this run's trained linear probe (K = 0)
+        probe=lambda wc: (
+            [f"{R}/runs/{wc.any_run}/linprobe/metrics.json"]
+            if partial_ft_head(config) == "probe"
+            else []
+        ),
     output:
         metrics=f"{R}/runs/{{any_run}}/partial_ft-{{blocks}}/metrics.json",
     log:
@@ -77,9 +84,14 @@ rule partial_ft:
         init=init_flag,
         # K > 0: the fine-tuning recipe with the `partial_ft` overrides (paper Fig. 9); K = 0: partial_ft_linear
         stage=f"{stage_flags('finetune')} {section_overrides('partial_ft')}",
+        head=lambda wc, input: (
+            f"--head-from {shlex.quote(os.path.dirname(input.probe[0]))}"
+            if input.probe
+            else ""
+        ),
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} partial-ft --blocks {wildcards.blocks} --data {input.data:q}"
-        " --out {params.out:q} {params.init} {params.stage} > {log:q} 2>&1"
+        " --out {params.out:q} {params.init} {params.head} {params.stage} > {log:q} 2>&1"
 
 
 # Fig. 9's K = 0 is the linear probe of the same run: `mae partial-ft --reuse` copies that result once it has

@@ -74,7 +74,9 @@ rule transfer_cls:
         launcher=launch,
         out=lambda wc, output: os.path.dirname(output.metrics),
         init=init_flag,
-        stage=stage_flags("transfer_cls"),
+        # the study's fine-tuning recipe with the `transfer_cls` overrides (the paper transfers with its
+        # fine-tuning recipe; the class defaults alone are the ImageNet one: mixup, RandAugment, 100 epochs)
+        stage=f"{stage_flags('finetune')} {section_overrides('transfer_cls')}",
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} transfer-cls --data {input.data:q} --out {params.out:q} {params.init}"
         " {params.stage} > {log:q} 2>&1"
