@@ -1,4 +1,9 @@
 # Summary of every metric -> the paper's tables, figures and claims check (also rebuilt by `dvc repro`).
+from mae.report.captions import figure_title, study_name, table_title
+
+# In `snakemake --report`, each table and figure is labelled with its name and the study (the captions print
+# both): a table by the title of its own Markdown file, a figure by mae/report/captions.py.
+STUDY = study_name(config, workflow.configfiles, workflow.overwrite_configfiles)
 
 
 rule study_plan:
@@ -60,6 +65,10 @@ rule tables:
             patterns=["{name}.md"],
             caption="../report/tables.rst",
             category="Tables",
+            labels=lambda wildcards, output: {
+                "table": table_title(f"{output[0]}/{wildcards.name}.md"),
+                "config": STUDY,
+            },
         ),
     log:
         "logs/tables.log",
@@ -112,6 +121,10 @@ rule figures:
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
+            labels=lambda wildcards: {
+                "figure": figure_title(wildcards.name),
+                "config": STUDY,
+            },
         ),
     log:
         "logs/figures.log",
