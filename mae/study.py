@@ -8,17 +8,24 @@ The ablations (``ablations:``) vary the *ablation base*: ``base`` with the knobs
 (the paper's Table 1, Figs. 5 and 7 use raw pixels, its final runs normalised pixels); every table also gets
 its ablation base as a row, so a table is exactly the runs tagged with it. Run names, and the run ``base``
 (the final runs: partial fine-tuning, transfer, the comparison with scratch), are relative to ``base``.
+
+A study of your own images (``config/custom.yaml``, docs/own-data.md): ``data_root`` names the folder of the
+pretraining dataset (:func:`use_data_root`); :func:`folder_layout` is how a folder is read (class folders are
+labels); without labels the evaluations on the pretraining data are not planned (:func:`unrunnable_evaluations`)
+and the plan lists them (:func:`not_run`), so that the summary and tables say ``not run (no labels)``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mae.errors import UserError
+from mae.evaluations import EVALUATIONS, folders
 from mae.knobs import FITTED_TARGETS, KNOBS
 from mae.knobs import check as check_knobs
 from mae.report.ablations import STUDY_TABLES
@@ -165,8 +172,9 @@ def plan_runs(config: dict[str, Any]) -> dict[str, Run]:
 
 
 def check_datasets(config: dict[str, Any]) -> None:
-    """Every dataset the study names (``pretrain_dataset``, ``transfer_cls.datasets``) is a key of ``datasets``:
-    one line naming the missing one (at plan time, so ``snakemake -n`` says it)."""
+    """Every dataset the study names (``pretrain_dataset``, ``transfer_cls.datasets``) is a key of ``datasets``,
+    and one of a folder kind has a ``root``: one line naming the missing one (at plan time, so ``snakemake -n``
+    says it)."""
     datasets = config.get("datasets") or {}
     named = [("pretrain_dataset", config.get("pretrain_dataset"))]
     named += [("transfer_cls.datasets", d) for d in (config.get("transfer_cls") or {}).get("datasets") or []]
@@ -174,6 +182,156 @@ def check_datasets(config: dict[str, Any]) -> None:
         if name not in datasets:
             raise UserError(f"study config '{key}': dataset {name!r} is not under 'datasets:' (defined: "
                             f"{', '.join(map(str, datasets)) or 'none'})")
+        spec = datasets[name] or {}
+        if spec.get("kind") in FOLDER_KINDS and not spec.get("root"):
+            how = "--config data_root=/path/to/images" if key == "pretrain_dataset" else f"datasets.{name}.root"
+            raise UserError(f"study config '{key}': dataset {name!r} (kind {spec['kind']}) has no folder: give "
+                            f"{how}")
+
+
+# ----------------------------------------------------------------------------------------- your own images
+#: the dataset kinds read from a folder by path (``root``)
+FOLDER_KINDS = ("imagefolder", "coco", "ade20k")
+#: the files an image folder is read from (any case); names that start with "." are never read (.DS_Store, the
+#: ._photo.jpg files macOS leaves on other disks)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: why the evaluations on the pretraining data do not run when its folder has no class folders
+NO_LABELS = "no labels"
+
+
+def is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """How an image folder (kind ``imagefolder``) is read; :func:`folder_layout` finds it, the planner reads
+    whether it has labels, :mod:`mae.data.adapters` lists its images by it."""
+
+    root: Path
+    split: bool  # root/train and root/val exist: the split is given (else mae prepare-data makes one)
+    classes: tuple[str, ...]  # the class folders (of root/train when split); () = no labels
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+
+def folder_layout(root: str | os.PathLike, unlabelled: bool = False) -> FolderLayout:
+    """The layout of an image folder: ``root/{train,val}/`` (a given split) or not, and its classes: the folder
+    (``root/train`` for a given split) has labels when it holds two or more sub-folders and no image of its own;
+    each sub-folder is a class. One or no sub-folder (or ``unlabelled``): every image below it, no labels. An
+    empty folder, half a split (``train/`` without ``val/``) or images beside class folders: one line naming it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder {'is not a folder' if root.exists() else 'not found'}: {root}")
+    halves = [h for h in ("train", "val") if (root / h).is_dir()]
+    if len(halves) == 1:
+        other = "val" if halves == ["train"] else "train"
+        raise UserError(f"{root} has a {halves[0]}/ folder but no {other}/ folder: give both (the split) or "
+                        "neither (a split is made)")
+    pool = root / "train" if halves else root
+    return FolderLayout(root, bool(halves), () if unlabelled else _class_folders(pool))
+
+
+def _class_folders(pool: Path) -> tuple[str, ...]:
+    try:
+        entries = [e for e in os.scandir(pool) if not e.name.startswith(".")]
+    except OSError as err:
+        raise UserError(f"cannot read folder {pool}: {err.strerror}") from None
+    subfolders = sorted(e.name for e in entries if e.is_dir())
+    images = sorted(e.name for e in entries if e.is_file() and is_image(e.name))
+    if len(subfolders) < 2:
+        if not subfolders and not images:
+            raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {pool}")
+        return ()
+    if images:
+        raise UserError(f"{pool} holds class folders ({', '.join(subfolders[:3])}{', …' if len(subfolders) > 3 else ''}"
+                        f") and images beside them ({pool / images[0]}): move every image into a class folder, "
+                        "or read the folder without labels (dataset key unlabelled: true)")
+    return tuple(subfolders)
+
+
+def use_data_root(config: dict[str, Any]) -> None:
+    """``data_root`` (``--config data_root=DIR``) is the folder of the pretraining dataset, an ``imagefolder``:
+    it becomes that dataset's ``root`` (in ``config``). A missing folder is one line naming it."""
+    given = config.get("data_root")
+    if given is None:
+        return
+    name = config.get("pretrain_dataset")
+    spec = (config.get("datasets") or {}).get(name) or {}
+    if spec.get("kind") != "imagefolder":
+        what = f"of kind {spec['kind']}" if spec.get("kind") else "not defined"
+        raise UserError(f"data_root: the pretraining dataset {name!r} is {what}; data_root is the folder of an "
+                        "imagefolder dataset (--configfile config/custom.yaml)")
+    root = Path(str(given)).expanduser()
+    if not str(given).strip() or not root.is_dir():
+        raise UserError(f"data_root: {'not a folder' if root.exists() else 'folder not found'}: {given}")
+    config["datasets"][name] = {**spec, "root": str(root)}
+
+
+def dataset_labelled(spec: dict[str, Any] | None) -> bool:
+    """Whether a dataset has image labels: every kind but an image folder without class folders. A root that is
+    not on this machine counts as labelled (it may exist only where jobs run; ``mae prepare-data`` names it)."""
+    if not spec or spec.get("kind") != "imagefolder" or not spec.get("root"):
+        return True
+    root = Path(str(spec["root"])).expanduser()
+    return not root.exists() or folder_layout(root, bool(spec.get("unlabelled"))).labelled
+
+
+def unrunnable_evaluations(config: dict[str, Any]) -> dict[str, str]:
+    """The evaluations the study config names that its data cannot give, with why: without labels in the
+    pretraining data, every evaluation on it (fine-tuning, probes, k-NN; the transfers have data of their own).
+    They are not planned; the summary and tables say ``not run (<why>)``."""
+    if dataset_labelled((config.get("datasets") or {}).get(config.get("pretrain_dataset"))):
+        return {}
+    groups = config.get("evaluations") or {}
+    named = [ev for g in ("every_run", "base_run", "scratch") for ev in groups.get(g) or []]
+    named += [ev for evs in (groups.get("per_table") or {}).values() for ev in evs or []]
+    return {ev: NO_LABELS for ev in dict.fromkeys(named) if ev in EVALUATIONS and not EVALUATIONS[ev].transfer}
+
+
+def evaluation_folders(config: dict[str, Any], skip: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """``(run, evaluation, folder)`` of every evaluation of the study (the summary's inputs besides pretraining),
+    without the evaluations in ``skip``: the every-run ones and those of the tables a run serves (``per_table``)
+    on every pretraining run, the base-run ones on the base setting's runs, the baselines' on ``scratch`` and,
+    for a transfer when the baselines fine-tune, on ``supervised`` (the transfer of that fine-tune)."""
+    skip = skip or {}
+    groups = config.get("evaluations") or {}
+
+    def pick(evs: list[str] | None) -> list[str]:
+        return [ev for ev in evs or [] if ev not in skip]
+
+    per_table = {str(t): pick(evs) for t, evs in (groups.get("per_table") or {}).items()}
+    scratch = pick(groups.get("scratch"))
+    out: list[tuple[str, str, str]] = []
+
+    def add(run: str, evs: list[str]) -> None:
+        out.extend((run, ev, folder) for ev in evs for folder in folders(ev, config))
+
+    every = pick(groups.get("every_run"))
+    for name, run in plan_runs(config).items():
+        add(name, list(dict.fromkeys(every + [ev for t in run.tables for ev in per_table.get(t, [])])))
+    for name in base_run_names(config):
+        add(name, pick(groups.get("base_run")))
+    for ev in scratch:
+        for name in baseline_runs(config, "scratch"):
+            add(name, [ev])
+        if EVALUATIONS[ev].transfer and "finetune" in scratch:
+            for name in baseline_runs(config, "supervised"):
+                add(name, [ev])
+    return list(dict.fromkeys(out))
+
+
+def not_run(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(run, folder, why)`` of every evaluation the study config asks for that its data cannot give
+    (:func:`unrunnable_evaluations`; a supervised transfer needs the baseline's fine-tune)."""
+    skip = unrunnable_evaluations(config)
+    if not skip:
+        return []
+    planned = set(evaluation_folders(config, skip))
+    return [(run, folder, skip.get(ev) or skip["finetune"]) for run, ev, folder in evaluation_folders(config)
+            if (run, ev, folder) not in planned]
 
 
 def needs_target_file(run: Run) -> str | None:
@@ -182,7 +340,8 @@ def needs_target_file(run: Run) -> str | None:
 
 
 def study_plan(config: dict[str, Any]) -> dict[str, Any]:
-    """The study manifest that the summary reads: base, runs (settings + tables), scale (JSON values)."""
+    """The study manifest that the summary reads: base, runs (settings + tables), scale (JSON values) and, when
+    the data cannot give an evaluation the config asks for, ``not_run`` (run, folder, why; :func:`not_run`)."""
     runs = plan_runs(config)
     plan = {
         "base": config["base"],
@@ -194,6 +353,9 @@ def study_plan(config: dict[str, Any]) -> dict[str, Any]:
             "name": config.get("scale", ""),
         },
     }
+    missing = not_run(config)
+    if missing:  # the summary's rows `not run (<why>)`
+        plan["not_run"] = [{"run": run, "folder": folder, "why": why} for run, folder, why in missing]
     return json.loads(json.dumps(plan))
 
 

@@ -11,6 +11,7 @@ count is logged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -23,19 +24,16 @@ import torch
 from torch.utils.data import Dataset
 
 from mae.errors import UserError
+from mae.study import IMAGE_EXTENSIONS as IMG_EXTENSIONS  # noqa: F401 - the planner reads folders by the same rule
+from mae.study import folder_layout, is_image
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {
     "imagefolder": {"train": "train", "val": "val"},
     "coco": {"train": "train2017", "val": "val2017"},
     "ade20k": {"train": "training", "val": "validation"},
 }
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -115,31 +113,91 @@ def _verify_files(paths: list[str], skip_bad: bool, loader: Callable = load_imag
 
 
 # ----------------------------------------------------------------------------------------------------------
-# ImageFolder: root/{train,val}/<class>/<image>
+# ImageFolder: root/{train,val}/<class>/<image>, root/<class>/<image> or a folder of images without labels
+# (mae.study.folder_layout); without train/ and val/ the split is made here: seeded, by a hash of each path
 
 
-def scan_imagefolder(root: Path, split: str, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
-    split_dir = _require_dir(root / SPLIT_DIRS["imagefolder"][split], f"{split} folder")
-    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+def _images_below(folder: Path) -> list[str]:
+    """Every image file below ``folder`` (sub-folders too; names starting with "." skipped), sorted."""
+    def unreadable(err: OSError) -> None:
+        raise UserError(f"cannot read folder {err.filename}: {err.strerror}")
+
+    found = []
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(top, f) for f in files if is_image(f)]
+    return sorted(found)
+
+
+def _pool_samples(pool: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, label) of the images of one folder: below each class folder (label = the class's index in
+    ``classes``), or, without classes, every image below it (label -1: no label)."""
+    _require_dir(pool, "image folder")
+    if not classes:
+        files = _images_below(pool)
+        if not files:
+            raise UserError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {pool}")
+        return [(p, -1) for p in files]
+    found = sorted(e.name for e in os.scandir(pool) if e.is_dir() and not e.name.startswith("."))
     if not found:
-        raise UserError(f"no class folders in {split_dir}")
-    classes = found if classes is None else classes
+        raise UserError(f"no class folders in {pool}")
     index = {c: i for i, c in enumerate(classes)}
     samples: list[tuple[str, int]] = []
     for c in found:
         if c not in index:
-            raise UserError(f"class folder {split_dir / c} is not a class of the train split")
-        files = sorted(e.name for e in os.scandir(split_dir / c) if e.is_file() and _is_image(e.name))
+            raise UserError(f"class folder {pool / c} is not a class of the train split")
+        files = _images_below(pool / c)
         if not files:
-            raise UserError(f"empty class folder (no images): {split_dir / c}")
-        samples.extend((str(split_dir / c / f), index[c]) for f in files)
-    return classes, samples
+            raise UserError(f"empty class folder (no images): {pool / c}")
+        samples.extend((p, index[c]) for p in files)
+    return samples
 
 
-def describe_imagefolder(root: Path, img_size: int, verify: bool = False, skip_bad: bool = False) -> dict:
+def made_val_split(samples: list[tuple[str, int]], root: Path, fraction: float, seed: int) -> set[str]:
+    """The val images of a split made here: of each class (of all images, without labels) the ``round(n ×
+    fraction)`` first by the SHA-256 of ``seed`` and the path below ``root`` (at least one, and one left for
+    training, when the class has two or more). It depends on the file names only: the same on every machine,
+    whatever the listing order, and an added image moves at most one other of its class."""
+    by_label: dict[int, list[str]] = {}
+    for path, label in samples:
+        by_label.setdefault(label, []).append(path)
+    val: set[str] = set()
+    for paths in by_label.values():
+        n = len(paths)
+        k = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
+        key = {p: hashlib.sha256(f"{seed}:{Path(p).relative_to(root).as_posix()}".encode("utf-8", "surrogateescape"))
+               .digest() for p in paths}
+        val.update(sorted(paths, key=key.__getitem__)[:k])
+    return val
+
+
+def imagefolder_samples(root: Path, split: str, classes: list[str], val_split: dict | None = None
+                        ) -> list[tuple[str, int]]:
+    """(path, label) of one split of an image folder: ``root/<split>`` when the split is given (``val_split``
+    None), else the part of ``root`` the made split (``{"fraction", "seed"}``) assigns to it; label -1 when
+    the dataset has no classes."""
+    if val_split is None:
+        return _pool_samples(_require_dir(root / SPLIT_DIRS["imagefolder"][split], f"{split} folder"), classes)
+    samples = _pool_samples(root, classes)
+    val = made_val_split(samples, root, float(val_split["fraction"]), int(val_split["seed"]))
+    return [s for s in samples if (s[0] in val) == (split == "val")]
+
+
+def describe_imagefolder(root: Path, img_size: int, verify: bool = False, skip_bad: bool = False,
+                         unlabelled: bool = False, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """meta.json of an image folder (:func:`mae.study.folder_layout`): ``root/{train,val}/`` as given, else a
+    seeded split of ``root`` (``val_fraction`` of each class, :func:`made_val_split`); class folders are labels
+    (none: ``labelled`` false, ``num_classes`` 0, label -1)."""
     root = _require_dir(Path(root), "dataset root").resolve()
-    classes, train = scan_imagefolder(root, "train")
-    _, val = scan_imagefolder(root, "val", classes)
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    layout = folder_layout(root, unlabelled)
+    classes = list(layout.classes)
+    val_split = None if layout.split else {"fraction": val_fraction, "seed": seed}
+    train = imagefolder_samples(root, "train", classes, val_split)
+    val = imagefolder_samples(root, "val", classes, val_split)
+    if not val:
+        raise UserError(f"too few images in {root} for a validation split (a class needs 2 images to give one)")
     exclude: list[str] = []
     if verify:
         exclude = _verify_files([p for p, _ in train + val], skip_bad)
@@ -152,6 +210,8 @@ def describe_imagefolder(root: Path, img_size: int, verify: bool = False, skip_b
         "img_size": img_size,
         "classes": classes,
         "num_classes": len(classes),
+        "labelled": bool(classes),
+        "val_split": val_split,  # None: root/train and root/val
         "splits": {"train": sum(p not in ex for p, _ in train), "val": sum(p not in ex for p, _ in val)},
         "has_semseg": False,
         "has_instances": False,
@@ -260,7 +320,7 @@ def scan_ade20k(root: Path, split: str) -> list[tuple[str, str]]:
     d = SPLIT_DIRS["ade20k"][split]
     img_dir = _require_dir(root / "images" / d, f"ADE20K {split} image folder")
     ann_dir = _require_dir(root / "annotations" / d, f"ADE20K {split} annotation folder")
-    imgs = sorted(e.name for e in os.scandir(img_dir) if e.is_file() and _is_image(e.name))
+    imgs = sorted(e.name for e in os.scandir(img_dir) if e.is_file() and is_image(e.name))
     if not imgs:
         raise UserError(f"no images in {img_dir}")
     pairs = []

@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 
 from mae.data import adapters
 from mae.errors import UserError
+from mae.study import FOLDER_KINDS
 
 IN_MEMORY_KINDS = ("shapes", "shapes2", "digits")
-FOLDER_KINDS = ("imagefolder", "coco", "ade20k")
 KINDS = IN_MEMORY_KINDS + FOLDER_KINDS
 SPLITS = ("train", "val")
 META_KEYS = ("kind", "img_size", "classes", "num_classes", "splits")
@@ -157,8 +157,8 @@ def build_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bo
 
     Without a transform, images are float tensors (3,H,W) in [0,1]. ``skip_bad`` (default: the value given
     at prepare time) replaces unreadable folder images by the next good one instead of raising.
-    The dataset has ``classes`` and ``targets`` (numpy int64 labels; not for ade20k, whose label is
-    computed from the mask on access).
+    The dataset has ``classes`` and ``targets`` (numpy int64 labels; -1 for an image folder without labels
+    (``meta["labelled"]`` false); not for ade20k, whose label is computed from the mask on access).
     """
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
@@ -174,8 +174,8 @@ def build_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bo
         return ArrayDataset(images, labels, meta["classes"], transform)
     root = Path(meta.get("root", ""))
     ex = _exclude(meta)
-    if kind == "imagefolder":
-        _, samples = adapters.scan_imagefolder(root, split, meta["classes"])
+    if kind == "imagefolder":  # label -1 without classes (a folder of images without class folders)
+        samples = adapters.imagefolder_samples(root, split, meta["classes"], meta.get("val_split"))
         samples = [s for s in samples if s[0] not in ex]
         return adapters.FolderClassification(samples, meta["classes"], transform, skip)
     if kind == "ade20k":

@@ -1,5 +1,6 @@
 """`mae prepare-data`: generate a built-in dataset (shapes, shapes2), convert scikit-learn's digits, or
-describe a real dataset by path (imagefolder, coco, ade20k: only ``meta.json`` is written).
+describe a real dataset by path (imagefolder, coco, ade20k: only ``meta.json`` is written; an image folder
+without train/ and val/ gets a seeded split, and one without class folders has no labels).
 
 The output folder is produced in a temporary folder beside the target and renamed into place at the end,
 so an interrupted or failed run never leaves a half-written dataset (an existing one is replaced only on
@@ -251,14 +252,20 @@ def prepare_digits(out: Path, img_size: int = 32, seed: int = 0, val_fraction: f
 
 
 def prepare_folder(out: Path, kind: str, root: str | os.PathLike | None, img_size: int = 224, verify: bool = False,
-                   skip_bad: bool = False, num_classes: int | None = None, name: str | None = None) -> dict:
+                   skip_bad: bool = False, num_classes: int | None = None, name: str | None = None,
+                   unlabelled: bool = False, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Describe a dataset by path. An image folder is ``root/{train,val}/<class>/``, ``root/<class>/`` (a split
+    is made: ``val_fraction`` of each class, seeded by ``seed``) or images without class folders (no labels;
+    also with ``unlabelled``): :func:`mae.data.adapters.describe_imagefolder`."""
     from mae.data import adapters
 
     if not root:
         raise UserError(f"--root is required for kind {kind}")
+    if unlabelled and kind != "imagefolder":
+        raise UserError(f"--unlabelled is for kind imagefolder, not {kind}")
     root = Path(root)
     if kind == "imagefolder":
-        meta = adapters.describe_imagefolder(root, img_size, verify, skip_bad)
+        meta = adapters.describe_imagefolder(root, img_size, verify, skip_bad, unlabelled, val_fraction, seed)
     elif kind == "coco":
         meta = adapters.describe_coco(root, img_size, verify, skip_bad)
     else:
@@ -280,11 +287,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="image side (default 32; 224 for folder kinds)")
     parser.add_argument("--n-train", type=int, default=10000, help="built-in: training images")
     parser.add_argument("--n-val", type=int, default=2000, help="built-in: validation images")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed / digits split seed")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="generator seed / split seed (digits, an image folder without train/ and val/)")
     parser.add_argument("--num-classes", type=int, default=None, help="built-in: first C shape families; ade20k: classes")
     parser.add_argument("--max-objects", type=int, default=None, help="built-in: at most N objects per image (difficulty)")
     parser.add_argument("--max-clutter", type=int, default=None, help="built-in: at most N background distractors")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="digits: validation fraction")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="digits, an image folder without train/ and val/: validation fraction of each class")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="imagefolder: every image below --root, without labels (sub-folders are not classes)")
     parser.add_argument("--verify", action="store_true", help="folder kinds: decode every image now")
     parser.add_argument("--skip-bad", action="store_true", help="folder kinds: leave out bad images (count logged)")
     parser.add_argument("--name", default=None, help="dataset name in meta.json (default: --out folder name)")
@@ -297,7 +308,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--img-size must be >= 8, got {args.img_size}")
     if args.kind in FOLDER_KINDS:
         meta = prepare_folder(out, args.kind, args.root, args.img_size or 224, args.verify, args.skip_bad,
-                              args.num_classes, args.name)
+                              args.num_classes, args.name, args.unlabelled, args.val_fraction, args.seed)
     else:
         if args.root:
             raise UserError(f"--root is not used by kind {args.kind}")
@@ -306,5 +317,6 @@ def main(args: argparse.Namespace) -> int:
         else:
             meta = prepare_builtin(out, args.kind, args.img_size or 32, args.n_train, args.n_val, args.seed,
                                    args.num_classes, args.name, args.max_objects, args.max_clutter)
-    print(f"wrote {out} (kind {meta['kind']}, {meta['num_classes']} classes, splits {meta['splits']})")
+    classes = f"{meta['num_classes']} classes" if meta.get("labelled", True) else "no labels"
+    print(f"wrote {out} (kind {meta['kind']}, {classes}, splits {meta['splits']})")
     return 0

@@ -7,6 +7,9 @@ One row per run × evaluation with every knob of the run and every metric of the
                                                      transfer_det, transfer_seg, transfer_cls-<dataset>
     results/runs/scratch/<evaluation>/metrics.json   from-scratch baselines (init = scratch)
 
+An evaluation the study planned that its data cannot give (an image folder without class folders has no
+labels: study.json ``not_run``) is a row without metrics whose ``status`` is ``not run (no labels)``.
+
 ``mae summarize`` also writes ``metrics.json`` (headline numbers for ``dvc metrics``) and ``loss_curves.csv``
 (the pretraining loss of every run, from ``pretrain/log.jsonl``, for ``dvc plots``) beside ``runs.csv``.
 
@@ -61,6 +64,9 @@ CI_COLUMNS = (*(f"{m}_{s}" for m in CI_METRICS for s in ("lo", "hi", "seed_mean"
 KNOBS = ("model", "dataset", "img_size", "patch_size",
          *(k.column for k in PRETRAIN_KNOBS.values() if k.name != "model"))
 COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS, *CI_COLUMNS)
+#: an evaluation the study planned that its data cannot give: ``not run (no labels)`` (study.json ``not_run``,
+#: :func:`mae.study.not_run`); a column of runs.csv, after ``tables``, only when some row has one
+STATUS = "status"
 #: the evaluations that are part of an evaluation folder's name: ``partial_ft-4`` -> (partial_ft, "4")
 EVALS = ("pretrain", *EVALUATIONS)
 #: runs whose folder name says how the encoder was initialised (no pretraining of ours): ``scratch``,
@@ -144,20 +150,7 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
     rows: list[dict[str, Any]] = []
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = run_dir.name
-        entry = study.get("runs", {}).get(name, {}) or {}
-        settings_path = run_dir / "settings.json"
-        own = _read_json(settings_path) if settings_path.is_file() else {}
-        baseline = parse_baseline_name(name)
-        init = str(own.get("init") or entry.get("settings", {}).get("init") or (baseline[0] if baseline else "mae"))
-        if init in BASELINE_INITS and not own:
-            # no pretraining of ours: only the architecture/data knobs of the base apply; the seed is the run's
-            knobs = {k: base[k] for k in ("model", "dataset", "img_size", "patch_size", "seed") if k in base}
-            if baseline and baseline[1] is not None:
-                knobs["seed"] = baseline[1]
-            knobs.update(_knobs(entry.get("settings", {})))
-        else:
-            knobs = {**base, **_knobs(entry.get("settings", {})), **_knobs(own)}
-        tables = ";".join(str(t) for t in entry.get("tables", []) or [])
+        init, knobs, tables = _run_columns(name, run_dir, study, base)
         found = False
         for eval_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
             parsed = parse_eval_dir(eval_dir.name)
@@ -175,15 +168,65 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
             found = True
         if not found:
             log.info("run %s: no evaluation with metrics.json yet", name)
+    rows += _not_run_rows(runs_dir, study, base, {(r["run"], r["eval"], r["eval_setting"]) for r in rows})
     frame = pd.DataFrame(rows)
-    extra = sorted(c for c in frame.columns if c not in COLUMNS)
-    frame = frame.reindex(columns=[*COLUMNS, *extra])
+    extra = sorted(c for c in frame.columns if c not in (*COLUMNS, STATUS))
+    status = [STATUS] if STATUS in frame else []
+    at = COLUMNS.index("tables") + 1
+    frame = frame.reindex(columns=[*COLUMNS[:at], *status, *COLUMNS[at:], *extra])
     frame = normalise(frame)
     order = {ev: i for i, ev in enumerate(EVALS)}
     if len(frame):
         frame = frame.assign(_o=frame["eval"].map(order)).sort_values(
             ["run", "_o", "eval_setting"], kind="stable").drop(columns="_o").reset_index(drop=True)
     return frame
+
+
+def _run_columns(name: str, run_dir: Path, study: dict[str, Any], base: dict[str, Any]
+                 ) -> tuple[str, dict[str, Any], str]:
+    """A run's init, knobs and tables: from its settings.json (written by pretraining) and its study entry; a
+    baseline (scratch, supervised) has the base's architecture and data, and its own seed."""
+    entry = study.get("runs", {}).get(name, {}) or {}
+    settings_path = run_dir / "settings.json"
+    own = _read_json(settings_path) if settings_path.is_file() else {}
+    baseline = parse_baseline_name(name)
+    init = str(own.get("init") or entry.get("settings", {}).get("init") or (baseline[0] if baseline else "mae"))
+    if init in BASELINE_INITS and not own:
+        # no pretraining of ours: only the architecture/data knobs of the base apply; the seed is the run's
+        knobs = {k: base[k] for k in ("model", "dataset", "img_size", "patch_size", "seed") if k in base}
+        if baseline and baseline[1] is not None:
+            knobs["seed"] = baseline[1]
+        knobs.update(_knobs(entry.get("settings", {})))
+    else:
+        knobs = {**base, **_knobs(entry.get("settings", {})), **_knobs(own)}
+    return init, knobs, ";".join(str(t) for t in entry.get("tables", []) or [])
+
+
+def _not_run_rows(runs_dir: Path, study: dict[str, Any], base: dict[str, Any], have: set[tuple[str, str, str]]
+                  ) -> list[dict[str, Any]]:
+    """One row per evaluation the study planned that its data cannot give (study.json ``not_run``), with the
+    run's knobs, no metrics and ``status`` = ``not run (<why>)`` (none where a metrics.json exists after all)."""
+    rows = []
+    for item in study.get("not_run") or []:
+        parsed = parse_eval_dir(str(item.get("folder", "")))
+        if parsed is None or (item.get("run"), *parsed) in have:
+            continue
+        name = str(item["run"])
+        init, knobs, tables = _run_columns(name, runs_dir / name, study, base)
+        rows.append({"run": name, "eval": parsed[0], "eval_setting": parsed[1], "init": init, **knobs,
+                     "tables": tables, STATUS: f"not run ({item['why']})" if item.get("why") else "not run"})
+    return rows
+
+
+def status_of(frame: pd.DataFrame, ev: str, init: str | None = None) -> str:
+    """What the summary says of evaluation ``ev`` (of ``init``) that did not run: ``not run (no labels)``, or
+    "" when nothing says so (the tables' notes)."""
+    if STATUS not in frame or not len(frame):
+        return ""
+    sel = frame["eval"].eq(ev).fillna(False) & frame[STATUS].notna()
+    if init is not None:
+        sel &= frame["init"].eq(init).fillna(False)
+    return "; ".join(dict.fromkeys(str(v) for v in frame.loc[sel.astype(bool), STATUS]))
 
 
 # ------------------------------------------------------------------------------------------- uncertainty
@@ -266,6 +309,8 @@ def add_intervals(frame: pd.DataFrame, replicates: dict[str, dict[str, np.ndarra
     group = [c for c in ("eval", "eval_setting", "init", *pretraining_knobs()) if c in frame]
     keys = frame[group].astype("string").fillna("<NA>").agg("|".join, axis=1)
     frame["seeds"] = frame.groupby(keys)["run"].transform("nunique").astype("float64")
+    if STATUS in frame:  # an evaluation that did not run has no seeds
+        frame.loc[frame[STATUS].notna().to_numpy(bool), "seeds"] = math.nan
     for metric in CI_METRICS:
         grouped = frame.groupby(keys)[metric]
         frame[f"{metric}_seed_mean"] = grouped.transform("mean")
@@ -366,13 +411,14 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Float64")
         elif kind is bool:
             frame[col] = frame[col].map(_to_bool).astype("boolean")
-    for col in (*(c for c, t in KNOB_TYPES.items() if t is str), "run", "eval", "eval_setting", "init", "tables"):
+    for col in (*(c for c, t in KNOB_TYPES.items() if t is str), "run", "eval", "eval_setting", "init", "tables",
+                STATUS):
         if col in frame:
             frame[col] = frame[col].map(lambda v: None if _missing(v) else str(v)).astype("string")
     frame["eval_setting"] = frame["eval_setting"].fillna("")
     frame["tables"] = frame["tables"].fillna("")
     for col in frame.columns:
-        if col not in COLUMNS[: len(ID_COLUMNS) + len(KNOBS) + 1]:
+        if col not in (*COLUMNS[: len(ID_COLUMNS) + len(KNOBS) + 1], STATUS):
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     return frame
 
@@ -400,7 +446,7 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"summary not found: {path}")
     try:
-        frame = pd.read_csv(path, dtype={"eval_setting": str, "tables": str})
+        frame = pd.read_csv(path, dtype={"eval_setting": str, "tables": str, STATUS: str})
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame(columns=list(COLUMNS))
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as err:
@@ -411,6 +457,8 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
     frame = frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
+    if STATUS not in frame:
+        frame[STATUS] = pd.NA
     _check_values(frame, path)
     return normalise(frame)
 

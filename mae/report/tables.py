@@ -4,7 +4,9 @@ Every table is written as CSV, Markdown and LaTeX (booktabs) under ``--out``; ea
 column and, adjacent to it, a ``paper`` column. Rows: our settings mapped to the paper's setting labels
 (``decoder_depth=8`` ↔ ``depth=8``), our settings the paper did not test (``not in paper``) and the paper's
 settings we did not run (``paper only``). A table whose runs are absent from the summary is still written,
-with the paper's rows and a note naming what is missing. The caption states the scale of our runs.
+with the paper's rows and a note naming what is missing; an evaluation the data cannot give (the summary's
+``status``, e.g. an image folder without labels) keeps our settings as rows noted ``not run (no labels)``. The
+caption states the scale of our runs.
 
 Files (stems): table1a_decoder_depth, table1b_decoder_width, table1c_mask_token, table1d_target,
 table1e_augmentation, table1f_mask_sampling, table2_wall_clock, table3_scratch_vs_mae, table4_detection,
@@ -27,8 +29,8 @@ from mae.knobs import KNOBS
 from mae.report import paper as P
 from mae.report.ablations import ABLATIONS, Ablation
 from mae.report.evidence import Evidence
-from mae.report.summary import (REPLICATES, ablation_mask, base_knobs, base_run, differs_only_in, read_replicates,
-                                read_summary, seed_mean, table_runs)
+from mae.report.summary import (REPLICATES, STATUS, ablation_mask, base_knobs, base_run, differs_only_in,
+                                read_replicates, read_summary, seed_mean, status_of, table_runs)
 from mae.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("mae.report.tables")
@@ -151,6 +153,10 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
         m = m.rename(columns={"mean": f"{label} ours", "ci": f"{label}{CI_SUFFIX}", "n": f"_n_{label}"})
         ours = m if ours is None else ours.merge(m, on=knobs, how="outer")
     assert ours is not None
+    # our settings whose evaluation did not run (no labels): rows without values, the note says why
+    status = {label: status_of(rows, ev) for ev, _, _, label in spec.metrics}
+    if any(status.values()):
+        ours = ours.merge(rows.loc[rows[STATUS].notna(), knobs].drop_duplicates(), on=knobs, how="outer")
     ncols = [c for c in ours.columns if c.startswith("_n_")]
     ours["seeds"] = ours[ncols].max(axis=1) if ncols and len(ours) else pd.Series(dtype="float64")
     ours = ours.drop(columns=ncols)
@@ -168,6 +174,11 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     sort_cols = ["_order", *[k for k in knobs if k in merged]]
     merged = merged.sort_values(sort_cols, kind="stable", na_position="last")
     merged["note"] = merged["_merge"].map({"both": "", "left_only": "not in paper", "right_only": "paper only"})
+    why = "; ".join(dict.fromkeys(v for v in status.values() if v))
+    if why:
+        empty = merged[[f"{label} ours" for *_, label in spec.metrics]].isna().all(axis=1) & \
+            merged["_merge"].ne("right_only")
+        merged["note"] = [f"{n}; {why}" if n and e else why if e else n for n, e in zip(merged["note"], empty)]
     # display columns for our setting
     display = []
     for vals in merged[knobs].itertuples(index=False) if all(k in merged for k in knobs) else []:
@@ -187,13 +198,25 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     if spec.id == "1c":
         out = _add_time_rel(out, frame, rows)
     missing = [s for s in out.loc[out["note"] == "paper only", "paper setting"].astype(str)]
-    no_values = [f"{label} ({ev})" for ev, _, _, label in spec.metrics if out[f"{label} ours"].isna().all()]
+    no_values = [f"{label} ({ev})" for ev, _, _, label in spec.metrics
+                 if out[f"{label} ours"].isna().all() and not status[label]]
     caption = scale_text(scale, paper_model) + CI_NOTE
     if missing:
         caption += " Paper settings not run: " + ", ".join(missing) + "."
+    caption += _not_run_text({f"{label} ({ev})": status[label] for ev, _, _, label in spec.metrics})
     if no_values:
         caption += " No results of ours yet for: " + ", ".join(no_values) + "."
     return Table(spec.id, spec.stem, spec.title, out, caption, missing + no_values)
+
+
+def _not_run_text(status: dict[str, str]) -> str:
+    """The caption's sentence on what did not run: ``{"ft top-1 (finetune)": "not run (no labels)"}`` gives
+    ``" Not run (no labels): ft top-1 (finetune)."``; "" when nothing says so."""
+    by_why: dict[str, list[str]] = {}
+    for what, why in status.items():
+        if why:
+            by_why.setdefault(why, []).append(what)
+    return "".join(f" {why[:1].upper()}{why[1:]}: {', '.join(whats)}." for why, whats in by_why.items())
 
 
 def _add_time_rel(out: pd.DataFrame, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -269,7 +292,7 @@ def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
     data["note"] = ["" if s in done else ("paper only" if not c else "not run")
                     for s, c in zip(data["paper setting"], data["case"])]
     missing = [s for s in labels.values() if s not in done]
-    caption = scale_text(scale, paper_model) + (
+    caption = scale_text(scale, paper_model) + _not_run_text({"ft top-1": status_of(frame, "finetune", "mae")}) + (
         " Paper: 128 TPU-v3 cores; ours: wall-clock of our pretraining run, speedup from images/s relative to "
         "the encoder with mask tokens. The paper's dec_depth=8 is our base decoder depth "
         f"({base.get('decoder_depth', '?')}).")
@@ -293,7 +316,7 @@ def init_table(evidence: Evidence, *, id_: str, stem: str, title: str, paper_tab
     paper = P.paper_rows(paper_table, model=paper_model)
     settings = list(dict.fromkeys(paper["setting"]))
     used: set[str] = set()
-    missing = []
+    missing, status = [], {}
     for init in inits:
         if not len(frame):
             sel = frame
@@ -312,8 +335,13 @@ def init_table(evidence: Evidence, *, id_: str, stem: str, title: str, paper_tab
             rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
         rec["seeds"] = float(sel["seed"].nunique()) if len(sel) and sel["seed"].notna().any() else math.nan
         has = any(not math.isnan(rec[f"{label} ours"]) for _, _, label in metrics)
-        rec["note"] = ("" if psetting else "not in paper") if has else "not run"
-        if not has:
+        why = "" if has else status_of(sel, ev)
+        if why:  # nothing ran: no seeds
+            rec["seeds"] = math.nan
+        rec["note"] = ("" if psetting else "not in paper") if has else why or "not run"
+        if why:
+            status[INIT_LABELS[init]] = why
+        elif not has:
             missing.append(INIT_LABELS[init])
         if psetting:
             used.add(psetting)
@@ -332,10 +360,10 @@ def init_table(evidence: Evidence, *, id_: str, stem: str, title: str, paper_tab
     data = pd.DataFrame(records).reindex(columns=cols)
     for c in cols[2:-1]:
         data[c] = pd.to_numeric(data[c], errors="coerce")
-    caption = scale_text(scale, paper_model, paper_epochs) + CI_NOTE
+    caption = scale_text(scale, paper_model, paper_epochs) + CI_NOTE + _not_run_text(status)
     if missing:
         caption += " Missing from our summary: " + ", ".join(missing) + "."
-    return Table(id_, stem, title, data, caption, missing)
+    return Table(id_, stem, title, data, caption, missing + list(status))
 
 
 def table6(evidence: Evidence, paper_model: str, scale: dict[str, Any]) -> Table:

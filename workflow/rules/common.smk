@@ -18,10 +18,13 @@ from mae.study import (
     cli_flags,
     check_datasets,
     cli_overrides,
+    evaluation_folders,
     needs_target_file,
     parse_baseline_name,
     plan_is_current,
     plan_runs,
+    unrunnable_evaluations,
+    use_data_root,
 )
 from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
 from mae import warmstart
@@ -42,10 +45,15 @@ for configfile_path in workflow.configfiles:
         load_yaml_strict(open(configfile_path).read(), str(configfile_path))
 
 R = config["results"]
+# `--config data_root=DIR`: the image folder of the pretraining dataset (config/custom.yaml, docs/own-data.md)
+use_data_root(config)
 check_datasets(config)
 RUNS = plan_runs(config)
 check_study_evaluations(config)
 check_study_sections(config)
+# Evaluations the data cannot give (an image folder without class folders has no labels): not planned, and the
+# summary and tables say `not run (no labels)` (study.json lists them, mae.study.not_run).
+NOT_RUN = unrunnable_evaluations(config)
 # The runs of the base setting that get the base-run evaluations (one per seed: base, seed-1, ...) and the
 # baselines' runs (scratch, scratch_seed-1, ...; supervised_seed-<s> transfers scratch_seed-<s>'s fine-tune).
 BASE_RUNS = base_run_names(config)
@@ -53,11 +61,14 @@ SCRATCH_RUNS = baseline_runs(config, "scratch")
 SUPERVISED_RUNS = baseline_runs(config, "supervised")
 PRETRAIN_DATA = config["pretrain_dataset"]
 EVALS = config["evaluations"]
-EVERY_RUN = EVALS.get("every_run", [])
-BASE_RUN = EVALS.get("base_run", [])
-SCRATCH = EVALS.get("scratch", [])
+EVERY_RUN = [ev for ev in EVALS.get("every_run", []) if ev not in NOT_RUN]
+BASE_RUN = [ev for ev in EVALS.get("base_run", []) if ev not in NOT_RUN]
+SCRATCH = [ev for ev in EVALS.get("scratch", []) if ev not in NOT_RUN]
 # Extra evaluations of every run of a table, e.g. {"1d": [transfer_det, transfer_seg]} for Table 7.
-PER_TABLE = EVALS.get("per_table") or {}
+PER_TABLE = {
+    table: [ev for ev in evs or [] if ev not in NOT_RUN]
+    for table, evs in (EVALS.get("per_table") or {}).items()
+}
 
 
 wildcard_constraints:
@@ -181,24 +192,15 @@ def eval_files(run, ev):
     return [f"{R}/runs/{run}/{folder}/metrics.json" for folder in folders(ev, config)]
 
 
-def run_evals(run):
-    """The evaluations of a pretraining run: every-run ones plus those of the tables it serves (`per_table`)."""
-    extra = [ev for table in RUNS[run].tables for ev in PER_TABLE.get(table, [])]
-    return list(dict.fromkeys(EVERY_RUN + extra))
-
-
 def all_metrics():
-    """Every metrics file of the study (the summary's inputs)."""
-    files = []
-    for run in RUNS:
-        files.append(pretrain_done(run))
-        files += [f for ev in run_evals(run) for f in eval_files(run, ev)]
-    files += [f for run in BASE_RUNS for ev in BASE_RUN for f in eval_files(run, ev)]
-    for ev in SCRATCH:
-        files += [f for run in SCRATCH_RUNS for f in eval_files(run, ev)]
-        if EVALUATIONS[ev].transfer and "finetune" in SCRATCH:
-            files += [f for run in SUPERVISED_RUNS for f in eval_files(run, ev)]
-    return list(dict.fromkeys(files))
+    """Every metrics file of the study (the summary's inputs): each run's pretraining and every evaluation the
+    planner lists (mae.study.evaluation_folders), but those the data cannot give."""
+    files = [pretrain_done(run) for run in RUNS]
+    files += [
+        f"{R}/runs/{run}/{folder}/metrics.json"
+        for run, _, folder in evaluation_folders(config, NOT_RUN)
+    ]
+    return files
 
 
 def study_parts():
