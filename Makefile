@@ -31,6 +31,8 @@ test-fast: venv
 	$(BIN)/python -m pytest -q
 
 lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/
 

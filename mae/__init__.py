@@ -1,2 +1,3 @@
 """MAE study pipeline."""
+
 __version__ = "0.1.0"

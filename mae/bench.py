@@ -90,16 +90,21 @@ class StepRunner:
         dtype = torch.bfloat16 if variant.bf16_weights else torch.float32
         #: the precision of the step's matrix products (its roofline's)
         self.dtype = torch.bfloat16 if variant.bf16_weights else self.precision.dtype
-        self.model = create_mae(preset["model"], norm_pix_loss=True, attention=variant.attention,
-                                mask_token_in_encoder=variant.mask_token_in_encoder).to(device, dtype)
+        self.model = create_mae(
+            preset["model"],
+            norm_pix_loss=True,
+            attention=variant.attention,
+            mask_token_in_encoder=variant.mask_token_in_encoder,
+        ).to(device, dtype)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if variant.ours:
             from types import SimpleNamespace
 
             from mae.optim import build_optimizer
 
-            self.opt = build_optimizer("adamw", [{"params": params}], 1.5e-4,
-                                       SimpleNamespace(betas=(0.9, 0.95), weight_decay=0.05))
+            self.opt = build_optimizer(
+                "adamw", [{"params": params}], 1.5e-4, SimpleNamespace(betas=(0.9, 0.95), weight_decay=0.05)
+            )
         else:
             self.opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
         self.forward = torch.compile(self.model) if variant.compile else self.model
@@ -120,12 +125,12 @@ class StepRunner:
 
 
 # ----------------------------------------------------------------------------------------------- roofline
-def step_flops(runner: "StepRunner") -> float:
+def step_flops(runner: StepRunner) -> float:
     """FLOPs of one training step (forward + backward) per image, counted on the eager model."""
     return roofline.step_flops(runner.model, runner.images, runner.mask_ratio, runner.precision.dtype)
 
 
-def step_gemms(runner: "StepRunner") -> list[tuple[str, tuple, tuple]]:
+def step_gemms(runner: StepRunner) -> list[tuple[str, tuple, tuple]]:
     """The matrix products of one training step, in order: (op, shape of A, shape of B)."""
     return roofline.step_gemms(runner.model, runner.images, runner.mask_ratio, runner.precision.dtype)
 
@@ -133,13 +138,17 @@ def step_gemms(runner: "StepRunner") -> list[tuple[str, tuple, tuple]]:
 gemm_rate = roofline.gemm_rate
 
 
-def _time_windows(runners: list["StepRunner"], windows: int, steps: int, rewarm: int, mode: str,
-                  progress: bool) -> dict[str, list[float]]:
+def _time_windows(
+    runners: list[StepRunner], windows: int, steps: int, rewarm: int, mode: str, progress: bool
+) -> dict[str, list[float]]:
     """Seconds per timed window of every runner; ``mode`` interleaved (window by window) or sequential."""
     times: dict[str, list[float]] = {r.variant.name: [] for r in runners}
     n = runners[0].images.shape[0] * steps
-    order = [r for _ in range(windows) for r in runners] if mode == "interleaved" else \
-        [r for r in runners for _ in range(windows)]
+    order = (
+        [r for _ in range(windows) for r in runners]
+        if mode == "interleaved"
+        else [r for r in runners for _ in range(windows)]
+    )
     bar = tqdm(total=len(order) * n, unit="img", unit_scale=True, disable=not progress, desc=f"bench ({mode})")
     for r in order:
         for _ in range(rewarm):  # untimed: re-warms kernel caches (oneDNN primitives) after a switch
@@ -156,11 +165,21 @@ def _time_windows(runners: list["StepRunner"], windows: int, steps: int, rewarm:
     return times
 
 
-
-def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int = 5, steps_per_window: int = 1,
-                   warmup: int = 2, compile: bool = False, device: str | None = None, progress: bool = True,
-                   rewarm: int = 1, extra: bool = False, hand_tuned: bool = True,
-                   mode: str = "interleaved", only: list[str] | None = None) -> dict:
+def bench_pretrain(
+    preset_name: str,
+    batch_size: int | None = None,
+    windows: int = 5,
+    steps_per_window: int = 1,
+    warmup: int = 2,
+    compile: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    rewarm: int = 1,
+    extra: bool = False,
+    hand_tuned: bool = True,
+    mode: str = "interleaved",
+    only: list[str] | None = None,
+) -> dict:
     """Measure the variants on one preset; returns the JSON-able result dict."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset '{preset_name}' (valid: {', '.join(PRESETS)})")
@@ -172,16 +191,25 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     dev = torch.device(device or preset["device"])
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"preset '{preset_name}' needs CUDA, which is not available (use --device cpu)")
-    every = {v.name: v for v in (
-        Variant("baseline", amp="none", attention="sdpa"),
-        Variant("fast", amp="auto", attention="auto", compile=compile, ours=True),
-        Variant("mask_token_encoder", amp="auto", attention="auto", mask_token_in_encoder=True, compile=compile,
-                ours=True),
-        Variant("hand_tuned", amp="auto", attention="math", compile=True),
-        Variant("fp32_math", amp="none", attention="math"),
-        Variant("bf16_sdpa", amp="bf16", attention="sdpa"),
-        Variant("bf16_weights", amp="none", attention="math", compile=compile, bf16_weights=True),
-    )}
+    every = {
+        v.name: v
+        for v in (
+            Variant("baseline", amp="none", attention="sdpa"),
+            Variant("fast", amp="auto", attention="auto", compile=compile, ours=True),
+            Variant(
+                "mask_token_encoder",
+                amp="auto",
+                attention="auto",
+                mask_token_in_encoder=True,
+                compile=compile,
+                ours=True,
+            ),
+            Variant("hand_tuned", amp="auto", attention="math", compile=True),
+            Variant("fp32_math", amp="none", attention="math"),
+            Variant("bf16_sdpa", amp="bf16", attention="sdpa"),
+            Variant("bf16_weights", amp="none", attention="math", compile=compile, bf16_weights=True),
+        )
+    }
     names = list(only or [n for n in DEFAULT_VARIANTS if hand_tuned or n != "hand_tuned"])
     names += [n for n in EXTRA if extra and n not in names]
     bad = [n for n in names if n not in every]
@@ -194,8 +222,11 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     malloc_tuned = keep_freed_memory()  # as every `mae` command does (mae.utils.memory)
     runners = [StepRunner(v, preset, dev) for v in variants]
     # FLOPs of the architecture, counted once on the fast path (the fused attention kernel's count differs)
-    arch = {r.variant.mask_token_in_encoder: step_flops(r) for r in runners
-            if r.variant.name in ("fast", "mask_token_encoder")}
+    arch = {
+        r.variant.mask_token_in_encoder: step_flops(r)
+        for r in runners
+        if r.variant.name in ("fast", "mask_token_encoder")
+    }
     flops = {r.variant.name: arch[r.variant.mask_token_in_encoder] for r in runners}
     fast = runners[0]
     gemms = step_gemms(fast)  # the shapes of the visible-only step (the same in every precision)
@@ -211,16 +242,25 @@ def bench_pretrain(preset_name: str, batch_size: int | None = None, windows: int
     window_rates = {name: [n / t for t in ts] for name, ts in times.items()}
     med = {name: statistics.median(v) for name, v in window_rates.items()}
     by_name = {r.variant.name: r for r in runners}
-    same_as_fast = [r.variant.name for r in runners
-                    if r.dtype == fast.dtype and not r.variant.mask_token_in_encoder]
+    same_as_fast = [r.variant.name for r in runners if r.dtype == fast.dtype and not r.variant.mask_token_in_encoder]
     res = {
-        "preset": preset_name, "model": preset["model"], "batch_size": preset["batch_size"],
-        "mask_ratio": preset["mask_ratio"], "device": str(dev), "threads": torch.get_num_threads(),
+        "preset": preset_name,
+        "model": preset["model"],
+        "batch_size": preset["batch_size"],
+        "mask_ratio": preset["mask_ratio"],
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
         **(cpu_info() if dev.type == "cpu" else {"gpu": torch.cuda.get_device_name(dev)}),
-        "mode": mode, "windows": windows, "steps_per_window": steps_per_window, "rewarm": rewarm, "compile": compile,
+        "mode": mode,
+        "windows": windows,
+        "steps_per_window": steps_per_window,
+        "rewarm": rewarm,
+        "compile": compile,
         "malloc_tuned": malloc_tuned,
-        "amp": {r.variant.name: r.precision.amp for r in runners}, "amp_reason": fast.precision.reason,
-        "img_s": med, "range_img_s": {name: (min(v), max(v)) for name, v in window_rates.items()},
+        "amp": {r.variant.name: r.precision.amp for r in runners},
+        "amp_reason": fast.precision.reason,
+        "img_s": med,
+        "range_img_s": {name: (min(v), max(v)) for name, v in window_rates.items()},
         "window_img_s": window_rates,
         "gflop_per_image": {name: f / 1e9 for name, f in flops.items()},
         "gemm_gflop_s": {_DTYPE_NAMES[dtype]: rate / 1e9 for dtype, rate in rates.items()},
@@ -242,17 +282,25 @@ def _visible_only(flops: dict[str, float], med: dict[str, float], rates: dict[st
     flop_ratio = flops["mask_token_encoder"] / flops["fast"]
     measured = med["fast"] / med["mask_token_encoder"]
     pairs = [a / b for a, b in zip(rates["fast"], rates["mask_token_encoder"])]
-    return {"flop_ratio": flop_ratio, "measured_ratio": measured, "window_ratio_range": (min(pairs), max(pairs)),
-            "pct_of_flop_ratio": 100.0 * measured / flop_ratio}
+    return {
+        "flop_ratio": flop_ratio,
+        "measured_ratio": measured,
+        "window_ratio_range": (min(pairs), max(pairs)),
+        "pct_of_flop_ratio": 100.0 * measured / flop_ratio,
+    }
 
 
 def _legacy_keys(med: dict[str, float]) -> dict:
     """The headline ratios (and the flat keys earlier versions of the bench printed)."""
-    out = {"fast_img_s": med["fast"], "visible_only_img_s": med["fast"],
-           "mask_token_encoder_img_s": med["mask_token_encoder"],
-           "speedup_visible_vs_mask_token": med["fast"] / med["mask_token_encoder"],
-           "extra_img_s": {k: v for k, v in med.items()
-                           if k not in ("baseline", "fast", "mask_token_encoder", "hand_tuned")}}
+    out = {
+        "fast_img_s": med["fast"],
+        "visible_only_img_s": med["fast"],
+        "mask_token_encoder_img_s": med["mask_token_encoder"],
+        "speedup_visible_vs_mask_token": med["fast"] / med["mask_token_encoder"],
+        "extra_img_s": {
+            k: v for k, v in med.items() if k not in ("baseline", "fast", "mask_token_encoder", "hand_tuned")
+        },
+    }
     if "baseline" in med:
         out.update(baseline_img_s=med["baseline"], speedup_fast_vs_baseline=med["fast"] / med["baseline"])
     if "hand_tuned" in med:
@@ -273,16 +321,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="override the preset's device")
     p.add_argument("--extra", action="store_true", help="also time fp32_math, bf16_sdpa and bf16_weights")
     p.add_argument("--no-hand-tuned", action="store_true", help="skip the hand_tuned variant (saves its compile)")
-    p.add_argument("--mode", default="interleaved", choices=["interleaved", "sequential"],
-                   help="time the variants window by window, or one variant's windows after the other's")
-    p.add_argument("--variants", default=None,
-                   help=f"comma-separated subset to time (fast and mask_token_encoder always run; default: "
-                        f"{','.join(DEFAULT_VARIANTS)})")
+    p.add_argument(
+        "--mode",
+        default="interleaved",
+        choices=["interleaved", "sequential"],
+        help="time the variants window by window, or one variant's windows after the other's",
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated subset to time (fast and mask_token_encoder always run; default: "
+        f"{','.join(DEFAULT_VARIANTS)})",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     from mae import stage_rates
 
-    stage_rates.add_arguments(sub.add_parser("stages", help="every stage's end-to-end rate against its step rate, "
-                                             "from a finished study (mae/stage_rates.py)"))
+    stage_rates.add_arguments(
+        sub.add_parser(
+            "stages",
+            help="every stage's end-to-end rate against its step rate, from a finished study (mae/stage_rates.py)",
+        )
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -296,36 +355,57 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < low:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    res = bench_pretrain(args.preset, args.batch_size, args.windows, args.steps_per_window, args.warmup,
-                         args.compile, args.device, progress=not args.json, rewarm=args.rewarm, extra=args.extra,
-                         hand_tuned=not args.no_hand_tuned, mode=args.mode,
-                         only=args.variants.split(",") if args.variants else None)
+    res = bench_pretrain(
+        args.preset,
+        args.batch_size,
+        args.windows,
+        args.steps_per_window,
+        args.warmup,
+        args.compile,
+        args.device,
+        progress=not args.json,
+        rewarm=args.rewarm,
+        extra=args.extra,
+        hand_tuned=not args.no_hand_tuned,
+        mode=args.mode,
+        only=args.variants.split(",") if args.variants else None,
+    )
     if args.json:
         print(json.dumps(res))
         return 0
     where = res.get("cpu") or res.get("gpu")
-    print(f"{res['preset']} ({res['model']}, batch {res['batch_size']}, {res['device']}: {where}"
-          f"{' [' + ' '.join(res['flags']) + ']' if res.get('flags') else ''}, {res['threads']} threads, "
-          f"median of {res['windows']} windows, {res['mode']}, "
-          f"allocator {'tuned' if res['malloc_tuned'] else 'glibc defaults'})")
+    print(
+        f"{res['preset']} ({res['model']}, batch {res['batch_size']}, {res['device']}: {where}"
+        f"{' [' + ' '.join(res['flags']) + ']' if res.get('flags') else ''}, {res['threads']} threads, "
+        f"median of {res['windows']} windows, {res['mode']}, "
+        f"allocator {'tuned' if res['malloc_tuned'] else 'glibc defaults'})"
+    )
     rates = ", ".join(f"{rate:.0f} GFLOP/s in {dtype}" for dtype, rate in res["gemm_gflop_s"].items())
     print(f"  precision of the fast path: {res['amp']['fast']} ({res['amp_reason']})")
     print(f"  matrix products of the step's shapes: {rates} (the roofline of each precision)")
-    print(f"  the step's matrix products alone, back to back: {res['gemm_only_img_s']:.1f} img/s "
-          f"(the ceiling, in {_SHOWN.get(res['amp']['fast'], res['amp']['fast'])})")
+    print(
+        f"  the step's matrix products alone, back to back: {res['gemm_only_img_s']:.1f} img/s "
+        f"(the ceiling, in {_SHOWN.get(res['amp']['fast'], res['amp']['fast'])})"
+    )
     print(f"  {'variant':22s} {'amp':>5s} {'img/s':>9s} {'GFLOP/img':>10s} {'% roofline':>11s} {'% ceiling':>10s}")
     for name, value in res["img_s"].items():
         ceiling = f"{res['pct_of_gemm_only'][name]:9.1f}%" if name in res["pct_of_gemm_only"] else f"{'-':>10s}"
-        print(f"  {name:22s} {res['amp'][name]:>5s} {value:9.1f} {res['gflop_per_image'][name]:10.3f} "
-              f"{res['roofline_pct'][name]:10.1f}% {ceiling}")
+        print(
+            f"  {name:22s} {res['amp'][name]:>5s} {value:9.1f} {res['gflop_per_image'][name]:10.3f} "
+            f"{res['roofline_pct'][name]:10.1f}% {ceiling}"
+        )
     if "speedup_fast_vs_baseline" in res:
         print(f"  fast / baseline               {res['speedup_fast_vs_baseline']:.2f}x")
     if "speedup_fast_vs_hand_tuned" in res:
-        print(f"  fast / hand_tuned             {res['speedup_fast_vs_hand_tuned']:.2f}x "
-              f"(the ceiling is {res['gemm_only_img_s'] / res['img_s']['hand_tuned']:.2f}x hand_tuned)")
+        print(
+            f"  fast / hand_tuned             {res['speedup_fast_vs_hand_tuned']:.2f}x "
+            f"(the ceiling is {res['gemm_only_img_s'] / res['img_s']['hand_tuned']:.2f}x hand_tuned)"
+        )
     vis = res["visible_only"]
-    print(f"  visible-only / mask-token enc {vis['measured_ratio']:.2f}x measured, {vis['flop_ratio']:.2f}x in FLOPs "
-          f"({vis['pct_of_flop_ratio']:.0f} % of the FLOP ratio)")
+    print(
+        f"  visible-only / mask-token enc {vis['measured_ratio']:.2f}x measured, {vis['flop_ratio']:.2f}x in FLOPs "
+        f"({vis['pct_of_flop_ratio']:.0f} % of the FLOP ratio)"
+    )
     return 0
 
 

@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if code is not None:
             return code
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="mae", description="Masked Autoencoders study pipeline",
-                                     epilog="`mae COMMAND --help` lists a command's options (and settings)")
+    parser = argparse.ArgumentParser(
+        prog="mae",
+        description="Masked Autoencoders study pipeline",
+        epilog="`mae COMMAND --help` lists a command's options (and settings)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():

@@ -12,9 +12,10 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Literal, Optional, TypeVar
+from typing import Any, ClassVar, Literal, Optional, TypeVar
 
 import yaml
 
@@ -91,8 +92,10 @@ def per_process_batch(global_batch: int, world_size: int, accum_iter: int, stage
     """Images per forward pass of one process; the global batch must split evenly."""
     parts = world_size * accum_iter
     if global_batch % parts:
-        raise UserError(f"batch_size={global_batch} for {stage} does not split over world_size={world_size} x "
-                        f"accum_iter={accum_iter} = {parts} (batch sizes are global): choose a multiple of {parts}")
+        raise UserError(
+            f"batch_size={global_batch} for {stage} does not split over world_size={world_size} x "
+            f"accum_iter={accum_iter} = {parts} (batch sizes are global): choose a multiple of {parts}"
+        )
     return global_batch // parts
 
 
@@ -101,7 +104,9 @@ def batch_plan(cfg: TrainConfig, world_size: int, global_batch: int | None = Non
     the batch the task's loader actually asks for when it differs from ``cfg.batch_size`` (a tiny split)."""
     batch = cfg.batch_size if global_batch is None else global_batch
     return {
-        "world_size": world_size, "accum_iter": cfg.accum_iter, "global_batch": batch,
+        "world_size": world_size,
+        "accum_iter": cfg.accum_iter,
+        "global_batch": batch,
         "batch_per_process": per_process_batch(batch, world_size, cfg.accum_iter, cfg.stage),
         "peak_lr": effective_lr(cfg),
     }
@@ -195,8 +200,10 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise UserError(f"{loader.name}: key '{key}' appears twice in one mapping (line "
-                            f"{key_node.start_mark.line + 1}); YAML would keep the last one silently")
+            raise UserError(
+                f"{loader.name}: key '{key}' appears twice in one mapping (line "
+                f"{key_node.start_mark.line + 1}); YAML would keep the last one silently"
+            )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
@@ -318,7 +325,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; resumes if it holds a checkpoint)")
     parser.add_argument("--config", default=None, help="YAML file of key: value settings for this stage")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one setting (repeatable; value parsed as YAML)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="device (default: config)")

@@ -38,21 +38,48 @@ class Evaluation:
 
 
 SC = "mae.stage_configs:"
-EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
-    Evaluation("finetune", "mae.eval.finetune", "end-to-end fine-tuning (or --scratch)", SC + "FinetuneConfig"),
-    Evaluation("linprobe", "mae.eval.linprobe", "linear probing of the frozen encoder", SC + "LinprobeConfig"),
-    # K > 0 blocks: the fine-tuning settings with the partial_ft section over them; K = 0: the linprobe settings
-    # head: probe (K > 0 starts from the run's trained linear probe, `--head-from`) or new (a fresh head)
-    Evaluation("partial_ft", "mae.eval.partial_ft", "fine-tune the last K blocks", SC + "FinetuneConfig",
-               per="blocks", dag_keys=("head",)),
-    Evaluation("knn", "mae.eval.knn", "weighted k-NN monitor on frozen features", SC + "KnnConfig"),
-    Evaluation("transfer_det", "mae.transfer.det", "ViTDet-style Mask R-CNN detection transfer", SC + "DetConfig",
-               transfer=True, dag_keys=("dataset",)),
-    Evaluation("transfer_seg", "mae.transfer.seg", "semantic segmentation transfer", SC + "SegConfig",
-               transfer=True, dag_keys=("dataset",)),
-    Evaluation("transfer_cls", "mae.transfer.cls", "classification transfer", SC + "TransferClsConfig",
-               per="datasets", transfer=True),
-)}
+EVALUATIONS: dict[str, Evaluation] = {
+    e.name: e
+    for e in (
+        Evaluation("finetune", "mae.eval.finetune", "end-to-end fine-tuning (or --scratch)", SC + "FinetuneConfig"),
+        Evaluation("linprobe", "mae.eval.linprobe", "linear probing of the frozen encoder", SC + "LinprobeConfig"),
+        # K > 0 blocks: the fine-tuning settings with the partial_ft section over them; K = 0: the linprobe settings
+        # head: probe (K > 0 starts from the run's trained linear probe, `--head-from`) or new (a fresh head)
+        Evaluation(
+            "partial_ft",
+            "mae.eval.partial_ft",
+            "fine-tune the last K blocks",
+            SC + "FinetuneConfig",
+            per="blocks",
+            dag_keys=("head",),
+        ),
+        Evaluation("knn", "mae.eval.knn", "weighted k-NN monitor on frozen features", SC + "KnnConfig"),
+        Evaluation(
+            "transfer_det",
+            "mae.transfer.det",
+            "ViTDet-style Mask R-CNN detection transfer",
+            SC + "DetConfig",
+            transfer=True,
+            dag_keys=("dataset",),
+        ),
+        Evaluation(
+            "transfer_seg",
+            "mae.transfer.seg",
+            "semantic segmentation transfer",
+            SC + "SegConfig",
+            transfer=True,
+            dag_keys=("dataset",),
+        ),
+        Evaluation(
+            "transfer_cls",
+            "mae.transfer.cls",
+            "classification transfer",
+            SC + "TransferClsConfig",
+            per="datasets",
+            transfer=True,
+        ),
+    )
+}
 #: the lists under `evaluations:` in a study config
 GROUPS = ("every_run", "base_run", "scratch", "per_table")
 
@@ -76,12 +103,16 @@ def partial_ft_head(config: dict[str, Any]) -> str:
     if head == "probe" and used and any(int(k) > 0 for k in section.get("blocks", [])):
         from mae.stage_configs import FinetuneConfig, LinprobeConfig
 
-        pools = [(config.get(section) or {}).get("global_pool", cls.global_pool)
-                 for section, cls in (("linprobe", LinprobeConfig), ("finetune", FinetuneConfig))]
+        pools = [
+            (config.get(section) or {}).get("global_pool", cls.global_pool)
+            for section, cls in (("linprobe", LinprobeConfig), ("finetune", FinetuneConfig))
+        ]
         if pools[0] != pools[1]:
-            raise UserError(f"study config 'partial_ft: head: probe' starts K >= 1 blocks from the linear probe, "
-                            f"but it pools with global_pool={pools[0]!r} and fine-tuning with {pools[1]!r}: set "
-                            "the same global_pool, or 'partial_ft: head: new'")
+            raise UserError(
+                f"study config 'partial_ft: head: probe' starts K >= 1 blocks from the linear probe, "
+                f"but it pools with global_pool={pools[0]!r} and fine-tuning with {pools[1]!r}: set "
+                "the same global_pool, or 'partial_ft: head: new'"
+            )
     return head
 
 
@@ -89,8 +120,11 @@ def _section_classes() -> dict[str, Any]:
     """Stage section of a study config -> a function giving its settings class."""
     from mae.config import PretrainConfig
 
-    return {"pretrain": lambda: PretrainConfig, "scratch_finetune": EVALUATIONS["finetune"].config_class,
-            **{e.name: e.config_class for e in EVALUATIONS.values()}}
+    return {
+        "pretrain": lambda: PretrainConfig,
+        "scratch_finetune": EVALUATIONS["finetune"].config_class,
+        **{e.name: e.config_class for e in EVALUATIONS.values()},
+    }
 
 
 def trains(section: str) -> bool:
@@ -115,8 +149,10 @@ def check_study_sections(config: dict[str, Any]) -> None:
         if not isinstance(values, dict):
             raise UserError(f"{where} must be a mapping of key: value")
         if "seed" in values:
-            raise UserError(f"{where} sets 'seed': the seeds of a study come from `seeds` / `seeds_per` (every "
-                            "run of a setting, baselines included, once per seed)")
+            raise UserError(
+                f"{where} sets 'seed': the seeds of a study come from `seeds` / `seeds_per` (every "
+                "run of a setting, baselines included, once per seed)"
+            )
         ev = EVALUATIONS.get(section)
         drop = (ev.per, *ev.dag_keys) if ev else ()
         own = {k: v for k, v in values.items() if k not in drop}
@@ -145,8 +181,9 @@ def check_study_evaluations(config: dict[str, Any]) -> None:
     """Every evaluation a study config names exists, and one run per setting has its settings listed."""
     groups = config.get("evaluations") or {}
     named = [(f"evaluations.{g}", ev) for g in GROUPS if g != "per_table" for ev in groups.get(g) or []]
-    named += [(f"evaluations.per_table.{t}", ev) for t, evs in (groups.get("per_table") or {}).items()
-              for ev in evs or []]
+    named += [
+        (f"evaluations.per_table.{t}", ev) for t, evs in (groups.get("per_table") or {}).items() for ev in evs or []
+    ]
     for where, name in named:
         ev = evaluation(name, where)
         if ev.per and not (config.get(name) or {}).get(ev.per):

@@ -60,12 +60,21 @@ def timm_call(arch: dict, file: str | Path | None = None) -> dict:
     ours = arch["model"] if arch["model"] in TIMM_NAMES else TIMM_CARRIER
     reference = {**encoder_kwargs(ours), "img_size": 224, "in_chans": 3}
     classes = arch.get("num_classes", 0)
-    overlay = {"num_classes": classes, "input_size": [arch["in_chans"], arch["img_size"], arch["img_size"]],
-               "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD),
-               **({"file": str(file)} if file is not None else {})}
-    return {"model_name": TIMM_NAMES[ours] + ("" if arch["kind"] == "classifier" else ".mae"), "pretrained": True,
-            "pretrained_cfg_overlay": overlay, **{k: arch[k] for k in reference if arch[k] != reference[k]},
-            "num_classes": classes, "global_pool": arch.get("global_pool", "token")}
+    overlay = {
+        "num_classes": classes,
+        "input_size": [arch["in_chans"], arch["img_size"], arch["img_size"]],
+        "mean": list(IMAGENET_DEFAULT_MEAN),
+        "std": list(IMAGENET_DEFAULT_STD),
+        **({"file": str(file)} if file is not None else {}),
+    }
+    return {
+        "model_name": TIMM_NAMES[ours] + ("" if arch["kind"] == "classifier" else ".mae"),
+        "pretrained": True,
+        "pretrained_cfg_overlay": overlay,
+        **{k: arch[k] for k in reference if arch[k] != reference[k]},
+        "num_classes": classes,
+        "global_pool": arch.get("global_pool", "token"),
+    }
 
 
 def _call_text(call: dict) -> str:
@@ -108,16 +117,28 @@ def export_hf(sd: dict, config: dict, out: Path, source: str) -> str:
     state, hf_config = to_hf(sd, arch, source)
     size = arch["img_size"]
     write_safetensors(out / "model.safetensors", state)
-    atomic_write_json(out / "preprocessor_config.json", {
-        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
-        "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": list(IMAGENET_DEFAULT_MEAN), "image_std": list(IMAGENET_DEFAULT_STD)})
+    atomic_write_json(
+        out / "preprocessor_config.json",
+        {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": size, "width": size},
+            "resample": 3,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(IMAGENET_DEFAULT_MEAN),
+            "image_std": list(IMAGENET_DEFAULT_STD),
+        },
+    )
     atomic_write_json(out / "config.json", hf_config)  # last: a folder with its config.json is complete
     return f"wrote {out}/: ViTMAEForPreTraining.from_pretrained({str(out)!r}) (ViTMAEModel: the encoder)"
 
 
 EXPORTERS: dict[str, Callable[[dict, dict, Path, str], str]] = {
-    "safetensors": export_safetensors, "timm": export_timm, "hf": export_hf,
+    "safetensors": export_safetensors,
+    "timm": export_timm,
+    "hf": export_hf,
 }
 
 
@@ -130,12 +151,14 @@ def export(spec: str | Path, to: str, out: str | Path, model: str | None = None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="what --init takes: checkpoint.pt, model.pt, encoder.safetensors, an "
-                                           "official .pth, a Hugging Face or timm folder, a URL or timm:NAME")
+    parser.add_argument(
+        "checkpoint",
+        help="what --init takes: checkpoint.pt, model.pt, encoder.safetensors, an "
+        "official .pth, a Hugging Face or timm folder, a URL or timm:NAME",
+    )
     parser.add_argument("--to", required=True, choices=FORMATS, help="the format to write")
     parser.add_argument("--out", required=True, help="the file to write (a folder for --to hf)")
-    parser.add_argument("--model", help="our model name, for weights that do not record it (e.g. "
-                                        "mae_vit_base_patch16)")
+    parser.add_argument("--model", help="our model name, for weights that do not record it (e.g. mae_vit_base_patch16)")
 
 
 def main(args: argparse.Namespace) -> Any:

@@ -85,31 +85,86 @@ class Knob:
 
 
 #: every knob, in run-naming order (``mask_ratio-0.9_decoder_depth-1``)
-KNOBS: dict[str, Knob] = {k.name: k for k in (
-    Knob("model", str, "mae_vit_micro_patch4", "named architecture (encoder + default decoder)",
-         choices=["mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14", "mae_vit_tiny_patch4",
-                  "mae_vit_micro_patch4"]),
-    Knob("mask_ratio", float, 0.75, "fraction of patches removed (Fig. 5)", low=0.0, high=1.0, low_open=True,
-         high_open=True, percent=True),
-    Knob("decoder_depth", int, None, "decoder blocks (Table 1a); null: the model's", low=1,
-         model_key="decoder_depth"),
-    Knob("decoder_width", int, None, "decoder width (Table 1b); null: the model's", low=1,
-         model_key="decoder_embed_dim"),
-    Knob("mask_token_in_encoder", bool, False, "encoder sees mask tokens (Table 1c)",
-         labels={True: "encoder w/ [M]", False: "encoder w/o [M]"}, model_key="mask_token_in_encoder"),
-    Knob("target", str, "norm_pixel", "reconstruction target (Table 1d)",
-         choices=["pixel", "norm_pixel", "pca", "token"],
-         labels={"pixel": "pixel (w/o norm)", "norm_pixel": "pixel (w/ norm)", "pca": "PCA", "token": "dVAE token"},
-         model_key="target"),
-    Knob("aug", str, "crop_rand", "pretraining augmentation (Table 1e)",
-         choices=["none", "crop_fixed", "crop_rand", "crop_rand_jitter"],
-         labels={"none": "none", "crop_fixed": "crop, fixed size", "crop_rand": "crop, rand size",
-                 "crop_rand_jitter": "crop + color jit"}),
-    Knob("sampling", str, "random", "mask sampling strategy (Table 1f)", choices=["random", "block", "grid"],
-         model_key="sampler"),
-    Knob("epochs", int, 800, "pretraining epochs (Fig. 7)", low=1, column="pretrain_epochs"),
-    Knob("seed", int, 0, "random seed", low=0),
-)}
+KNOBS: dict[str, Knob] = {
+    k.name: k
+    for k in (
+        Knob(
+            "model",
+            str,
+            "mae_vit_micro_patch4",
+            "named architecture (encoder + default decoder)",
+            choices=[
+                "mae_vit_base_patch16",
+                "mae_vit_large_patch16",
+                "mae_vit_huge_patch14",
+                "mae_vit_tiny_patch4",
+                "mae_vit_micro_patch4",
+            ],
+        ),
+        Knob(
+            "mask_ratio",
+            float,
+            0.75,
+            "fraction of patches removed (Fig. 5)",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+            percent=True,
+        ),
+        Knob(
+            "decoder_depth", int, None, "decoder blocks (Table 1a); null: the model's", low=1, model_key="decoder_depth"
+        ),
+        Knob(
+            "decoder_width",
+            int,
+            None,
+            "decoder width (Table 1b); null: the model's",
+            low=1,
+            model_key="decoder_embed_dim",
+        ),
+        Knob(
+            "mask_token_in_encoder",
+            bool,
+            False,
+            "encoder sees mask tokens (Table 1c)",
+            labels={True: "encoder w/ [M]", False: "encoder w/o [M]"},
+            model_key="mask_token_in_encoder",
+        ),
+        Knob(
+            "target",
+            str,
+            "norm_pixel",
+            "reconstruction target (Table 1d)",
+            choices=["pixel", "norm_pixel", "pca", "token"],
+            labels={"pixel": "pixel (w/o norm)", "norm_pixel": "pixel (w/ norm)", "pca": "PCA", "token": "dVAE token"},
+            model_key="target",
+        ),
+        Knob(
+            "aug",
+            str,
+            "crop_rand",
+            "pretraining augmentation (Table 1e)",
+            choices=["none", "crop_fixed", "crop_rand", "crop_rand_jitter"],
+            labels={
+                "none": "none",
+                "crop_fixed": "crop, fixed size",
+                "crop_rand": "crop, rand size",
+                "crop_rand_jitter": "crop + color jit",
+            },
+        ),
+        Knob(
+            "sampling",
+            str,
+            "random",
+            "mask sampling strategy (Table 1f)",
+            choices=["random", "block", "grid"],
+            model_key="sampler",
+        ),
+        Knob("epochs", int, 800, "pretraining epochs (Fig. 7)", low=1, column="pretrain_epochs"),
+        Knob("seed", int, 0, "random seed", low=0),
+    )
+}
 #: knobs whose value needs a fitted file (``target_path``) before pretraining
 FITTED_TARGETS = ("pca", "token")
 
@@ -135,8 +190,11 @@ def add_choice(name: str, value: Any) -> None:
 def model_kwargs(values: Any) -> dict[str, Any]:
     """The knobs of ``values`` (an object with knob attributes) that the model constructor takes, by its
     keywords; unset (None) ones are left to the model's defaults."""
-    return {k.model_key: getattr(values, k.name) for k in KNOBS.values()
-            if k.model_key and getattr(values, k.name) is not None}
+    return {
+        k.model_key: getattr(values, k.name)
+        for k in KNOBS.values()
+        if k.model_key and getattr(values, k.name) is not None
+    }
 
 
 def columns() -> dict[str, Knob]:

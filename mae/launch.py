@@ -22,7 +22,8 @@ launch shape (see :func:`mae.config.batch_plan`).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mae.errors import UserError
 
@@ -67,9 +68,11 @@ def launcher(resources: Mapping[str, Any]) -> str:
         return "mae" if procs == 1 else f"torchrun --standalone --nproc_per_node {procs} -m mae"
     head = '$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)'
     port = f"$(( {BASE_PORT} + ${{SLURM_JOB_ID:-0}} % {PORT_SPAN} ))"
-    return (f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
-            f"torchrun --nnodes {nodes} --nproc_per_node {procs} --rdzv-backend c10d "
-            f"--rdzv-endpoint {head}:{port} --rdzv-id ${{SLURM_JOB_ID:-mae}} -m mae")
+    return (
+        f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
+        f"torchrun --nnodes {nodes} --nproc_per_node {procs} --rdzv-backend c10d "
+        f"--rdzv-endpoint {head}:{port} --rdzv-id ${{SLURM_JOB_ID:-mae}} -m mae"
+    )
 
 
 def world_size(resources: Mapping[str, Any]) -> int:

@@ -8,7 +8,8 @@ tensor) and returns a :class:`MaskSample` in the layout of the reference random 
 - ``ids_restore`` (N, L) long — ``argsort`` of the shuffle: gathering ``[kept, removed]`` tokens with it
   restores the original patch order.
 
-The random sampler is the exact reference draw (docs/ARCHITECTURE.md, "Reference facts"): one ``torch.rand(N, L)`` on the input's
+The random sampler is the exact reference draw (docs/ARCHITECTURE.md, "Reference facts"): one
+``torch.rand(N, L)`` on the input's
 device, ``argsort`` twice, keep the first ``int(L * (1 - ratio))`` — so masks equal the original code's for
 the same seed. The other samplers build a boolean mask and convert it with :func:`sample_from_mask`.
 """
@@ -31,7 +32,7 @@ class MaskSample:
     mask: torch.Tensor
     ids_restore: torch.Tensor
 
-    def rows(self, index: slice) -> "MaskSample":
+    def rows(self, index: slice) -> MaskSample:
         return MaskSample(self.ids_keep[index], self.mask[index], self.ids_restore[index])
 
 
@@ -62,8 +63,14 @@ class MaskSampler:
 
     name = "base"
 
-    def __call__(self, batch_size: int, grid_size: tuple[int, int], mask_ratio: float,
-                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> MaskSample:
+    def __call__(
+        self,
+        batch_size: int,
+        grid_size: tuple[int, int],
+        mask_ratio: float,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> MaskSample:
         raise NotImplementedError
 
 
@@ -118,7 +125,7 @@ class BlockSampler(MaskSampler):
                 if not (1 <= h <= gh and 1 <= w <= gw):
                     continue
                 top, left = rng.randint(0, gh - h), rng.randint(0, gw - w)
-                block = removed[top:top + h, left:left + w]
+                block = removed[top : top + h, left : left + w]
                 new = h * w - int(block.sum())
                 if 0 < new <= remaining:
                     block.fill_(True)
@@ -169,13 +176,22 @@ class GridSampler(MaskSampler):
             offsets = torch.randint(0, stride, (batch_size, 2), generator=generator)
         else:
             offsets = torch.zeros(batch_size, 2, dtype=torch.long)
-        kept = ((rows[None] % stride) == offsets[:, 0, None, None]) & ((cols[None] % stride) == offsets[:, 1, None, None])
+        kept = ((rows[None] % stride) == offsets[:, 0, None, None]) & (
+            (cols[None] % stride) == offsets[:, 1, None, None]
+        )
         return sample_from_mask((~kept).reshape(batch_size, gh * gw).to(device))
 
 
-def draw_for_rank(sampler: MaskSampler, batch_size: int, grid_size: tuple[int, int], mask_ratio: float,
-                  device: torch.device | str, generator: torch.Generator, rank: int = 0,
-                  world_size: int = 1) -> MaskSample:
+def draw_for_rank(
+    sampler: MaskSampler,
+    batch_size: int,
+    grid_size: tuple[int, int],
+    mask_ratio: float,
+    device: torch.device | str,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> MaskSample:
     """This process's rows of the masks of the whole global batch: ``world_size × batch_size`` masks drawn from
     ``generator`` (in the same state on every rank), rows ``rank::world_size`` kept — the rows of the images a
     :class:`~torch.utils.data.DistributedSampler` gives this rank. So image *i* of a global batch gets the same

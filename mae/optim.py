@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Collection, Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from mae.errors import UserError
+
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float, skip: Iterable[str] = ()) -> list[dict]:
     """Two groups of trainable params: decayed (matrices) and not (biases, 1-D params, ``skip`` names).
@@ -88,9 +90,14 @@ def param_groups_layer_decay(
             continue
         layer = vit_layer_id(name, depth)
         no_decay = param.ndim <= 1 or any(fnmatch.fnmatch(name, p) for p in patterns)
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-            "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group = groups.setdefault(
+            (layer, no_decay),
+            {
+                "params": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": layer_decay ** (depth + 1 - layer),
+            },
+        )
         group["params"].append(param)
     return list(groups.values())
 

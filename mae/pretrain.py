@@ -41,19 +41,25 @@ class PretrainTask(Task):
         # None: the dataset's image size (the position tables are built for it), else the model's
         self.img_size = cfg.img_size or int(self.meta.get("img_size") or spec["img_size"])
         if self.img_size % spec["patch_size"]:
-            raise UserError(f"img_size={self.img_size} for pretrain is not a multiple of {cfg.model}'s patch size "
-                            f"{spec['patch_size']}")
+            raise UserError(
+                f"img_size={self.img_size} for pretrain is not a multiple of {cfg.model}'s patch size "
+                f"{spec['patch_size']}"
+            )
         overrides = {"decoder_num_heads": cfg.decoder_heads, "img_size": self.img_size}
         self.mask_rng = torch.Generator().manual_seed(cfg.seed)
         self.model = self.mae = create_mae(
-            cfg.model, target_path=cfg.target_path, norm_pix_loss=cfg.target == "norm_pixel",
-            **model_kwargs(cfg), **{k: v for k, v in overrides.items() if v is not None},
+            cfg.model,
+            target_path=cfg.target_path,
+            norm_pix_loss=cfg.target == "norm_pixel",
+            **model_kwargs(cfg),
+            **{k: v for k, v in overrides.items() if v is not None},
         )
         self.resolved = {
             "decoder_depth": cfg.decoder_depth or spec["decoder_depth"],
             "decoder_width": cfg.decoder_width or spec["decoder_embed_dim"],
             "decoder_heads": cfg.decoder_heads or spec["decoder_num_heads"],
-            "img_size": self.img_size, "patch_size": spec["patch_size"],
+            "img_size": self.img_size,
+            "patch_size": spec["patch_size"],
         }
         self.train_set = build_dataset(data_dir, "train", transform=pretrain_transform(cfg.aug, self.img_size))
         self.val_set = None
@@ -63,14 +69,26 @@ class PretrainTask(Task):
 
     def train_loader(self) -> DataLoader:
         return DataLoader(
-            self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
         )
 
     def train_step(self, batch):
         imgs = self.to_device(batch[0])
-        sample = draw_for_rank(self.mae.sampler, imgs.shape[0], self.mae.grid_size, self.cfg.mask_ratio,
-                               imgs.device, self.mask_rng, self.rank, self.world_size)
+        sample = draw_for_rank(
+            self.mae.sampler,
+            imgs.shape[0],
+            self.mae.grid_size,
+            self.cfg.mask_ratio,
+            imgs.device,
+            self.mask_rng,
+            self.rank,
+            self.world_size,
+        )
         loss, _, _ = self.model(imgs, mask_ratio=self.cfg.mask_ratio, sample=sample)
         return loss, imgs.shape[0], {}
 
@@ -98,8 +116,11 @@ class PretrainTask(Task):
         return {"loss": total / max(count, 1)}
 
     def param_counts(self) -> dict:
-        encoder = sum(p.numel() for n, p in self.model.named_parameters()
-                      if not n.startswith("decoder") and n != "mask_token" and p.requires_grad)
+        encoder = sum(
+            p.numel()
+            for n, p in self.model.named_parameters()
+            if not n.startswith("decoder") and n != "mask_token" and p.requires_grad
+        )
         total = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         return {"params": encoder, "params_total": total}
 
@@ -110,8 +131,13 @@ def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path, metr
     dataset."""
     out = config_to_dict(cfg)
     out.update(task.resolved)
-    out.update({k: metrics[k] for k in ("world_size", "global_batch", "batch_per_process", "accum_iter", "peak_lr")
-                if k in metrics})
+    out.update(
+        {
+            k: metrics[k]
+            for k in ("world_size", "global_batch", "batch_per_process", "accum_iter", "peak_lr")
+            if k in metrics
+        }
+    )
     out.update({"stage": "pretrain", "data": str(data_dir), "dataset": task.meta.get("name", Path(data_dir).name)})
     return out
 
@@ -139,7 +165,9 @@ def main(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     loss = metrics.get("loss")
-    print(f"pretrain done: train_loss={metrics['train_loss']:.4f}"
-          + (f" val_loss={loss:.4f}" if loss is not None else "")
-          + f" img/s={metrics['img_s']:.1f} wall={metrics['wall_s']:.1f}s -> {args.out}")
+    print(
+        f"pretrain done: train_loss={metrics['train_loss']:.4f}"
+        + (f" val_loss={loss:.4f}" if loss is not None else "")
+        + f" img/s={metrics['img_s']:.1f} wall={metrics['wall_s']:.1f}s -> {args.out}"
+    )
     return 0

@@ -25,8 +25,10 @@ def _one_step(model: nn.Module, images: torch.Tensor, mask_ratio: float, dtype: 
     and the gradients are left as they were."""
     devices = [images.device] if images.device.type == "cuda" else []
     grads = {p: p.grad for p in model.parameters()}
-    with torch.random.fork_rng(devices=devices), \
-            torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with (
+        torch.random.fork_rng(devices=devices),
+        torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32),
+    ):
         loss, _, _ = model(images, mask_ratio)
     loss.backward()
     for p, g in grads.items():
@@ -43,8 +45,9 @@ def step_flops(model: nn.Module, images: torch.Tensor, mask_ratio: float, dtype:
     return counter.get_total_flops() / images.shape[0]
 
 
-def step_gemms(model: nn.Module, images: torch.Tensor, mask_ratio: float,
-               dtype: torch.dtype = torch.float32) -> list[tuple[str, tuple, tuple]]:
+def step_gemms(
+    model: nn.Module, images: torch.Tensor, mask_ratio: float, dtype: torch.dtype = torch.float32
+) -> list[tuple[str, tuple, tuple]]:
     """Every matrix product one training step runs, in the step's order: (op, shape of A, shape of B)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -63,8 +66,9 @@ def step_gemms(model: nn.Module, images: torch.Tensor, mask_ratio: float,
     return gemms
 
 
-def step_gemm_shapes(model: nn.Module, images: torch.Tensor, mask_ratio: float,
-                     dtype: torch.dtype = torch.float32) -> Counter:
+def step_gemm_shapes(
+    model: nn.Module, images: torch.Tensor, mask_ratio: float, dtype: torch.dtype = torch.float32
+) -> Counter:
     """How often one training step runs each matrix product, keyed by (op, shape of A, shape of B)."""
     return Counter(step_gemms(model, images, mask_ratio, dtype))
 
@@ -102,14 +106,15 @@ def gemm_rate(shapes: Counter, device: torch.device, dtype: torch.dtype = torch.
     flops = seconds = 0.0
     for (op, sa, sb), count in shapes.items():
         fn, a, b = _operands(op, sa, sb, device, dtype)
-        best = _best_seconds(lambda: fn(a, b), device, repeats)
+        best = _best_seconds(lambda fn=fn, a=a, b=b: fn(a, b), device, repeats)
         flops += count * gemm_flops(op, sa, sb)
         seconds += count * best
     return flops / seconds
 
 
-def gemm_chain_seconds(gemms: list[tuple[str, tuple, tuple]], device: torch.device,
-                       dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+def gemm_chain_seconds(
+    gemms: list[tuple[str, tuple, tuple]], device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5
+) -> float:
     """Seconds for ``gemms`` run back to back in their order and nothing else (best of ``repeats``): the time a
     step would take if every other op were free and its matrix products ran as this machine's kernels run them
     in sequence. One operand pair per shape, reused (warm caches: a ceiling, not an estimate)."""

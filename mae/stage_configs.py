@@ -176,9 +176,19 @@ class DetConfig(TrainConfig):
 
     def check(self) -> None:
         super().check()
-        for key in ("out_channels", "rpn_batch_size", "rpn_pre_nms_train", "rpn_post_nms_train",
-                    "rpn_pre_nms_test", "rpn_post_nms_test", "box_batch_size", "box_head_dim", "mask_head_dim",
-                    "detections_per_img", "eval_batch_size"):
+        for key in (
+            "out_channels",
+            "rpn_batch_size",
+            "rpn_pre_nms_train",
+            "rpn_post_nms_train",
+            "rpn_pre_nms_test",
+            "rpn_post_nms_test",
+            "box_batch_size",
+            "box_head_dim",
+            "mask_head_dim",
+            "detections_per_img",
+            "eval_batch_size",
+        ):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)!r} for {self.stage} must be >= 1")
         if self.img_size is not None and self.img_size < 4:

@@ -52,20 +52,39 @@ def job_rates(metrics: dict) -> dict | None:
         step, e2e = metrics["feature_step_img_s_train"], metrics["feature_img_s_train"]
         parts = metrics.get("time_s") or {}
         work = float(metrics.get("feature_s") or 0.0) + sum(parts.values())
-        return {"step": step, "e2e": e2e, "data": 1 - e2e / step, "eval": 0.0, "save": 0.0, "work": work,
-                "amp": metrics.get("amp_used")}
+        return {
+            "step": step,
+            "e2e": e2e,
+            "data": 1 - e2e / step,
+            "eval": 0.0,
+            "save": 0.0,
+            "work": work,
+            "amp": metrics.get("amp_used"),
+        }
     if metrics.get("eval") == "knn" and metrics.get("step_img_s"):
         step, e2e = metrics["step_img_s"], metrics["img_s"]
-        return {"step": step, "e2e": e2e, "data": 1 - e2e / step, "eval": 0.0, "save": 0.0,
-                "work": float(metrics.get("wall_s") or 0.0), "amp": metrics.get("amp_used")}
+        return {
+            "step": step,
+            "e2e": e2e,
+            "data": 1 - e2e / step,
+            "eval": 0.0,
+            "save": 0.0,
+            "work": float(metrics.get("wall_s") or 0.0),
+            "amp": metrics.get("amp_used"),
+        }
     parts = metrics.get("time_s")
     if not parts or not metrics.get("step_img_s") or not metrics.get("img_s"):
         return None
     epochs = sum(v for k, v in parts.items() if k != "final_eval")
     shares = {k: parts.get(k, 0.0) / epochs if epochs > 0 else 0.0 for k in ("data", "eval", "save")}
     work = sum(parts.values()) + float(metrics.get("feature_s") or 0.0)
-    return {"step": metrics["step_img_s"], "e2e": metrics["img_s"], **shares, "work": work,
-            "amp": metrics.get("amp_used")}
+    return {
+        "step": metrics["step_img_s"],
+        "e2e": metrics["img_s"],
+        **shares,
+        "work": work,
+        "amp": metrics.get("amp_used"),
+    }
 
 
 def stage_table(results: str | Path, benchmarks: str | Path = "benchmarks", per_job: bool = False) -> list[dict]:
@@ -95,22 +114,34 @@ def stage_table(results: str | Path, benchmarks: str | Path = "benchmarks", per_
         ratio = med["e2e"] / med["step"]
         shares = {"loader": med["data"], "evaluation": med["eval"], "checkpoints": med["save"]}
         limit = "the step" if ratio >= TARGET else max(shares, key=shares.get)
-        table.append({"stage": stage, "jobs": len(jobs), "amp": sorted({str(j["amp"]) for j in jobs}),
-                      **med, "ratio": ratio, "limit": limit,
-                      "overhead_s": statistics.median(overheads) if overheads else None,
-                      "overhead_max_s": max(overheads) if overheads else None})
+        table.append(
+            {
+                "stage": stage,
+                "jobs": len(jobs),
+                "amp": sorted({str(j["amp"]) for j in jobs}),
+                **med,
+                "ratio": ratio,
+                "limit": limit,
+                "overhead_s": statistics.median(overheads) if overheads else None,
+                "overhead_max_s": max(overheads) if overheads else None,
+            }
+        )
     return table
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| stage | jobs | precision | step img/s | end-to-end img/s | end-to-end / step | loader | evaluation "
-             "| checkpoints | limit | overhead s (median, max) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| stage | jobs | precision | step img/s | end-to-end img/s | end-to-end / step | loader | evaluation "
+        "| checkpoints | limit | overhead s (median, max) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in table:
         overhead = "-" if r["overhead_s"] is None else f"{r['overhead_s']:.1f}, {r['overhead_max_s']:.1f}"
-        lines.append(f"| {r['stage']} | {r['jobs']} | {'/'.join(r['amp'])} | {r['step']:.0f} | {r['e2e']:.0f} | "
-                     f"{100 * r['ratio']:.0f} % | {100 * r['data']:.0f} % | {100 * r['eval']:.0f} % | "
-                     f"{100 * r['save']:.0f} % | {r['limit']} | {overhead} |")
+        lines.append(
+            f"| {r['stage']} | {r['jobs']} | {'/'.join(r['amp'])} | {r['step']:.0f} | {r['e2e']:.0f} | "
+            f"{100 * r['ratio']:.0f} % | {100 * r['data']:.0f} % | {100 * r['eval']:.0f} % | "
+            f"{100 * r['save']:.0f} % | {r['limit']} | {overhead} |"
+        )
     return "\n".join(lines)
 
 

@@ -12,9 +12,9 @@ that resolve far below 1/n_boot.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -82,8 +82,9 @@ def mean_accuracy_replicates(correct: np.ndarray, n_boot: int = N_BOOT, seed: in
     return 100.0 * (np.atleast_2d(correct) @ bootstrap_counts(n, n_boot, seed).T) / n
 
 
-def miou_replicates(inter: np.ndarray, union: np.ndarray, n_boot: int = N_BOOT,
-                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+def miou_replicates(
+    inter: np.ndarray, union: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOTSTRAP_SEED
+) -> np.ndarray:
     """mIoU (percent) of each canonical replicate from per-image class intersections/unions ``(n, C)``.
 
     Classes absent from a replicate (union 0) are left out of its mean, as in the full-set mIoU.
@@ -204,8 +205,13 @@ class Estimate:
         return self.value - half, self.value + half
 
 
-def contrast(weights: Sequence[float], points: Sequence[float], replicates: np.ndarray, seeds: Sequence[int],
-             noise: Sequence[SeedVariance]) -> Estimate:
+def contrast(
+    weights: Sequence[float],
+    points: Sequence[float],
+    replicates: np.ndarray,
+    seeds: Sequence[int],
+    noise: Sequence[SeedVariance],
+) -> Estimate:
     """The contrast ``Σ w_i ȳ_i`` of setting means ``ȳ_i`` (mean over ``seeds[i]`` seeds) and its two-level
     standard error.
 

@@ -30,6 +30,7 @@ from mae.knobs import FITTED_TARGETS, KNOBS
 from mae.knobs import check as check_knobs
 from mae.report.ablations import STUDY_TABLES
 
+
 @dataclass
 class Run:
     name: str
@@ -62,7 +63,7 @@ def _table_settings(table: str, spec: Any) -> list[dict[str, Any]]:
     if isinstance(spec, dict):
         if len(spec) != 1:
             raise UserError(f"{where}: a sweep names exactly one knob (got {', '.join(spec) or 'none'})")
-        (knob, values), = spec.items()
+        ((knob, values),) = spec.items()
         if not isinstance(values, list) or not values:
             raise UserError(f"{where}.{knob}: expected a non-empty list of values")
         settings = [{knob: v} for v in values]
@@ -180,13 +181,14 @@ def check_datasets(config: dict[str, Any]) -> None:
     named += [("transfer_cls.datasets", d) for d in (config.get("transfer_cls") or {}).get("datasets") or []]
     for key, name in named:
         if name not in datasets:
-            raise UserError(f"study config '{key}': dataset {name!r} is not under 'datasets:' (defined: "
-                            f"{', '.join(map(str, datasets)) or 'none'})")
+            raise UserError(
+                f"study config '{key}': dataset {name!r} is not under 'datasets:' (defined: "
+                f"{', '.join(map(str, datasets)) or 'none'})"
+            )
         spec = datasets[name] or {}
         if spec.get("kind") in FOLDER_KINDS and not spec.get("root"):
             how = "--config data_root=/path/to/images" if key == "pretrain_dataset" else f"datasets.{name}.root"
-            raise UserError(f"study config '{key}': dataset {name!r} (kind {spec['kind']}) has no folder: give "
-                            f"{how}")
+            raise UserError(f"study config '{key}': dataset {name!r} (kind {spec['kind']}) has no folder: give {how}")
 
 
 # ----------------------------------------------------------------------------------------- your own images
@@ -228,8 +230,10 @@ def folder_layout(root: str | os.PathLike, unlabelled: bool = False) -> FolderLa
     halves = [h for h in ("train", "val") if (root / h).is_dir()]
     if len(halves) == 1:
         other = "val" if halves == ["train"] else "train"
-        raise UserError(f"{root} has a {halves[0]}/ folder but no {other}/ folder: give both (the split) or "
-                        "neither (a split is made)")
+        raise UserError(
+            f"{root} has a {halves[0]}/ folder but no {other}/ folder: give both (the split) or "
+            "neither (a split is made)"
+        )
     pool = root / "train" if halves else root
     return FolderLayout(root, bool(halves), () if unlabelled else _class_folders(pool))
 
@@ -246,9 +250,11 @@ def _class_folders(pool: Path) -> tuple[str, ...]:
             raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {pool}")
         return ()
     if images:
-        raise UserError(f"{pool} holds class folders ({', '.join(subfolders[:3])}{', …' if len(subfolders) > 3 else ''}"
-                        f") and images beside them ({pool / images[0]}): move every image into a class folder, "
-                        "or read the folder without labels (dataset key unlabelled: true)")
+        raise UserError(
+            f"{pool} holds class folders ({', '.join(subfolders[:3])}{', …' if len(subfolders) > 3 else ''}"
+            f") and images beside them ({pool / images[0]}): move every image into a class folder, "
+            "or read the folder without labels (dataset key unlabelled: true)"
+        )
     return tuple(subfolders)
 
 
@@ -262,8 +268,10 @@ def use_data_root(config: dict[str, Any]) -> None:
     spec = (config.get("datasets") or {}).get(name) or {}
     if spec.get("kind") != "imagefolder":
         what = f"of kind {spec['kind']}" if spec.get("kind") else "not defined"
-        raise UserError(f"data_root: the pretraining dataset {name!r} is {what}; data_root is the folder of an "
-                        "imagefolder dataset (--configfile config/custom.yaml)")
+        raise UserError(
+            f"data_root: the pretraining dataset {name!r} is {what}; data_root is the folder of an "
+            "imagefolder dataset (--configfile config/custom.yaml)"
+        )
     root = Path(str(given)).expanduser()
     if not str(given).strip() or not root.is_dir():
         raise UserError(f"data_root: {'not a folder' if root.exists() else 'folder not found'}: {given}")
@@ -330,8 +338,11 @@ def not_run(config: dict[str, Any]) -> list[tuple[str, str, str]]:
     if not skip:
         return []
     planned = set(evaluation_folders(config, skip))
-    return [(run, folder, skip.get(ev) or skip["finetune"]) for run, ev, folder in evaluation_folders(config)
-            if (run, ev, folder) not in planned]
+    return [
+        (run, folder, skip.get(ev) or skip["finetune"])
+        for run, ev, folder in evaluation_folders(config)
+        if (run, ev, folder) not in planned
+    ]
 
 
 def needs_target_file(run: Run) -> str | None:
@@ -397,4 +408,3 @@ def cli_flags(section: dict[str, Any] | None) -> str:
 
 def _shell_quote(text: str) -> str:
     return shlex.quote(text)
-

@@ -44,7 +44,9 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(n, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, in_chans: int = 3, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, in_chans: int = 3, grid_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Inverse of :func:`patchify`; a square grid unless ``grid_size`` is given."""
     n, num_patches, _ = patches.shape
     p = patch_size
@@ -108,7 +110,7 @@ class PCATarget(Target):
         self.out_dim = components.shape[0]
 
     @classmethod
-    def from_file(cls, path: str | Path, patch_dim: int) -> "PCATarget":
+    def from_file(cls, path: str | Path, patch_dim: int) -> PCATarget:
         blob = _load_file(path, "pca", "target_path")
         comps = blob["components"]
         if comps.shape[1] != patch_dim:
@@ -147,7 +149,9 @@ def build_target(kind: str, patch_size: int, in_chans: int = 3, path: str | Path
     if kind == "norm_pixel":
         return NormPixelTarget(patch_dim)
     if kind in ("pca", "token") and not path:
-        raise UserError(f"target '{kind}' needs target_path (a file from `mae {'fit-pca' if kind == 'pca' else 'train-tokenizer'}`)")
+        raise UserError(
+            f"target '{kind}' needs target_path (a file from `mae {'fit-pca' if kind == 'pca' else 'train-tokenizer'}`)"
+        )
     if kind == "pca":
         return PCATarget.from_file(path, patch_dim)
     if kind == "token":
@@ -155,7 +159,9 @@ def build_target(kind: str, patch_size: int, in_chans: int = 3, path: str | Path
 
         tokenizer = load_tokenizer(path)
         if tokenizer.patch_size != patch_size:
-            raise UserError(f"target_path {path}: tokenizer patch size {tokenizer.patch_size}, the model uses {patch_size}")
+            raise UserError(
+                f"target_path {path}: tokenizer patch size {tokenizer.patch_size}, the model uses {patch_size}"
+            )
         return TokenTarget(tokenizer)
     raise UserError(f"unknown target '{kind}' (valid: {', '.join(TARGETS)})")
 
@@ -173,7 +179,9 @@ def _load_file(path: str | Path, kind: str, key: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- PCA fitting
-def fit_pca(images: torch.Tensor, patch_size: int, components: int, max_patches: int | None = None, seed: int = 0) -> dict:
+def fit_pca(
+    images: torch.Tensor, patch_size: int, components: int, max_patches: int | None = None, seed: int = 0
+) -> dict:
     """Fit the PCA target on normalised images: returns the file dict (kind, mean, components, variances)."""
     patches = normalize_patches(patchify(images, patch_size).reshape(-1, patch_size * patch_size * images.shape[1]))
     if max_patches and len(patches) > max_patches:
@@ -209,8 +217,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="prepared dataset folder (reads its train split)")
     parser.add_argument("--out", required=True, help="output .pt file")
     parser.add_argument("--patch-size", type=int, default=4)
-    parser.add_argument("--components", type=int, default=None,
-                        help="number of principal components (default: patch dim / 8, i.e. 96 for 16x16x3)")
+    parser.add_argument(
+        "--components",
+        type=int,
+        default=None,
+        help="number of principal components (default: patch dim / 8, i.e. 96 for 16x16x3)",
+    )
     parser.add_argument("--max-patches", type=int, default=200_000, help="random subset of training patches")
     parser.add_argument("--max-images", type=int, default=50_000, help="random subset of training images")
     parser.add_argument("--seed", type=int, default=0)
@@ -229,6 +241,8 @@ def main(args: argparse.Namespace) -> int:
     blob = fit_pca(images, args.patch_size, components, args.max_patches, args.seed)
     blob["data"] = str(args.data)
     atomic_torch_save(blob, args.out)
-    print(f"fit-pca: {components}/{dim} components explain {100 * blob['explained_variance_ratio']:.1f}% of the "
-          f"variance of {blob['num_patches']} patches ({time.time() - start:.1f}s) -> {args.out}")
+    print(
+        f"fit-pca: {components}/{dim} components explain {100 * blob['explained_variance_ratio']:.1f}% of the "
+        f"variance of {blob['num_patches']} patches ({time.time() - start:.1f}s) -> {args.out}"
+    )
     return 0

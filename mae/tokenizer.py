@@ -28,18 +28,25 @@ from mae.errors import UserError
 
 
 class PatchTokenizer(nn.Module):
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, vocab_size: int = 512, code_dim: int = 32, hidden: int = 64):
+    def __init__(
+        self, patch_size: int = 4, in_chans: int = 3, vocab_size: int = 512, code_dim: int = 32, hidden: int = 64
+    ):
         super().__init__()
-        self.config = dict(patch_size=patch_size, in_chans=in_chans, vocab_size=vocab_size, code_dim=code_dim, hidden=hidden)
+        self.config = dict(
+            patch_size=patch_size, in_chans=in_chans, vocab_size=vocab_size, code_dim=code_dim, hidden=hidden
+        )
         self.patch_size, self.vocab_size = patch_size, vocab_size
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_chans, hidden, 3, padding=1), nn.GELU(),
-            nn.Conv2d(hidden, hidden, patch_size, stride=patch_size), nn.GELU(),
+            nn.Conv2d(in_chans, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, patch_size, stride=patch_size),
+            nn.GELU(),
             nn.Conv2d(hidden, code_dim, 1),
         )
         self.codebook = nn.Parameter(F.normalize(torch.randn(vocab_size, code_dim), dim=1))
         self.decoder = nn.Sequential(
-            nn.Conv2d(code_dim, hidden, 1), nn.GELU(),
+            nn.Conv2d(code_dim, hidden, 1),
+            nn.GELU(),
             nn.ConvTranspose2d(hidden, in_chans, patch_size, stride=patch_size),
         )
 
@@ -80,9 +87,18 @@ def load_tokenizer(path: str | Path) -> PatchTokenizer:
     return tok.eval()
 
 
-def train_tokenizer(images: torch.Tensor, patch_size: int = 4, vocab_size: int = 512, epochs: int = 5,
-                    batch_size: int = 256, lr: float = 2e-3, seed: int = 0, code_dim: int = 32, hidden: int = 64,
-                    progress: bool = True) -> tuple[PatchTokenizer, dict]:
+def train_tokenizer(
+    images: torch.Tensor,
+    patch_size: int = 4,
+    vocab_size: int = 512,
+    epochs: int = 5,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    code_dim: int = 32,
+    hidden: int = 64,
+    progress: bool = True,
+) -> tuple[PatchTokenizer, dict]:
     """Train on normalised (N, C, H, W) images; returns the tokenizer and stats (loss, codebook usage)."""
     torch.manual_seed(seed)
     tok = PatchTokenizer(patch_size, images.shape[1], vocab_size, code_dim, hidden)
@@ -90,14 +106,19 @@ def train_tokenizer(images: torch.Tensor, patch_size: int = 4, vocab_size: int =
     steps_per_epoch = max(1, len(images) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
     stats: dict = {}
-    bar = tqdm(total=epochs * steps_per_epoch * batch_size, unit="img", unit_scale=True, disable=not progress,
-               desc="train-tokenizer")
+    bar = tqdm(
+        total=epochs * steps_per_epoch * batch_size,
+        unit="img",
+        unit_scale=True,
+        disable=not progress,
+        desc="train-tokenizer",
+    )
     for epoch in range(epochs):
         perm = torch.randperm(len(images))
         usage = torch.zeros(vocab_size)
         rec_sum = 0.0
         for step in range(steps_per_epoch):
-            batch = images[perm[step * batch_size:(step + 1) * batch_size]]
+            batch = images[perm[step * batch_size : (step + 1) * batch_size]]
             with autocast(batch.device, "auto"):  # the precision every stage picks (mae.engine.precision)
                 recon, ids, vq_loss = tok(batch)
             rec = F.mse_loss(recon.float(), batch)
@@ -116,8 +137,12 @@ def train_tokenizer(images: torch.Tensor, patch_size: int = 4, vocab_size: int =
                 sample = images[torch.randperm(len(images))[:batch_size]]
                 z = tok.latents(sample).reshape(-1, tok.codebook.shape[1])
                 tok.codebook.data[dead] = z[torch.randint(0, len(z), (len(dead),))]
-        stats = {"epoch": epoch + 1, "recon_mse": rec_sum / steps_per_epoch,
-                 "codes_used": int((usage > 0).sum()), "vocab_size": vocab_size}
+        stats = {
+            "epoch": epoch + 1,
+            "recon_mse": rec_sum / steps_per_epoch,
+            "codes_used": int((usage > 0).sum()),
+            "vocab_size": vocab_size,
+        }
     bar.close()
     return tok.eval(), stats
 
@@ -144,11 +169,22 @@ def main(args: argparse.Namespace) -> int:
     images = load_train_images(args.data, args.max_images, args.seed)
     if images.shape[-1] % args.patch_size or images.shape[-2] % args.patch_size:
         raise UserError(f"--patch-size {args.patch_size} does not divide the image size {tuple(images.shape[-2:])}")
-    tok, stats = train_tokenizer(images, args.patch_size, args.vocab, args.epochs, min(args.batch_size, len(images)),
-                                 args.lr, args.seed)
+    tok, stats = train_tokenizer(
+        images, args.patch_size, args.vocab, args.epochs, min(args.batch_size, len(images)), args.lr, args.seed
+    )
     stats["wall_s"] = time.time() - start
-    atomic_torch_save({"kind": "vq_tokenizer", "config": tok.config, "model": tok.state_dict(), "stats": stats,
-                       "data": str(args.data)}, args.out)
-    print(f"train-tokenizer: recon mse {stats['recon_mse']:.4f}, {stats['codes_used']}/{args.vocab} codes used "
-          f"({stats['wall_s']:.1f}s) -> {args.out}")
+    atomic_torch_save(
+        {
+            "kind": "vq_tokenizer",
+            "config": tok.config,
+            "model": tok.state_dict(),
+            "stats": stats,
+            "data": str(args.data),
+        },
+        args.out,
+    )
+    print(
+        f"train-tokenizer: recon mse {stats['recon_mse']:.4f}, {stats['codes_used']}/{args.vocab} codes used "
+        f"({stats['wall_s']:.1f}s) -> {args.out}"
+    )
     return 0

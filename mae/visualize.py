@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import matplotlib
 
@@ -106,9 +107,12 @@ def reconstruction_figure(model, x, mask_ratio: float, title: str, seed: int = 0
     """One row per image of ``x``: original, masked, reconstruction, reconstruction + visible patches."""
     masked, recon, pasted, pix = reconstruct(model, x, mask_ratio, seed)
     original = to_display(x)
-    cols = [("original", original),
-            (f"masked {int(round(mask_ratio * 100))}%", show_masked(original, pix.permute(0, 2, 3, 1).numpy())),
-            ("reconstruction", to_display(recon)), ("reconstruction + visible", to_display(pasted))]
+    cols = [
+        ("original", original),
+        (f"masked {int(round(mask_ratio * 100))}%", show_masked(original, pix.permute(0, 2, 3, 1).numpy())),
+        ("reconstruction", to_display(recon)),
+        ("reconstruction + visible", to_display(pasted)),
+    ]
     n = x.shape[0]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.0 * n), squeeze=False)
     for i in range(n):
@@ -134,12 +138,21 @@ def _architecture(sd: Mapping[str, Any], source: str) -> dict[str, Any]:
     if side * side != tokens:
         raise UserError(f"{source}: pos_embed has {tokens} patch rows, not a square grid")
     depth = len({k.split(".")[1] for k in sd if k.startswith("decoder_blocks.")})
-    return {"img_size": side * patch, "decoder_depth": depth, "decoder_embed_dim": width,
-            "mask_token_in_encoder": "encoder_mask_token" in sd}
+    return {
+        "img_size": side * patch,
+        "decoder_depth": depth,
+        "decoder_embed_dim": width,
+        "mask_token_in_encoder": "encoder_mask_token" in sd,
+    }
 
 
-def load_mae(spec: str | Path, model: str | None = None, target: str | None = None, sampling: str | None = None,
-             option: str = "--init"):
+def load_mae(
+    spec: str | Path,
+    model: str | None = None,
+    target: str | None = None,
+    sampling: str | None = None,
+    option: str = "--init",
+):
     """The pretrained MAE (encoder + decoder, eval mode) of an init spec, and the settings its checkpoint
     records (``{}`` if none). Architecture: ``model`` (else the recorded name) with the image size and decoder
     read from the weights; ``target``/``sampling`` default to the recorded ones (else pixel / random)."""
@@ -151,8 +164,10 @@ def load_mae(spec: str | Path, model: str | None = None, target: str | None = No
     obj = found if isinstance(found, dict) else read_checkpoint(found)
     sd = extract_state_dict(obj, source)
     if not any(k.startswith("decoder_") for k in sd):
-        raise UserError(f"{source}: the checkpoint has no decoder (encoder-only or fine-tuned weights); "
-                        "reconstructions need a pretraining checkpoint")
+        raise UserError(
+            f"{source}: the checkpoint has no decoder (encoder-only or fine-tuned weights); "
+            "reconstructions need a pretraining checkpoint"
+        )
     cfg = obj.get("config") if isinstance(obj, Mapping) else None
     cfg = dict(cfg) if isinstance(cfg, Mapping) else {}
     name = model or cfg.get("model")
@@ -160,11 +175,17 @@ def load_mae(spec: str | Path, model: str | None = None, target: str | None = No
         raise UserError(f"{source}: the checkpoint does not record its model name; pass --model NAME")
     target = target or cfg.get("target") or "pixel"
     if target not in PIXEL_TARGETS:
-        raise UserError(f"{source}: target '{target}' does not predict pixels (reconstructions need "
-                        f"{' or '.join(PIXEL_TARGETS)})")
+        raise UserError(
+            f"{source}: target '{target}' does not predict pixels (reconstructions need {' or '.join(PIXEL_TARGETS)})"
+        )
     heads = cfg.get("decoder_heads") or model_spec(name)["decoder_num_heads"]
-    mae = create_mae(name, target=target, sampler=sampling or cfg.get("sampling") or "random",
-                     decoder_num_heads=heads, **_architecture(sd, source))
+    mae = create_mae(
+        name,
+        target=target,
+        sampler=sampling or cfg.get("sampling") or "random",
+        decoder_num_heads=heads,
+        **_architecture(sd, source),
+    )
     try:
         load_mae_checkpoint(mae, sd, strict=True)
     except UserError as err:
@@ -222,24 +243,38 @@ def folder_images(folder: str | Path, img_size: int, count: int):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mae.knobs import KNOBS
 
-    parser.add_argument("--init", required=True, metavar="CKPT",
-                        help="pretraining checkpoint.pt with its decoder: a file, an http(s):// URL (cached; "
-                             "optional #sha256=HEX) or timm:NAME")
+    parser.add_argument(
+        "--init",
+        required=True,
+        metavar="CKPT",
+        help="pretraining checkpoint.pt with its decoder: a file, an http(s):// URL (cached; "
+        "optional #sha256=HEX) or timm:NAME",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", metavar="DIR", help="folder of image files (png, jpg, ...)")
     source.add_argument("--data", metavar="DIR", help="prepared dataset folder (mae prepare-data output)")
     parser.add_argument("--split", default="val", help="split of --data (default: val)")
     parser.add_argument("--out", required=True, metavar="FIG", help="output: FIG.png and FIG.pdf")
-    parser.add_argument("--mask-ratio", type=float, default=None,
-                        help="fraction of patches removed (default: the checkpoint's, else 0.75)")
-    parser.add_argument("--sampling", default=None,
-                        help=f"mask sampler: {', '.join(KNOBS['sampling'].choices)} (default: the checkpoint's, "
-                             "else random)")
+    parser.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="fraction of patches removed (default: the checkpoint's, else 0.75)",
+    )
+    parser.add_argument(
+        "--sampling",
+        default=None,
+        help=f"mask sampler: {', '.join(KNOBS['sampling'].choices)} (default: the checkpoint's, else random)",
+    )
     parser.add_argument("--num", type=int, default=4, help="number of images (rows), default 4")
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
     parser.add_argument("--model", default=None, help="model name, for a checkpoint that does not record it")
-    parser.add_argument("--target", choices=PIXEL_TARGETS, default=None,
-                        help="what the decoder predicts (default: the checkpoint's, else pixel)")
+    parser.add_argument(
+        "--target",
+        choices=PIXEL_TARGETS,
+        default=None,
+        help="what the decoder predicts (default: the checkpoint's, else pixel)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -47,18 +47,63 @@ from pathlib import Path
 ENV = "MAE_WARM_START"
 #: third-party modules the server imports once (the project's own modules are imported by each worker)
 PRELOAD = (
-    "numpy", "yaml", "tqdm", "PIL.Image", "torch", "torchvision", "timm", "timm.data", "timm.optim",
-    "timm.loss", "timm.utils", "torch.utils.flop_counter", "torch.utils.tensorboard", "pycocotools.coco",
-    "pycocotools.cocoeval", "threadpoolctl",
+    "numpy",
+    "yaml",
+    "tqdm",
+    "PIL.Image",
+    "torch",
+    "torchvision",
+    "timm",
+    "timm.data",
+    "timm.optim",
+    "timm.loss",
+    "timm.utils",
+    "torch.utils.flop_counter",
+    "torch.utils.tensorboard",
+    "pycocotools.coco",
+    "pycocotools.cocoeval",
+    "threadpoolctl",
 )
 #: top-level packages whose location a job compares with the server's (same files, or it runs by itself)
 CHECKED = ("torch", "torchvision", "timm", "numpy")
 #: environment variables that the preloaded libraries (or the interpreter, or the C library) may read when
 #: they are loaded: a job whose value differs from the server's runs by itself (its libraries would have read
 #: another value). Everything else a job reads when it runs (its own environment is restored in the worker).
-IMPORT_TIME = ("TORCH", "PYTORCH", "CUDA", "CUBLAS", "CUDNN", "NCCL", "NVIDIA", "TRITON", "OMP_", "KMP_", "GOMP_",
-               "MKL", "DNNL_", "ONEDNN_", "OPENBLAS", "GOTO_", "LD_", "MALLOC_", "GLIBC_", "PYTHON", "TIMM", "HF_",
-               "HUGGINGFACE", "TF_", "NUMPY", "NPY_", "TQDM_", "LANG", "LC_", "TZ", "HOME", "USER", "LOGNAME")
+IMPORT_TIME = (
+    "TORCH",
+    "PYTORCH",
+    "CUDA",
+    "CUBLAS",
+    "CUDNN",
+    "NCCL",
+    "NVIDIA",
+    "TRITON",
+    "OMP_",
+    "KMP_",
+    "GOMP_",
+    "MKL",
+    "DNNL_",
+    "ONEDNN_",
+    "OPENBLAS",
+    "GOTO_",
+    "LD_",
+    "MALLOC_",
+    "GLIBC_",
+    "PYTHON",
+    "TIMM",
+    "HF_",
+    "HUGGINGFACE",
+    "TF_",
+    "NUMPY",
+    "NPY_",
+    "TQDM_",
+    "LANG",
+    "LC_",
+    "TZ",
+    "HOME",
+    "USER",
+    "LOGNAME",
+)
 #: thread counts: a job's own (the worker sets them: torch, and numpy's BLAS through threadpoolctl)
 PER_JOB = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS"})
 #: signals a job forwards to its worker
@@ -107,9 +152,17 @@ def delegate(argv: list[str]) -> int | None:
             sock.connect(path)
             umask = os.umask(0o022)
             os.umask(umask)
-            request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path),
-                       "interpreter": _interpreter(), "origins": _origins(), "ignored": ignored,
-                       "umask": umask, "cpus": sorted(os.sched_getaffinity(0))}
+            request = {
+                "argv": list(argv),
+                "cwd": os.getcwd(),
+                "env": dict(os.environ),
+                "path": list(sys.path),
+                "interpreter": _interpreter(),
+                "origins": _origins(),
+                "ignored": ignored,
+                "umask": umask,
+                "cpus": sorted(os.sched_getaffinity(0)),
+            }
             socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
             reply = json.loads(sock.recv(MAX_MESSAGE) or b"{}")
         except (OSError, ValueError):  # no server there (gone idle, another node, a closed descriptor)
@@ -195,8 +248,14 @@ def _work(request: dict, fds: list[int], added: dict, default_threads: int) -> N
     try:
         ignored = set(request.get("ignored", ()))
         for sig in (*FORWARDED, signal.SIGCHLD):  # as in a fresh interpreter started the way the job was
-            signal.signal(sig, signal.SIG_IGN if int(sig) in ignored else
-                          signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+            signal.signal(
+                sig,
+                signal.SIG_IGN
+                if int(sig) in ignored
+                else signal.default_int_handler
+                if sig == signal.SIGINT
+                else signal.SIG_DFL,
+            )
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked by the supervisor across the fork
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
@@ -291,8 +350,11 @@ def serve(path: str, idle: float = IDLE_S) -> int:
     listener.listen(64)
     os.replace(tmp, path)  # the socket appears only once the server is ready
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"warm start: serving {path} (pid {os.getpid()}, preloaded in {time.perf_counter() - start:.1f} s, "
-          f"{len(os.listdir('/proc/self/task'))} thread(s))", flush=True)
+    print(
+        f"warm start: serving {path} (pid {os.getpid()}, preloaded in {time.perf_counter() - start:.1f} s, "
+        f"{len(os.listdir('/proc/self/task'))} thread(s))",
+        flush=True,
+    )
     children: set[int] = set()
     last = time.monotonic()
     try:
@@ -338,9 +400,14 @@ def start(log: str | os.PathLike, idle: float = IDLE_S, wait_s: float = 60.0) ->
     env = {k: v for k, v in os.environ.items() if k not in PER_JOB and not k.startswith(("VECLIB", "NUMEXPR"))}
     env["OPENBLAS_NUM_THREADS"] = "1"
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mae.warmstart", path, "--idle", str(idle)], env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mae.warmstart", path, "--idle", str(idle)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     proc.socket = path
     deadline = time.monotonic() + wait_s
     while not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:

@@ -16,11 +16,28 @@ from mae.report.ablations import ABLATIONS
 from mae.report.evidence import Evidence
 from mae.study import plan_runs, write_plan
 
-BASE = dict(model="mae_vit_micro_patch4", mask_ratio=0.75, decoder_depth=2, decoder_width=128,
-            mask_token_in_encoder=False, target="norm_pixel", aug="crop_rand", sampling="random", epochs=8, seed=0)
-CONFIG = {"base": BASE, "ablation_base": {"target": "pixel"}, "pretrain_dataset": "shapes",
-          "ablations": {"1a": {"decoder_depth": [1, 2]}, "1c": {"mask_token_in_encoder": [False, True]},
-                        "1d": {"target": ["pixel", "norm_pixel"]}}}
+BASE = dict(
+    model="mae_vit_micro_patch4",
+    mask_ratio=0.75,
+    decoder_depth=2,
+    decoder_width=128,
+    mask_token_in_encoder=False,
+    target="norm_pixel",
+    aug="crop_rand",
+    sampling="random",
+    epochs=8,
+    seed=0,
+)
+CONFIG = {
+    "base": BASE,
+    "ablation_base": {"target": "pixel"},
+    "pretrain_dataset": "shapes",
+    "ablations": {
+        "1a": {"decoder_depth": [1, 2]},
+        "1c": {"mask_token_in_encoder": [False, True]},
+        "1d": {"target": ["pixel", "norm_pixel"]},
+    },
+}
 
 
 def _top1(settings: dict, ev: str) -> float:
@@ -70,8 +87,7 @@ def test_claims_compare_within_a_table_and_the_base_run_with_scratch(frame):
     evidence = Evidence(frame)
     depth = {c.key: c.point for c in evidence.cells(["decoder_depth"], "lin")}
     assert depth == {(1,): 31.0, (2,): 32.0}
-    assert {c.key: c.point for c in evidence.cells(["mask_token_in_encoder"], "lin")} == {(False,): 32.0,
-                                                                                          (True,): 27.0}
+    assert {c.key: c.point for c in evidence.cells(["mask_token_in_encoder"], "lin")} == {(False,): 32.0, (True,): 27.0}
     assert [c.point for c in evidence.cells([], "ft")] == [62.0]  # the final (norm-pix) run
     outcome = C.mae_beats_scratch(evidence)
     assert outcome.point_margin == pytest.approx(22.0)

@@ -52,16 +52,25 @@ def test_lock_of_another_host_is_refused_with_how_to_clear(tmp_path):
         lock.acquire(tmp_path)
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"pretrain": {"epochz": 3}}, "study config 'pretrain:': unknown key 'epochz' for pretrain (valid: epochs,"),
-    ({"finetune": {"layer_decay": 2.0}}, "study config 'finetune:': layer_decay=2.0 for finetune must be in (0, 1]"),
-    ({"linprobe": {"optimizer": "adam"}}, "study config 'linprobe:': bad value optimizer='adam' for linprobe"),
-    ({"knn": {"k": 0}}, "study config 'knn:': k=0 for knn must be >= 1"),
-    ({"transfer_det": {"dataset": "coco", "out_channel": 8}}, "'transfer_det:': unknown key 'out_channel'"),
-    ({"partial_ft": {"blocks": [0, 1], "epoch": 1}}, "study config 'partial_ft:': unknown key 'epoch' for finetune"),
-    ({"scratch_finetune": {"layer_decay": 0}}, "study config 'scratch_finetune:': layer_decay=0.0 for finetune"),
-    ({"transfer_cls": "fast"}, "study config 'transfer_cls:' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"pretrain": {"epochz": 3}}, "study config 'pretrain:': unknown key 'epochz' for pretrain (valid: epochs,"),
+        (
+            {"finetune": {"layer_decay": 2.0}},
+            "study config 'finetune:': layer_decay=2.0 for finetune must be in (0, 1]",
+        ),
+        ({"linprobe": {"optimizer": "adam"}}, "study config 'linprobe:': bad value optimizer='adam' for linprobe"),
+        ({"knn": {"k": 0}}, "study config 'knn:': k=0 for knn must be >= 1"),
+        ({"transfer_det": {"dataset": "coco", "out_channel": 8}}, "'transfer_det:': unknown key 'out_channel'"),
+        (
+            {"partial_ft": {"blocks": [0, 1], "epoch": 1}},
+            "study config 'partial_ft:': unknown key 'epoch' for finetune",
+        ),
+        ({"scratch_finetune": {"layer_decay": 0}}, "study config 'scratch_finetune:': layer_decay=0.0 for finetune"),
+        ({"transfer_cls": "fast"}, "study config 'transfer_cls:' must be a mapping"),
+    ],
+)
 def test_study_sections_are_checked_at_plan_time(sections, message):
     with pytest.raises(UserError) as err:
         check_study_sections(sections)
@@ -70,7 +79,6 @@ def test_study_sections_are_checked_at_plan_time(sections, message):
 
 def test_shipped_study_configs_pass_the_section_check():
     import yaml
-
     from snakemake.utils import update_config
 
     for name in ("config", "smoke", "cpu", "paper", "mae_vs_scratch"):  # merged as --configfile does
@@ -79,11 +87,20 @@ def test_shipped_study_configs_pass_the_section_check():
         check_study_sections(config)
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"partial_ft": {"blocks": [0, 1], "head": "old"}}, "'partial_ft: head': must be one of probe, new, got 'old'"),
-    ({"partial_ft": {"blocks": [0, 1]}, "evaluations": {"base_run": ["partial_ft"]}, "linprobe": {"global_pool": "token"}},
-     "pools with global_pool='token' and fine-tuning with 'avg'"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"partial_ft": {"blocks": [0, 1], "head": "old"}}, "'partial_ft: head': must be one of probe, new, got 'old'"),
+        (
+            {
+                "partial_ft": {"blocks": [0, 1]},
+                "evaluations": {"base_run": ["partial_ft"]},
+                "linprobe": {"global_pool": "token"},
+            },
+            "pools with global_pool='token' and fine-tuning with 'avg'",
+        ),
+    ],
+)
 def test_partial_ft_head_is_checked_at_plan_time(sections, message):
     with pytest.raises(UserError) as err:
         check_study_sections(sections)
@@ -94,8 +111,12 @@ def test_partial_ft_head_is_checked_at_plan_time(sections, message):
 def test_dry_run_names_a_typo_in_a_stage_section(tmp_path):
     bad = tmp_path / "typo.yaml"
     bad.write_text("pretrain: {epochz: 3}\n")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
-                           "config/smoke.yaml", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/smoke.yaml", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "study config 'pretrain:': unknown key 'epochz' for pretrain" in proc.stdout + proc.stderr
 
@@ -148,14 +169,19 @@ def test_prepare_data_refuses_a_non_positive_image_size(tmp_path, capsys, kind, 
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[]", "the top level must be an object, not a list"),
-    ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "images[0] has no 'file_name'"),
-    ('{"images": [], "annotations": [{"id": 1, "image_id": 1}], "categories": []}',
-     "annotations[0] has no 'category_id'"),
-    ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', "categories[0] has no 'name'"),
-    ('{"images": [], "annotations": []}', "has no 'categories' list"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "the top level must be an object, not a list"),
+        ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "images[0] has no 'file_name'"),
+        (
+            '{"images": [], "annotations": [{"id": 1, "image_id": 1}], "categories": []}',
+            "annotations[0] has no 'category_id'",
+        ),
+        ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', "categories[0] has no 'name'"),
+        ('{"images": [], "annotations": []}', "has no 'categories' list"),
+    ],
+)
 def test_bad_coco_json_is_a_named_error(tmp_path, capsys, content, message):
     from mae.cli import main as cli_main
 
@@ -172,13 +198,21 @@ def test_bad_coco_json_is_a_named_error(tmp_path, capsys, content, message):
 
 
 @pytest.mark.parametrize("command", ["tables", "claims"])
-@pytest.mark.parametrize("damage, message", [
-    (lambda text: b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 50, "not a runs.csv"),
-    (lambda text: text.replace(",18.06,", ',"abc",', 1).encode(), "top1='abc' is not a number"),
-    (lambda text: text.replace("\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,0.75,",
-                               "\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,,", 1).encode(),
-     "the knob mask_ratio is empty"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 50, "not a runs.csv"),
+        (lambda text: text.replace(",18.06,", ',"abc",', 1).encode(), "top1='abc' is not a number"),
+        (
+            lambda text: text.replace(
+                "\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,0.75,",
+                "\nbase,linprobe,,mae,mae_vit_micro_patch4,shapes,32,4,,",
+                1,
+            ).encode(),
+            "the knob mask_ratio is empty",
+        ),
+    ],
+)
 def test_damaged_summary_is_a_named_error(tmp_path, capsys, command, damage, message):
     from mae.cli import main as cli_main
 
@@ -204,31 +238,40 @@ def data32(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("argv, message", [
-    ("pretrain --data {D} --out {O} --set img_size=30", "img_size=30 for pretrain is not a multiple of"),
-    ("pretrain --data {D} --out {O} --set target=pca", "target=pca needs target_path"),
-    ("pretrain --data {D} --out {O} --set mask_ratio=0.0", "bad value 0.0 for 'mask_ratio' (must be in (0, 1))"),
-    ("pretrain --data {D} --out {O} --set sampling=ring", "bad value 'ring' for 'sampling' (choose from random"),
-    ("pretrain --data {D} --out {O} --set batch_size=100000", "the training loader gives 0 batches"),
-    ("pretrain --data {D}/missing --out {O}", "missing"),
-    ("finetune --data {D} --out {O} --init {D}/meta.json", "cannot read checkpoint"),
-    ("linprobe --data {D}/missing --out {O} --scratch", "is not a prepared dataset"),
-    ("knn --data {D} --out {O} --scratch --set k=0", "k=0 for knn must be >= 1"),
-    ("partial-ft --data {D} --out {O} --scratch --blocks -1", "--blocks: must be >= 0, got -1"),
-    ("transfer-det --data {D} --out {O} --scratch --set out_channel=3", "unknown key 'out_channel' for transfer_det"),
-    ("transfer-seg --data {D} --out {O} --scratch --set layer_decay=0", "layer_decay=0.0 for transfer_seg"),
-    ("transfer-cls --data {D} --out {O} --init {D}/none.pt", "checkpoint file '{D}/none.pt' does not exist"),
-    ("train-tokenizer --data {D}/missing --out {O}/t.pt", "not a directory"),
-    ("summarize --runs {D}/missing --out {O}/runs.csv", "runs folder not found"),
-    ("tables --summary {D}/none.csv --out {O}", "summary not found"),
-    ("figures --summary {D}/none.csv --runs {D} --out {O}", "summary not found"),
-    ("claims --summary {D}/meta.json --out {O}", "meta.json: not a runs.csv"),
-    ("fit-pca --data {D} --out {O}/pca.pt --components 100000", "--components must be in [1, 48]"),
-    ("fit-pca --data {D} --out {O}/pca.pt --components 0", "--components must be in [1, 48] for patch size 4, got 0"),
-    ("bench pretrain --batch-size -4", "--batch-size must be >= 1, got -4"),
-    ("bench pretrain --batch-size 0", "--batch-size must be >= 1, got 0"),
-    ("prepare-data --kind shapes --out {O}/d --n-train 0", "--n-train and --n-val must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("pretrain --data {D} --out {O} --set img_size=30", "img_size=30 for pretrain is not a multiple of"),
+        ("pretrain --data {D} --out {O} --set target=pca", "target=pca needs target_path"),
+        ("pretrain --data {D} --out {O} --set mask_ratio=0.0", "bad value 0.0 for 'mask_ratio' (must be in (0, 1))"),
+        ("pretrain --data {D} --out {O} --set sampling=ring", "bad value 'ring' for 'sampling' (choose from random"),
+        ("pretrain --data {D} --out {O} --set batch_size=100000", "the training loader gives 0 batches"),
+        ("pretrain --data {D}/missing --out {O}", "missing"),
+        ("finetune --data {D} --out {O} --init {D}/meta.json", "cannot read checkpoint"),
+        ("linprobe --data {D}/missing --out {O} --scratch", "is not a prepared dataset"),
+        ("knn --data {D} --out {O} --scratch --set k=0", "k=0 for knn must be >= 1"),
+        ("partial-ft --data {D} --out {O} --scratch --blocks -1", "--blocks: must be >= 0, got -1"),
+        (
+            "transfer-det --data {D} --out {O} --scratch --set out_channel=3",
+            "unknown key 'out_channel' for transfer_det",
+        ),
+        ("transfer-seg --data {D} --out {O} --scratch --set layer_decay=0", "layer_decay=0.0 for transfer_seg"),
+        ("transfer-cls --data {D} --out {O} --init {D}/none.pt", "checkpoint file '{D}/none.pt' does not exist"),
+        ("train-tokenizer --data {D}/missing --out {O}/t.pt", "not a directory"),
+        ("summarize --runs {D}/missing --out {O}/runs.csv", "runs folder not found"),
+        ("tables --summary {D}/none.csv --out {O}", "summary not found"),
+        ("figures --summary {D}/none.csv --runs {D} --out {O}", "summary not found"),
+        ("claims --summary {D}/meta.json --out {O}", "meta.json: not a runs.csv"),
+        ("fit-pca --data {D} --out {O}/pca.pt --components 100000", "--components must be in [1, 48]"),
+        (
+            "fit-pca --data {D} --out {O}/pca.pt --components 0",
+            "--components must be in [1, 48] for patch size 4, got 0",
+        ),
+        ("bench pretrain --batch-size -4", "--batch-size must be >= 1, got -4"),
+        ("bench pretrain --batch-size 0", "--batch-size must be >= 1, got 0"),
+        ("prepare-data --kind shapes --out {O}/d --n-train 0", "--n-train and --n-val must be >= 1, got 0"),
+    ],
+)
 def test_cli_bad_inputs_are_one_named_line(data32, tmp_path, capsys, argv, message):
     from mae.cli import main as cli_main
 
@@ -269,12 +312,17 @@ def _variant(data32: Path, tmp_path: Path, name: str, labels=None, meta=None, n_
 
 
 @pytest.mark.parametrize("command", ["linprobe", "finetune", "knn"])
-@pytest.mark.parametrize("case, message", [
-    ({"labels": {"train": [50]}}, "train_labels.npy: label 50 is not a class index of this dataset (meta.json: "
-                                  "num_classes 10"),
-    ({"labels": {"val": [-1]}}, "val_labels.npy: label -1 is not a class index"),
-    ({"meta": {"num_classes": 1, "classes": ["only"]}}, "has 1 class(es); classification needs at least 2"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            {"labels": {"train": [50]}},
+            "train_labels.npy: label 50 is not a class index of this dataset (meta.json: num_classes 10",
+        ),
+        ({"labels": {"val": [-1]}}, "val_labels.npy: label -1 is not a class index"),
+        ({"meta": {"num_classes": 1, "classes": ["only"]}}, "has 1 class(es); classification needs at least 2"),
+    ],
+)
 def test_labels_that_are_not_class_indices_are_named(data32, tmp_path, capsys, command, case, message):
     from mae.cli import main as cli_main
 
@@ -292,8 +340,7 @@ def test_one_training_image_and_nan_weights_are_refused(data32, tmp_path, capsys
     from mae.models import create_mae
 
     one = _variant(data32, tmp_path, "one", n_train=1)
-    assert cli_main(["linprobe", "--data", str(one), "--out", str(tmp_path / "o"), "--scratch", "--device",
-                     "cpu"]) == 2
+    assert cli_main(["linprobe", "--data", str(one), "--out", str(tmp_path / "o"), "--scratch", "--device", "cpu"]) == 2
     assert "the training split has 1 image; training needs at least 2" in capsys.readouterr().err
     model = create_mae("mae_vit_micro_patch4")
     state = model.state_dict()
@@ -319,11 +366,14 @@ def test_16_bit_images_keep_their_grey_levels(tmp_path):
     assert (rgb == 255).mean() < 0.01  # not clipped white
 
 
-@pytest.mark.parametrize("failure", [
-    OSError(28, "No space left on device"),
-    RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0"),
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12845376 vs 12845270"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12845376 vs 12845270"),
+    ],
+)
 def test_a_failed_write_is_named_and_keeps_the_earlier_file(tmp_path, monkeypatch, failure):
     import torch
 
@@ -365,15 +415,24 @@ def _prepared_copy(data32: Path, tmp_path: Path, change) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d, np: np.save(d / "train_images.npy", np.load(d / "train_images.npy").astype("float32")),
-     "train_images.npy: expected uint8 (N, H, W, 3), got float32"),
-    (lambda d, np: np.save(d / "train_labels.npy", np.load(d / "train_labels.npy")[:10]),
-     "train has 32 images but 10 labels"),
-    (lambda d, np: np.save(d / "train_labels.npy", np.load(d / "train_labels.npy").astype("float64")),
-     "train_labels.npy: expected integer (N,), got float64"),
-    (lambda d, np: (d / "train_images.npy").write_bytes(b"not an array"), "cannot read"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d, np: np.save(d / "train_images.npy", np.load(d / "train_images.npy").astype("float32")),
+            "train_images.npy: expected uint8 (N, H, W, 3), got float32",
+        ),
+        (
+            lambda d, np: np.save(d / "train_labels.npy", np.load(d / "train_labels.npy")[:10]),
+            "train has 32 images but 10 labels",
+        ),
+        (
+            lambda d, np: np.save(d / "train_labels.npy", np.load(d / "train_labels.npy").astype("float64")),
+            "train_labels.npy: expected integer (N,), got float64",
+        ),
+        (lambda d, np: (d / "train_images.npy").write_bytes(b"not an array"), "cannot read"),
+    ],
+)
 def test_damaged_prepared_dataset_is_named(data32, tmp_path, capsys, change, message):
     from mae.cli import main as cli_main
 
@@ -389,8 +448,10 @@ def test_symlink_loop_as_dataset_root(tmp_path, capsys):
 
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    assert cli_main(["prepare-data", "--kind", "imagefolder", "--root", str(tmp_path / "a"),
-                     "--out", str(tmp_path / "m")]) == 2
+    assert (
+        cli_main(["prepare-data", "--kind", "imagefolder", "--root", str(tmp_path / "a"), "--out", str(tmp_path / "m")])
+        == 2
+    )
     assert f"dataset root is a symlink loop: {tmp_path / 'a'}" in capsys.readouterr().err
 
 
@@ -400,8 +461,19 @@ def test_prepare_data_on_a_disk_that_fills_up_is_a_named_error(tmp_path, monkeyp
     from mae.cli import main as cli_main
     from mae.data import prepare
 
-    argv = ["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "d"), "--img-size", "16", "--n-train", "1200",
-            "--n-val", "8"]
+    argv = [
+        "prepare-data",
+        "--kind",
+        "shapes",
+        "--out",
+        str(tmp_path / "d"),
+        "--img-size",
+        "16",
+        "--n-train",
+        "1200",
+        "--n-val",
+        "8",
+    ]
     assert cli_main(argv) == 0
     before = (tmp_path / "d" / "train_images.npy").read_bytes()
     enter = prepare._NpyWriter.__enter__
@@ -448,8 +520,10 @@ def test_unwritable_location_is_named(tmp_path, capsys):
 
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder is needed")
-    assert cli_main(["prepare-data", "--kind", "shapes", "--out", str(blocker / "d"), "--n-train", "8",
-                     "--n-val", "4"]) == 2
+    assert (
+        cli_main(["prepare-data", "--kind", "shapes", "--out", str(blocker / "d"), "--n-train", "8", "--n-val", "4"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(blocker) in err and "\n" not in err
 
@@ -465,21 +539,35 @@ def test_init_from_a_file_that_is_no_encoder_checkpoint(data32, tmp_path, capsys
         path.write_text('{"not": "a checkpoint"}')
     else:  # a torch file of another kind (a fitted target)
         torch.save({"kind": init, "components": torch.zeros(4, 48)}, path)
-    assert cli_main(["finetune", "--data", str(data32), "--out", str(tmp_path / "o"), "--init", str(path),
-                     "--device", "cpu"]) == 2
+    assert (
+        cli_main(
+            ["finetune", "--data", str(data32), "--out", str(tmp_path / "o"), "--init", str(path), "--device", "cpu"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(path) in err and "\n" not in err
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("pretrain_dataset: imagenet\n", "study config 'pretrain_dataset': dataset 'imagenet' is not under 'datasets:'"),
-    ("transfer_cls: {datasets: [cifar]}\n", "study config 'transfer_cls.datasets': dataset 'cifar' is not under"),
-    ("base:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' appears twice in one mapping (line 3)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            "pretrain_dataset: imagenet\n",
+            "study config 'pretrain_dataset': dataset 'imagenet' is not under 'datasets:'",
+        ),
+        ("transfer_cls: {datasets: [cifar]}\n", "study config 'transfer_cls.datasets': dataset 'cifar' is not under"),
+        ("base:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' appears twice in one mapping (line 3)"),
+    ],
+)
 def test_dry_run_names_a_missing_dataset_or_a_repeated_key(tmp_path, extra, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(extra)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
-                           "config/smoke.yaml", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/smoke.yaml", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
     assert "KeyError" not in proc.stdout + proc.stderr

@@ -5,8 +5,18 @@ import pytest
 import torch
 
 from mae import roofline
-from mae.bench import (PRESETS, StepRunner, Variant, add_arguments, bench_pretrain, cpu_info, gemm_rate, main,
-                       step_flops, step_gemms)
+from mae.bench import (
+    PRESETS,
+    StepRunner,
+    Variant,
+    add_arguments,
+    bench_pretrain,
+    cpu_info,
+    gemm_rate,
+    main,
+    step_flops,
+    step_gemms,
+)
 
 
 def test_bench_smoke_positive_numbers():
@@ -18,8 +28,11 @@ def test_bench_smoke_positive_numbers():
     # the fast path trains in the precision amp: auto picks here; the baseline in fp32
     from mae.engine.precision import resolve
 
-    assert res["amp"] == {"fast": resolve("auto", "cpu").amp, "mask_token_encoder": resolve("auto", "cpu").amp,
-                          "baseline": "none"}
+    assert res["amp"] == {
+        "fast": resolve("auto", "cpu").amp,
+        "mask_token_encoder": resolve("auto", "cpu").amp,
+        "baseline": "none",
+    }
     # % of roofline = FLOPs per image x img/s / the matrix-product rate measured in the variant's own precision,
     # and no figure is above 100 % of a limit (a limit measured in another precision would allow that)
     dtype = {"none": "fp32", "bf16": "bf16"}
@@ -36,23 +49,26 @@ def test_bench_smoke_positive_numbers():
     assert 0 < res["pct_of_gemm_only"]["fast"] < 100
     assert res["cpu"] and isinstance(res["flags"], list)
     vis = res["visible_only"]  # visible-only vs mask tokens in the encoder: FLOP ratio beside the measured one
-    assert vis["flop_ratio"] == pytest.approx(res["gflop_per_image"]["mask_token_encoder"]
-                                              / res["gflop_per_image"]["fast"])
+    assert vis["flop_ratio"] == pytest.approx(
+        res["gflop_per_image"]["mask_token_encoder"] / res["gflop_per_image"]["fast"]
+    )
     assert vis["measured_ratio"] == pytest.approx(res["img_s"]["fast"] / res["img_s"]["mask_token_encoder"])
     assert vis["pct_of_flop_ratio"] == pytest.approx(100 * vis["measured_ratio"] / vis["flop_ratio"])
 
 
 def test_bench_extra_variants_sequential():
-    res = bench_pretrain("cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, extra=True,
-                         hand_tuned=False, mode="sequential")
+    res = bench_pretrain(
+        "cpu-micro", batch_size=2, windows=5, warmup=1, progress=False, extra=True, hand_tuned=False, mode="sequential"
+    )
     assert set(res["extra_img_s"]) == {"fp32_math", "bf16_sdpa", "bf16_weights"} and res["mode"] == "sequential"
     assert all(v > 0 for v in res["extra_img_s"].values())
 
 
 def test_flops_and_gemm_shapes_of_a_step():
     """FLOPs of the tiny step match the count of its own matrix products (they dominate); the rate is finite."""
-    runner = StepRunner(Variant("fast", amp="auto", attention="auto"), dict(PRESETS["cpu-micro"], batch_size=2),
-                        torch.device("cpu"))
+    runner = StepRunner(
+        Variant("fast", amp="auto", attention="auto"), dict(PRESETS["cpu-micro"], batch_size=2), torch.device("cpu")
+    )
     gemms = step_gemms(runner)
     shapes = Counter(gemms)
     gemm_flops = sum(c * 2 * (a[0] if len(a) == 3 else 1) * a[-2] * a[-1] * b[-1] for (_, a, b), c in shapes.items())
@@ -63,8 +79,11 @@ def test_flops_and_gemm_shapes_of_a_step():
     # in the step's order: the forward's first product is the first block's qkv projection (the patch embedding
     # is a convolution), of the visible tokens + cls of both images
     visible = int(runner.model.patch_embed.num_patches * (1 - runner.mask_ratio)) + 1
-    assert gemms[0] == ("addmm", (2 * visible, runner.model.blocks[0].attn.qkv.in_features),
-                        tuple(runner.model.blocks[0].attn.qkv.weight.T.shape))
+    assert gemms[0] == (
+        "addmm",
+        (2 * visible, runner.model.blocks[0].attn.qkv.in_features),
+        tuple(runner.model.blocks[0].attn.qkv.weight.T.shape),
+    )
     assert 1e6 < gemm_rate(shapes, torch.device("cpu"), repeats=2) < 1e15
     # the chain of the whole step takes longer than its longest product alone, and less than a second here
     longest = max(gemms, key=lambda g: roofline.gemm_flops(*g))
@@ -78,8 +97,9 @@ def test_bench_cli_json(capsys):
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["pretrain", "--preset", "cpu-micro", "--batch-size", "2", "--warmup", "1", "--json",
-                              "--no-hand-tuned"])
+    args = parser.parse_args(
+        ["pretrain", "--preset", "cpu-micro", "--batch-size", "2", "--warmup", "1", "--json", "--no-hand-tuned"]
+    )
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["fast_img_s"] > 0 and out["windows"] == 5 and out["mode"] == "interleaved"
@@ -118,8 +138,19 @@ def test_stage_table_from_a_study(tmp_path, capsys):
     job("base", "pretrain", {"time_s": parts, "step_img_s": 100.0, "img_s": 80.0, "amp_used": "bf16"}, wall=15)
     job("base", "partial_ft-1", {"time_s": parts, "step_img_s": 100.0, "img_s": 95.0, "amp_used": "bf16"})
     job("base", "partial_ft-0", {"reused_from": "x", "step_img_s": 1.0, "img_s": 1.0})  # a copy: no job
-    job("base", "linprobe", {"cached_features": True, "feature_step_img_s_train": 200.0, "feature_img_s_train": 190.0,
-                             "feature_s": 3.0, "time_s": {"step": 0.5}, "amp_used": "none"}, wall=5)
+    job(
+        "base",
+        "linprobe",
+        {
+            "cached_features": True,
+            "feature_step_img_s_train": 200.0,
+            "feature_img_s_train": 190.0,
+            "feature_s": 3.0,
+            "time_s": {"step": 0.5},
+            "amp_used": "none",
+        },
+        wall=5,
+    )
     rows = {r["stage"]: r for r in stage_rates.stage_table(tmp_path, tmp_path / "b")}
     assert set(rows) == {"pretrain", "partial_ft", "linprobe"} and rows["partial_ft"]["jobs"] == 1
     pre = rows["pretrain"]

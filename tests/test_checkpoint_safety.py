@@ -34,8 +34,7 @@ class _Payload:
 
 
 def _evil(path: Path, marker: Path, **extra) -> Path:
-    torch.save({"model": {"x": torch.zeros(1)}, "config": {"model": MODEL}, "payload": _Payload(marker), **extra},
-               path)
+    torch.save({"model": {"x": torch.zeros(1)}, "config": {"model": MODEL}, "payload": _Payload(marker), **extra}, path)
     return path
 
 
@@ -56,22 +55,39 @@ def _refused(capsys, argv, evil: Path, marker: Path) -> None:
     assert not marker.exists(), f"the payload ran for {argv[0]}"
 
 
-@pytest.mark.parametrize("command", ["finetune", "linprobe", "knn", "partial-ft", "transfer-det", "transfer-seg",
-                                     "transfer-cls"])
+@pytest.mark.parametrize(
+    "command", ["finetune", "linprobe", "knn", "partial-ft", "transfer-det", "transfer-seg", "transfer-cls"]
+)
 def test_init_of_a_crafted_file_is_refused(tmp_path, capsys, shapes, command):
     marker = tmp_path / "PWNED"
     evil = _evil(tmp_path / "evil.pth", marker)
     extra = ["--blocks", "1"] if command == "partial-ft" else []
-    _refused(capsys, [command, "--data", str(shapes), "--out", str(tmp_path / "out"), "--init", str(evil),
-                      "--device", "cpu", *extra], evil, marker)
+    _refused(
+        capsys,
+        [
+            command,
+            "--data",
+            str(shapes),
+            "--out",
+            str(tmp_path / "out"),
+            "--init",
+            str(evil),
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        evil,
+        marker,
+    )
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_visualize_resume_and_fitted_targets_refuse_crafted_files(tmp_path, capsys, shapes):
     marker = tmp_path / "PWNED"
     evil = _evil(tmp_path / "evil.pth", marker)
-    _refused(capsys, ["visualize", "--init", str(evil), "--data", str(shapes), "--out", str(tmp_path / "fig")],
-             evil, marker)
+    _refused(
+        capsys, ["visualize", "--init", str(evil), "--data", str(shapes), "--out", str(tmp_path / "fig")], evil, marker
+    )
     run = tmp_path / "run" / "pretrain"  # a run folder's checkpoint.pt is read on resume
     run.mkdir(parents=True)
     resume = _evil(run / "checkpoint.pt", marker)
@@ -79,8 +95,25 @@ def test_visualize_resume_and_fitted_targets_refuse_crafted_files(tmp_path, caps
     _refused(capsys, ["pretrain", "--data", str(shapes), "--out", str(run), "--device", "cpu", *tiny], resume, marker)
     for target in ("pca", "token"):  # --set target_path=FILE: the PCA file, the tokenizer
         fitted = _evil(tmp_path / f"{target}.pt", marker, kind="pca" if target == "pca" else "vq_tokenizer")
-        _refused(capsys, ["pretrain", "--data", str(shapes), "--out", str(tmp_path / target), "--device", "cpu",
-                          *tiny, "--set", f"target={target}", "--set", f"target_path={fitted}"], fitted, marker)
+        _refused(
+            capsys,
+            [
+                "pretrain",
+                "--data",
+                str(shapes),
+                "--out",
+                str(tmp_path / target),
+                "--device",
+                "cpu",
+                *tiny,
+                "--set",
+                f"target={target}",
+                "--set",
+                f"target_path={fitted}",
+            ],
+            fitted,
+            marker,
+        )
 
 
 def test_url_download_is_checked_before_it_is_cached(tmp_path, capsys, shapes, monkeypatch):
@@ -91,8 +124,13 @@ def test_url_download_is_checked_before_it_is_cached(tmp_path, capsys, shapes, m
     root = tmp_path / "www"
     root.mkdir()
     _evil(root / "evil.pth", marker)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
-        type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}), directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        functools.partial(
+            type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+            directory=str(root),
+        ),
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/evil.pth"
@@ -111,8 +149,14 @@ def test_allowed_objects_load(tmp_path):
     from mae.eval.common import checkpoint_model_name
 
     official = tmp_path / "checkpoint-799.pth"
-    torch.save({"model": {"cls_token": torch.zeros(1, 1, 4)}, "epoch": 799,
-                "args": argparse.Namespace(model=MODEL, mask_ratio=0.75)}, official)
+    torch.save(
+        {
+            "model": {"cls_token": torch.zeros(1, 1, 4)},
+            "epoch": 799,
+            "args": argparse.Namespace(model=MODEL, mask_ratio=0.75),
+        },
+        official,
+    )
     assert read_checkpoint(official)["args"].mask_ratio == 0.75
     assert checkpoint_model_name(official) == MODEL
     legacy = tmp_path / "legacy.pth"  # torch's pre-zip format: read whole (no memory map)

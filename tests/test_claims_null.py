@@ -47,8 +47,15 @@ def test_every_claim_is_tested_under_the_null(rates):
     # ~2.5 % of draws are `protocol invalid` (no p-value); every other claim has a p-value in every draw
     assert (rates["tested"].drop("one_block") == 1.0).all(), rates["tested"]
     assert 0.9 <= rates.loc["one_block", "tested"] < 1.0 and rates.loc["one_block", C.PROTOCOL_INVALID] > 0
-    single = ["mask_token", "lin_vs_random", "mae_vs_scratch", "aug_robust", "decoder_depth", "decoder_width",
-              "one_block"]
+    single = [
+        "mask_token",
+        "lin_vs_random",
+        "mae_vs_scratch",
+        "aug_robust",
+        "decoder_depth",
+        "decoder_width",
+        "one_block",
+    ]
     decided = rates.loc[single].reindex(columns=[C.HOLDS, C.FAILS], fill_value=0.0).sum(axis=1)
     assert decided.mean() > 0.02, decided
 

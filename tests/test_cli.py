@@ -14,7 +14,6 @@ import mae
 from mae import cli
 from mae.config import PretrainConfig
 from mae.evaluations import EVALUATIONS
-
 from tests.conftest import REPO
 
 
@@ -57,8 +56,11 @@ def test_help_lists_every_setting_with_its_default(command, capsys):
     code, out = _run([command, "--help"], capsys)
     assert code == 0 and "--set KEY=VALUE" in out
     spec = cli.SETTINGS[command]
-    cls = PretrainConfig if command == "pretrain" else next(
-        ev for ev in EVALUATIONS.values() if ev.command == command).config_class()
+    cls = (
+        PretrainConfig
+        if command == "pretrain"
+        else next(ev for ev in EVALUATIONS.values() if ev.command == command).config_class()
+    )
     assert f"settings ({cls.__name__})" in out
     rows = _settings_rows(out)
     assert list(rows) == [f.name for f in dataclasses.fields(cls)], spec
@@ -85,8 +87,13 @@ def test_bench_is_a_subcommand(capsys):
     assert code == 0 and "--preset" in out and "cpu-tiny" in out
     assert cli.main(["bench", "pretrain", "--windows", "2"]) == 2  # the bench's own checks, one line
     assert "error: --windows must be >= 5, got 2" in capsys.readouterr().err
-    run = subprocess.run([sys.executable, "-m", "mae.bench", "pretrain", "--windows", "2"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "mae.bench", "pretrain", "--windows", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and run.stderr.strip() == "error: --windows must be >= 5, got 2"
 
 

@@ -12,7 +12,13 @@ from mae.errors import UserError
 
 def test_defaults_file_and_overrides(tmp_path):
     cfg = load_config(PretrainConfig)
-    assert (cfg.base_lr, cfg.weight_decay, cfg.betas, cfg.mask_ratio, cfg.amp) == (1.5e-4, 0.05, (0.9, 0.95), 0.75, "auto")
+    assert (cfg.base_lr, cfg.weight_decay, cfg.betas, cfg.mask_ratio, cfg.amp) == (
+        1.5e-4,
+        0.05,
+        (0.9, 0.95),
+        0.75,
+        "auto",
+    )
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 3\nmask_ratio: 0.5\nbetas: [0.8, 0.9]\nbase_lr: 1e-3\n")
     cfg = load_config(PretrainConfig, f, ["mask_ratio=0.9", "clip_grad=null", "lr=0.01", "decoder_depth=1"])

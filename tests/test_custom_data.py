@@ -21,8 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 STUDY = ["--configfile", "config/smoke.yaml", "config/custom.yaml"]
 #: PIL mode -> the formats it is written in (JPEG has no alpha or palette, PNG no CMYK)
-MODES = {"RGB": (".jpg", ".png"), "L": (".jpeg", ".png"), "RGBA": (".png",), "P": (".PNG",), "CMYK": (".JPG",),
-         "LA": (".png",)}
+MODES = {
+    "RGB": (".jpg", ".png"),
+    "L": (".jpeg", ".png"),
+    "RGBA": (".png",),
+    "P": (".PNG",),
+    "CMYK": (".JPG",),
+    "LA": (".png",),
+}
 CLASSES = ("ant", "bee", "cat", "dog")
 PER_CLASS = 25  # 100 images: 80 to train on, one batch of the smoke study's 64
 
@@ -70,8 +76,23 @@ def unlabelled(tmp_path_factory) -> Path:
 
 
 def prepare(root: Path, out: Path, *flags: str) -> dict:
-    assert cli(["prepare-data", "--kind", "imagefolder", "--root", str(root), "--out", str(out), "--img-size", "32",
-                *flags]) == 0
+    assert (
+        cli(
+            [
+                "prepare-data",
+                "--kind",
+                "imagefolder",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--img-size",
+                "32",
+                *flags,
+            ]
+        )
+        == 0
+    )
     return json.loads((out / "meta.json").read_text())
 
 
@@ -119,8 +140,23 @@ def test_a_folder_without_class_folders_has_no_labels(unlabelled, tmp_path, caps
     train = build_dataset(tmp_path / "u", "train")
     assert set(train.targets.tolist()) == {-1} and train[0][0].shape[0] == 3
     # an evaluation that needs labels refuses the dataset in one line
-    assert cli(["linprobe", "--data", str(tmp_path / "u"), "--out", str(tmp_path / "lp"), "--scratch", "--set",
-                "model=mae_vit_micro_patch4", "--device", "cpu"]) == 2
+    assert (
+        cli(
+            [
+                "linprobe",
+                "--data",
+                str(tmp_path / "u"),
+                "--out",
+                str(tmp_path / "lp"),
+                "--scratch",
+                "--set",
+                "model=mae_vit_micro_patch4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "0 class(es)" in err and "\n" not in err
 
@@ -144,15 +180,18 @@ def test_layouts_a_given_split_unlabelled_splits_and_class_folders_read_as_image
     assert set(build_dataset(tmp_path / "asis", "val").targets.tolist()) == {-1}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "error: no images (.jpg, .jpeg, .png"),
-    ("half split", "has a train/ folder but no val/ folder"),
-    ("images beside class folders", "and images beside them"),
-    ("empty class folder", "error: empty class folder (no images)"),
-    ("one image", "too few images"),
-    ("truncated", "cannot decode image"),
-    ("missing", "not found"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "error: no images (.jpg, .jpeg, .png"),
+        ("half split", "has a train/ folder but no val/ folder"),
+        ("images beside class folders", "and images beside them"),
+        ("empty class folder", "error: empty class folder (no images)"),
+        ("one image", "too few images"),
+        ("truncated", "cannot decode image"),
+        ("missing", "not found"),
+    ],
+)
 def test_a_bad_folder_is_one_line_naming_it(tmp_path, capsys, case, message):
     root = tmp_path / "photos"
     root.mkdir()
@@ -176,8 +215,21 @@ def test_a_bad_folder_is_one_line_naming_it(tmp_path, capsys, case, message):
     elif case == "missing":
         named = root / "nothing here"
     out = tmp_path / "prepared"
-    assert cli(["prepare-data", "--kind", "imagefolder", "--root", str(named if case == "missing" else root),
-                "--out", str(out), "--verify"]) == 2
+    assert (
+        cli(
+            [
+                "prepare-data",
+                "--kind",
+                "imagefolder",
+                "--root",
+                str(named if case == "missing" else root),
+                "--out",
+                str(out),
+                "--verify",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().split("\r")[-1]  # after the cleared progress bar of --verify
     assert err.startswith("error: ") and message in err and str(named) in err and "\n" not in err, err
     assert not out.exists()  # nothing half-written
@@ -245,8 +297,13 @@ def test_the_plan_of_a_folder_without_labels(labelled, unlabelled):
 
 
 def dry_run(*args: str, results: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *STUDY, "--config",
-                           f"results={results}", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*SNAKEMAKE, "-n", "--quiet", "rules", "--cores", "2", *STUDY, "--config", f"results={results}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def jobs(output: str) -> dict[str, int]:
@@ -267,14 +324,22 @@ def test_dry_runs_plan_every_evaluation_with_labels_and_pretraining_only_without
     assert not {"linprobe", "finetune", "knn", "partial_ft", "partial_ft_linear"} & set(counts)
 
 
-@pytest.mark.parametrize("config, message", [
-    ((), "study config 'pretrain_dataset': dataset 'custom' (kind imagefolder) has no folder: give --config "
-         "data_root=/path/to/images"),
-    (("data_root=/no/such/folder",), "data_root: folder not found: /no/such/folder"),
-    (("data_root={empty}",), "no images (.jpg, .jpeg, .png"),
-    (("data_root={empty}", "pretrain_dataset=shapes"), "data_root: the pretraining dataset 'shapes' is of kind "
-                                                       "shapes"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            (),
+            "study config 'pretrain_dataset': dataset 'custom' (kind imagefolder) has no folder: give --config "
+            "data_root=/path/to/images",
+        ),
+        (("data_root=/no/such/folder",), "data_root: folder not found: /no/such/folder"),
+        (("data_root={empty}",), "no images (.jpg, .jpeg, .png"),
+        (
+            ("data_root={empty}", "pretrain_dataset=shapes"),
+            "data_root: the pretraining dataset 'shapes' is of kind shapes",
+        ),
+    ],
+)
 def test_a_bad_data_root_fails_the_dry_run_in_one_line(tmp_path, config, message):
     (tmp_path / "empty").mkdir()
     proc = dry_run(*(c.format(empty=tmp_path / "empty") for c in config), results=tmp_path / "r")
@@ -296,10 +361,23 @@ def test_summary_and_tables_say_not_run_no_labels(unlabelled, tmp_path):
         (tmp_path / "runs" / run / "pretrain").mkdir(parents=True)
         (tmp_path / "runs" / run / "settings.json").write_text(json.dumps(entry["settings"]))
         (tmp_path / "runs" / run / "pretrain" / "metrics.json").write_text(
-            json.dumps({"train_loss": 1.0 + i / 10, "img_s": 100.0 + i, "wall_s": 5.0, "epochs": 1}))
+            json.dumps({"train_loss": 1.0 + i / 10, "img_s": 100.0 + i, "wall_s": 5.0, "epochs": 1})
+        )
     summary = tmp_path / "summary" / "runs.csv"
-    assert cli(["summarize", "--runs", str(tmp_path / "runs"), "--study", str(tmp_path / "study.json"),
-                "--out", str(summary)]) == 0
+    assert (
+        cli(
+            [
+                "summarize",
+                "--runs",
+                str(tmp_path / "runs"),
+                "--study",
+                str(tmp_path / "study.json"),
+                "--out",
+                str(summary),
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     rows = pd.read_csv(summary)
@@ -308,8 +386,10 @@ def test_summary_and_tables_say_not_run_no_labels(unlabelled, tmp_path):
     assert len(status) == len(plan["not_run"]) and set(status["status"]) == {"not run (no labels)"}
     assert status["top1"].isna().all() and status["seeds"].isna().all()
     assert set(status["eval"]) == {"linprobe", "finetune", "knn", "partial_ft"}
-    assert len(rows[rows["eval"] == "pretrain"]) == len(plan["runs"]) and rows.loc[rows["eval"] == "pretrain",
-                                                                                   "status"].isna().all()
+    assert (
+        len(rows[rows["eval"] == "pretrain"]) == len(plan["runs"])
+        and rows.loc[rows["eval"] == "pretrain", "status"].isna().all()
+    )
     assert cli(["tables", "--summary", str(summary), "--out", str(tmp_path / "tables")]) == 0
     t1a = pd.read_csv(tmp_path / "tables" / "table1a_decoder_depth.csv")
     ours = t1a[t1a["decoder depth"].notna()]
@@ -325,10 +405,18 @@ def test_summary_and_tables_say_not_run_no_labels(unlabelled, tmp_path):
 # ------------------------------------------------------------------------------------------------- study
 def run_study(tmp_path: Path, data_root: Path) -> Path:
     work = tmp_path / "study"
-    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs",
-                                                               "benchmarks", "__pycache__"))
-    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", *STUDY, "--config", f"data_root={data_root}"], cwd=work,
-                          capture_output=True, text=True, timeout=900)
+    shutil.copytree(
+        ROOT,
+        work,
+        ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs", "benchmarks", "__pycache__"),
+    )
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", *STUDY, "--config", f"data_root={data_root}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work / "results" / "custom"  # config/custom.yaml: beside the default study's results
 
@@ -340,8 +428,15 @@ def test_the_smoke_study_on_a_folder_with_class_folders(labelled, tmp_path):
     assert meta["root"] == str(labelled) and meta["splits"] == {"train": 80, "val": 20}
     rows = (results / "summary/runs.csv").read_text()
     assert "not run" not in rows and "status" not in rows.splitlines()[0]
-    for folder in ("base/linprobe", "base/finetune", "base/knn", "base/partial_ft-1", "scratch/finetune",
-                   "scratch/linprobe", "decoder_depth-2/linprobe"):
+    for folder in (
+        "base/linprobe",
+        "base/finetune",
+        "base/knn",
+        "base/partial_ft-1",
+        "scratch/finetune",
+        "scratch/linprobe",
+        "decoder_depth-2/linprobe",
+    ):
         metrics = json.loads((results / "runs" / folder / "metrics.json").read_text())
         assert 0 <= metrics["top1"] <= 100 and metrics["n_val"] == 20, folder
     table = (results / "tables/table1a_decoder_depth.md").read_text()

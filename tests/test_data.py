@@ -11,12 +11,21 @@ import torch
 from PIL import Image
 
 from mae.cli import main as cli
-from mae.data import build_dataset, build_detection_dataset, build_segmentation_dataset, load_meta
-from mae.data import prepare, synthetic, transforms
+from mae.data import (
+    build_dataset,
+    build_detection_dataset,
+    build_segmentation_dataset,
+    load_meta,
+    prepare,
+    synthetic,
+    transforms,
+)
 from mae.data.adapters import detection_collate, quiet_coco
 from mae.errors import UserError
 
-FILES = ["meta.json"] + [f"{s}_{f}" for s in ("train", "val") for f in ("images.npy", "labels.npy", "semseg.npy", "instances.json")]
+FILES = ["meta.json"] + [
+    f"{s}_{f}" for s in ("train", "val") for f in ("images.npy", "labels.npy", "semseg.npy", "instances.json")
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +76,13 @@ def test_coco_eval_gt_against_itself_is_perfect(shapes_dir):
         gt = quiet_coco(shapes_dir / f"{split}_instances.json")
         assert len(gt.getAnnIds()) > len(gt.getImgIds())  # several objects per image on average
         dets = [
-            {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-             "segmentation": a["segmentation"], "score": 1.0}
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "segmentation": a["segmentation"],
+                "score": 1.0,
+            }
             for a in gt.dataset["annotations"]
         ]
         import contextlib
@@ -123,8 +137,26 @@ def test_shapes2_differs_and_224px_works(tmp_path):
 
 
 def test_difficulty_knobs(tmp_path):
-    assert cli(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "e"), "--n-train", "64", "--n-val", "8",
-                "--max-objects", "1", "--max-clutter", "0"]) == 0
+    assert (
+        cli(
+            [
+                "prepare-data",
+                "--kind",
+                "shapes",
+                "--out",
+                str(tmp_path / "e"),
+                "--n-train",
+                "64",
+                "--n-val",
+                "8",
+                "--max-objects",
+                "1",
+                "--max-clutter",
+                "0",
+            ]
+        )
+        == 0
+    )
     gt = quiet_coco(tmp_path / "e" / "train_instances.json")
     assert max(len(v) for v in gt.imgToAnns.values()) == 1 and load_meta(tmp_path / "e")["style"]["max_objects"] == 1
     assert cli(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "f"), "--max-objects", "0"]) == 2
@@ -221,7 +253,9 @@ def test_pretrain_transforms(aug):
     assert t(pil).shape == (3, 32, 32)
     if aug == "none":  # uint8 tensor and PIL paths agree; values are the normalised pixels
         assert torch.allclose(t(pil), outs[0], atol=1e-5)
-        ref = (x.float() / 255 - torch.tensor(transforms.MEAN)[:, None, None]) / torch.tensor(transforms.STD)[:, None, None]
+        ref = (x.float() / 255 - torch.tensor(transforms.MEAN)[:, None, None]) / torch.tensor(transforms.STD)[
+            :, None, None
+        ]
         assert torch.allclose(outs[0], ref, atol=1e-5)
 
 
@@ -231,8 +265,15 @@ def test_fast_tensor_path_matches_torchvision():
     torch.manual_seed(1)
     x = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
     fast = transforms.eval_transform(32, crop_pct=0.8)
-    slow = v2.Compose([v2.ToImage(), v2.Resize(40, interpolation=transforms.BICUBIC, antialias=True),
-                       v2.CenterCrop(32), v2.ToDtype(torch.float32, scale=True), v2.Normalize(transforms.MEAN, transforms.STD)])
+    slow = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(40, interpolation=transforms.BICUBIC, antialias=True),
+            v2.CenterCrop(32),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(transforms.MEAN, transforms.STD),
+        ]
+    )
     assert (fast(x) - slow(x)).abs().mean() < 0.05  # same geometry (uint8 rounding aside)
     t = transforms.pretrain_transform("crop_rand", 32)
     ys = torch.stack([t(x) for _ in range(64)])
@@ -249,13 +290,13 @@ def test_batched_tensor_path_equals_one_by_one(mode, shape):
     torch.manual_seed(3)
     u = torch.rand(5, t.UNIFORMS)
     torch.manual_seed(3)
-    one = torch.stack([t.batch(x[i:i + 1], u[i:i + 1])[0] for i in range(5)])
+    one = torch.stack([t.batch(x[i : i + 1], u[i : i + 1])[0] for i in range(5)])
     assert torch.allclose(t.batch(x, u), one, atol=1e-5)
     for i in range(5):  # t(x) draws the same uniforms from torch's global RNG
         torch.manual_seed(100 + i)
         single = t(x[i])
         torch.manual_seed(100 + i)
-        assert torch.allclose(single, t.batch(x[i:i + 1], torch.rand(1, t.UNIFORMS))[0], atol=3e-5)
+        assert torch.allclose(single, t.batch(x[i : i + 1], torch.rand(1, t.UNIFORMS))[0], atol=3e-5)
 
 
 def test_batched_crop_is_the_interpolated_crop():
@@ -268,8 +309,13 @@ def test_batched_crop_is_the_interpolated_crop():
     out = t.batch(x, u)
     for i in range(6):
         top, ch, _, _, left, cw, _, _, flip = (int(v) for v in t.geometry(40, 40, u[i].tolist()))
-        ref = F.interpolate(x[i:i + 1, :, top:top + ch, left:left + cw].float(), size=(24, 24), mode="bicubic",
-                            align_corners=False, antialias=True)[0].clamp(0, 255)
+        ref = F.interpolate(
+            x[i : i + 1, :, top : top + ch, left : left + cw].float(),
+            size=(24, 24),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        )[0].clamp(0, 255)
         ref = ref.flip(-1) if flip else ref
         assert torch.allclose(out[i], t.normalise(ref), atol=1e-4)
     assert out.std(0).mean() > 0.1  # crops and flips differ between images
@@ -279,8 +325,11 @@ def test_seeded_batches_equal_seeded_images(shapes_dir):
     """The training loader fetches a batch at once (__getitems__): the same tensors as image by image."""
     from mae.engine.loop import _SeededDataset
 
-    for transform in (transforms.pretrain_transform("crop_rand", 32), transforms.linprobe_transform(32, True),
-                      transforms.finetune_transform(32, True, auto_augment=None, re_prob=0.0)):
+    for transform in (
+        transforms.pretrain_transform("crop_rand", 32),
+        transforms.linprobe_transform(32, True),
+        transforms.finetune_transform(32, True, auto_augment=None, re_prob=0.0),
+    ):
         ds = build_dataset(shapes_dir, "train", transform)
         assert ds.batchable
         seeded = _SeededDataset(ds, seed=4)
@@ -309,9 +358,14 @@ def test_finetune_light_recipe_takes_the_tensor_path():
 
 def test_other_transforms_and_mixup():
     x = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
-    for t in (transforms.finetune_transform(32, True), transforms.finetune_transform(32, False),
-              transforms.linprobe_transform(32, True), transforms.linprobe_transform(32, False),
-              transforms.eval_transform(32), transforms.eval_transform(224)):
+    for t in (
+        transforms.finetune_transform(32, True),
+        transforms.finetune_transform(32, False),
+        transforms.linprobe_transform(32, True),
+        transforms.linprobe_transform(32, False),
+        transforms.eval_transform(32),
+        transforms.eval_transform(224),
+    ):
         y = t(x)
         assert y.shape[-2:] in ((32, 32), (224, 224)) and y.dtype == torch.float32
     assert transforms.finetune_transform(32, True)(Image.new("RGB", (50, 60))).shape == (3, 32, 32)
@@ -346,8 +400,23 @@ def imagefolder(tmp_path) -> Path:
 
 def test_imagefolder_adapter(tmp_path, imagefolder):
     out = tmp_path / "meta_imf"
-    assert cli(["prepare-data", "--kind", "imagefolder", "--root", str(imagefolder), "--out", str(out),
-                "--img-size", "16", "--verify"]) == 0
+    assert (
+        cli(
+            [
+                "prepare-data",
+                "--kind",
+                "imagefolder",
+                "--root",
+                str(imagefolder),
+                "--out",
+                str(out),
+                "--img-size",
+                "16",
+                "--verify",
+            ]
+        )
+        == 0
+    )
     assert [p.name for p in out.iterdir()] == ["meta.json"]
     meta = load_meta(out)
     assert meta["classes"] == ["cat", "dog"] and meta["splits"] == {"train": 6, "val": 4}
@@ -370,7 +439,9 @@ def test_bad_inputs_imagefolder(tmp_path, imagefolder, capsys):
     (imagefolder / "train" / "emu").rmdir()
     bad = imagefolder / "train" / "dog" / "1.png"
     bad.write_bytes(bad.read_bytes()[:60])  # truncated
-    assert cli(["prepare-data", "--kind", "imagefolder", "--root", str(imagefolder), "--out", str(out), "--verify"]) == 2
+    assert (
+        cli(["prepare-data", "--kind", "imagefolder", "--root", str(imagefolder), "--out", str(out), "--verify"]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "1.png" in err and "\n" not in err
     assert not out.exists() and not list(tmp_path.glob(".m.*"))  # nothing half-written
@@ -383,8 +454,22 @@ def test_bad_inputs_imagefolder(tmp_path, imagefolder, capsys):
     x, y = build_dataset(out, "train", skip_bad=True)[4]
     assert y == 1 and x.shape == (3, 24, 20)
     # --verify --skip-bad leaves it out and records it
-    assert cli(["prepare-data", "--kind", "imagefolder", "--root", str(imagefolder), "--out", str(out), "--verify",
-                "--skip-bad"]) == 0
+    assert (
+        cli(
+            [
+                "prepare-data",
+                "--kind",
+                "imagefolder",
+                "--root",
+                str(imagefolder),
+                "--out",
+                str(out),
+                "--verify",
+                "--skip-bad",
+            ]
+        )
+        == 0
+    )
     meta = load_meta(out)
     assert meta["splits"]["train"] == 5 and meta["exclude"] == [str(bad.resolve())]
     assert len(build_dataset(out, "train")) == 5
@@ -403,18 +488,40 @@ def _coco_fixture(root: Path) -> None:
             _png(root / split / f"{i:012d}.jpg", i, size=(30, 20))
             images.append({"id": 10 + i, "file_name": f"{i:012d}.jpg", "width": 30, "height": 20})
             m = np.zeros((20, 30), np.uint8)
-            m[2 + i : 10 + i, 3:12 + i] = 1
+            m[2 + i : 10 + i, 3 : 12 + i] = 1
             rle = mask_utils.encode(np.asfortranarray(m))
-            anns.append({"id": 100 + i, "image_id": 10 + i, "category_id": 18 if i % 2 else 3,
-                         "segmentation": {"size": [20, 30], "counts": rle["counts"].decode()},
-                         "bbox": [float(v) for v in mask_utils.toBbox(rle)], "area": float(m.sum()), "iscrowd": 0})
-            anns.append({"id": 200 + i, "image_id": 10 + i, "category_id": 18,
-                         "segmentation": [[15, 12, 25, 12, 25, 18, 15, 18]], "bbox": [15, 12, 10, 6], "area": 60.0,
-                         "iscrowd": 0})
+            anns.append(
+                {
+                    "id": 100 + i,
+                    "image_id": 10 + i,
+                    "category_id": 18 if i % 2 else 3,
+                    "segmentation": {"size": [20, 30], "counts": rle["counts"].decode()},
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": float(m.sum()),
+                    "iscrowd": 0,
+                }
+            )
+            anns.append(
+                {
+                    "id": 200 + i,
+                    "image_id": 10 + i,
+                    "category_id": 18,
+                    "segmentation": [[15, 12, 25, 12, 25, 18, 15, 18]],
+                    "bbox": [15, 12, 10, 6],
+                    "area": 60.0,
+                    "iscrowd": 0,
+                }
+            )
         (root / "annotations").mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
-            {"images": images, "annotations": anns,
-             "categories": [{"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]}))
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps(
+                {
+                    "images": images,
+                    "annotations": anns,
+                    "categories": [{"id": 3, "name": "car"}, {"id": 18, "name": "dog"}],
+                }
+            )
+        )
 
 
 def test_coco_adapter_and_bad_inputs(tmp_path, capsys):
@@ -438,8 +545,12 @@ def test_coco_adapter_and_bad_inputs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "missing image" in err and "000000000001.jpg" in err and "\n" not in err
     assert not (tmp_path / "mc2").exists()
-    assert cli(["prepare-data", "--kind", "coco", "--root", str(root), "--out", str(tmp_path / "mc2"), "--skip-bad"]) == 0
-    assert load_meta(tmp_path / "mc2")["splits"]["val"] == 2 and len(build_detection_dataset(tmp_path / "mc2", "val")) == 2
+    assert (
+        cli(["prepare-data", "--kind", "coco", "--root", str(root), "--out", str(tmp_path / "mc2"), "--skip-bad"]) == 0
+    )
+    assert (
+        load_meta(tmp_path / "mc2")["splits"]["val"] == 2 and len(build_detection_dataset(tmp_path / "mc2", "val")) == 2
+    )
     (root / "annotations" / "instances_val2017.json").write_text("{broken")
     assert cli(["prepare-data", "--kind", "coco", "--root", str(root), "--out", str(tmp_path / "mc3")]) == 2
     assert "instances_val2017.json" in capsys.readouterr().err
@@ -456,8 +567,23 @@ def test_ade20k_adapter(tmp_path, capsys):
             (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
             Image.fromarray(lab).save(root / "annotations" / split / f"ADE_{i}.png")
     out = tmp_path / "ma"
-    assert cli(["prepare-data", "--kind", "ade20k", "--root", str(root), "--out", str(out), "--num-classes", "5",
-                "--verify"]) == 0
+    assert (
+        cli(
+            [
+                "prepare-data",
+                "--kind",
+                "ade20k",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--num-classes",
+                "5",
+                "--verify",
+            ]
+        )
+        == 0
+    )
     meta = load_meta(out)
     assert meta["num_classes"] == 5 and meta["reduce_zero_label"] and meta["splits"] == {"train": 2, "val": 2}
     x, m = build_segmentation_dataset(out, "val")[1]

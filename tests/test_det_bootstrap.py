@@ -54,8 +54,15 @@ def _dataset(seed: int = 0, n_images: int = 14):
 
     def det(image_id, cat, box, low):
         score = round(float(rng.uniform(low, low + 0.6)), 1)  # one decimal: plenty of ties
-        dets.append({"image_id": image_id, "category_id": cat, "bbox": box, "score": score,
-                     "segmentation": _rle(_box_mask(box, ellipse=bool(rng.random() < 0.7)))})
+        dets.append(
+            {
+                "image_id": image_id,
+                "category_id": cat,
+                "bbox": box,
+                "score": score,
+                "segmentation": _rle(_box_mask(box, ellipse=bool(rng.random() < 0.7))),
+            }
+        )
 
     for j in range(n_images):
         image_id = 3 * j + 5
@@ -65,9 +72,17 @@ def _dataset(seed: int = 0, n_images: int = 14):
             objects.append((1, _box(rng, w=14, h=14)))
         for k, (cat, box) in enumerate(objects):
             crowd = int(j % 4 == 3 and k == len(objects) - 1)
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": cat,
-                                      "bbox": box, "area": box[2] * box[3], "iscrowd": crowd,
-                                      "segmentation": _rle(_box_mask(box, ellipse=True))})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": crowd,
+                    "segmentation": _rle(_box_mask(box, ellipse=True)),
+                }
+            )
             for _ in range(1 + int(rng.random() < 0.4)):  # sometimes a duplicate detection
                 if rng.random() < 0.85:
                     det(image_id, cat, _box(rng, *box, jitter=int(rng.integers(0, 3))), low=0.4)

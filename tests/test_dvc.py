@@ -18,14 +18,30 @@ import yaml
 
 DVC = [sys.executable, "-m", "dvc"]
 STUDY_CACHED = ["results/data", "results/runs", ".snakemake/metadata"]  # DVC cache + remote
-SUMMARY = [f"results/summary/{name}" for name in
-           ("runs.csv", "replicates.npz", "metrics.json", "loss_curves.csv", "study.json")]
+SUMMARY = [
+    f"results/summary/{name}"
+    for name in ("runs.csv", "replicates.npz", "metrics.json", "loss_curves.csv", "study.json")
+]
 REPORT = {"tables": "results/tables", "claims": "results/claims", "figures": "results/summary_figures"}
 # what the DVC stages read or write, copied into the temporary repository
-NEEDED = ["dvc.yaml", "dvc.lock", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "Snakefile",
-          "workflow", "config/config.yaml", "mae", *SUMMARY, *REPORT.values()]
-STALE_HINT = ("the committed dvc.lock does not match the committed report: run `dvc repro tables claims figures` "
-              "and commit dvc.lock results/tables results/claims results/summary_figures")
+NEEDED = [
+    "dvc.yaml",
+    "dvc.lock",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvcignore",
+    ".gitignore",
+    "Snakefile",
+    "workflow",
+    "config/config.yaml",
+    "mae",
+    *SUMMARY,
+    *REPORT.values(),
+]
+STALE_HINT = (
+    "the committed dvc.lock does not match the committed report: run `dvc repro tables claims figures` "
+    "and commit dvc.lock results/tables results/claims results/summary_figures"
+)
 
 
 def outs(stage: dict) -> dict:
@@ -84,8 +100,11 @@ def dvc_json(args: list[str], cwd: Path, env: dict):
 
 def tree(root: Path) -> dict:
     """{relative path: md5} of every file under root."""
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def make_origin(repo_root: Path, origin: Path) -> None:
@@ -97,18 +116,26 @@ def make_origin(repo_root: Path, origin: Path) -> None:
         else:
             shutil.copy2(src, dst)
     # stand-ins for the study's artifacts (a real study takes minutes; DVC hashes bytes, whatever they are)
-    for rel, text in {"results/data/shapes/meta.json": '{"kind": "shapes"}',
-                      "results/runs/base/pretrain/checkpoint.pt": "weights",
-                      "results/runs/base/pretrain/metrics.json": '{"loss": 0.5}',
-                      ".snakemake/metadata/cmVzdWx0cy9kYXRhL3NoYXBlcw==": '{"rule": "prepare_data"}'}.items():
+    for rel, text in {
+        "results/data/shapes/meta.json": '{"kind": "shapes"}',
+        "results/runs/base/pretrain/checkpoint.pt": "weights",
+        "results/runs/base/pretrain/metrics.json": '{"loss": 0.5}',
+        ".snakemake/metadata/cmVzdWx0cy9kYXRhL3NoYXBlcw==": '{"rule": "prepare_data"}',
+    }.items():
         (origin / rel).parent.mkdir(parents=True, exist_ok=True)
         (origin / rel).write_text(text)
 
 
 @pytest.mark.slow
 def test_push_clone_pull_repro_is_a_noop(repo_root, tmp_path):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     origin, clone, storage = tmp_path / "origin", tmp_path / "clone", tmp_path / "storage"
     make_origin(repo_root, origin)
     run(["git", "init", "-q"], origin, env)
@@ -156,5 +183,7 @@ def test_push_clone_pull_repro_is_a_noop(repo_root, tmp_path):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     diff = dvc_json(["params", "diff"], clone, env)["config/config.yaml"]
     assert set(diff) == {"base.epochs"} and (diff["base.epochs"]["old"], diff["base.epochs"]["new"]) == (
-        epochs, epochs + 1)
+        epochs,
+        epochs + 1,
+    )
     assert set(dvc_json(["status"], clone, env)) == {"study"}

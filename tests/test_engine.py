@@ -56,8 +56,17 @@ class RegressionTask(Task):
 
 
 def cfg_for(**kw):
-    base = dict(epochs=3, batch_size=8, base_lr=2.0, warmup_epochs=1, weight_decay=0.01, amp="none",
-                device="cpu", log_every=2, seed=5)
+    base = dict(
+        epochs=3,
+        batch_size=8,
+        base_lr=2.0,
+        warmup_epochs=1,
+        weight_decay=0.01,
+        amp="none",
+        device="cpu",
+        log_every=2,
+        seed=5,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -159,8 +168,10 @@ def test_lr_scale_and_clipping(tmp_path):
     class Scaled(RegressionTask):
         def param_groups(self, cfg):
             first, last = self.model[0], self.model[3]
-            return [{"params": list(first.parameters()), "weight_decay": 0.0, "lr_scale": 0.5},
-                    {"params": list(last.parameters()), "weight_decay": 0.0}]
+            return [
+                {"params": list(first.parameters()), "weight_decay": 0.0, "lr_scale": 0.5},
+                {"params": list(last.parameters()), "weight_decay": 0.0},
+            ]
 
         def train_step(self, batch):
             out = super().train_step(batch)
@@ -197,8 +208,9 @@ def _free_port():
 
 
 def _ddp_worker(rank, world, port, out, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     cfg = cfg_for(epochs=2, batch_size=8)  # global: 4 per process
     task = RegressionTask(cfg)
@@ -301,15 +313,25 @@ def test_preempted_run_resumes_mid_epoch_bit_identical(tmp_path, signal_at, accu
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first.calls + resumed.calls == straight.calls  # no batch trained twice or skipped
-    steps = [r["step"] for r in map(json.loads, (tmp_path / "resumed" / "log.jsonl").read_text().splitlines())
-             if r["kind"] == "step"]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (tmp_path / "resumed" / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "step"
+    ]
     assert steps == list(range(1, 13))  # one log line per step, none duplicated (the global batch sets the steps)
     # the resumed epoch's logged loss is the mean over all its iterations, not only those after the resume
-    epochs = {name: [r["loss"] for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
-                     if r["kind"] == "epoch"] for name in ("straight", "resumed")}
+    epochs = {
+        name: [
+            r["loss"]
+            for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
+            if r["kind"] == "epoch"
+        ]
+        for name in ("straight", "resumed")
+    }
     assert epochs["resumed"] == pytest.approx(epochs["straight"], rel=1e-6)
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["train_loss"] == pytest.approx(
-        json.loads((tmp_path / "straight" / "metrics.json").read_text())["train_loss"], rel=1e-6)
+        json.loads((tmp_path / "straight" / "metrics.json").read_text())["train_loss"], rel=1e-6
+    )
 
 
 def test_preempted_cli_exit_code(monkeypatch, capsys):
@@ -339,11 +361,15 @@ def test_tensorboard_curves_follow_the_log_and_resume(tmp_path):
     fit(RegressionTask(cfg), cfg, tmp_path / "straight")
     straight = _scalars(tmp_path / "straight" / "tensorboard", "train/loss")
     assert [s for s, _ in straight] == list(range(1, 13))
-    logged = [r["loss"] for r in map(json.loads, (tmp_path / "straight" / "log.jsonl").read_text().splitlines())
-              if r["kind"] == "step"]
+    logged = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "straight" / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "step"
+    ]
     assert [v for _, v in straight] == pytest.approx(logged, rel=1e-6)
-    assert _scalars(tmp_path / "straight" / "tensorboard", "train/lr") and \
-        _scalars(tmp_path / "straight" / "tensorboard", "epoch/img_s")
+    assert _scalars(tmp_path / "straight" / "tensorboard", "train/lr") and _scalars(
+        tmp_path / "straight" / "tensorboard", "epoch/img_s"
+    )
     # a preempted run resumed: events after the checkpoint are purged, each step appears once
     with pytest.raises(Preempted):
         fit(SignalledTask(cfg, 9), cfg, tmp_path / "resumed")
@@ -363,8 +389,9 @@ def test_on_change_restart_retrains_what_the_workflow_reruns(tmp_path, capsys):
     fit(again, changed, tmp_path)
     fresh = RegressionTask(changed)
     fit(fresh, changed, tmp_path / "fresh")
-    assert again.calls == fresh.calls > 0 and all(torch.equal(a, b) for a, b in
-                                                 zip(weights(again).values(), weights(fresh).values()))
+    assert again.calls == fresh.calls > 0 and all(
+        torch.equal(a, b) for a, b in zip(weights(again).values(), weights(fresh).values())
+    )
     assert "was trained with base_lr=" in capsys.readouterr().out
     # the same settings, but Snakemake deleted metrics.json to rerun the job (its inputs changed): retrained
     (tmp_path / "metrics.json").unlink()

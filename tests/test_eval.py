@@ -29,8 +29,15 @@ def _write_dataset(root: Path, n_train: int = 48, n_val: int = 24, size: int = 1
         images = colours[labels][:, None, None, :] + rng.normal(0, 20, (n, size, size, 3))
         np.save(root / f"{split}_images.npy", np.clip(images, 0, 255).astype(np.uint8))
         np.save(root / f"{split}_labels.npy", labels)
-    meta = {"name": "tiny", "kind": "shapes", "img_size": size, "classes": ["red", "blue"], "num_classes": 2,
-            "splits": {"train": n_train, "val": n_val}, "seed": seed}
+    meta = {
+        "name": "tiny",
+        "kind": "shapes",
+        "img_size": size,
+        "classes": ["red", "blue"],
+        "num_classes": 2,
+        "splits": {"train": n_train, "val": n_val},
+        "seed": seed,
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 
@@ -150,11 +157,26 @@ def test_layer_decay_scales():
 
 def test_finetune_from_mae_checkpoint(data, ckpt, tmp_path):
     import timm
+
     from mae.models import encoder_kwargs
 
     out = tmp_path / "ft"
-    rc = cli(["finetune", "--data", str(data), "--out", str(out), "--init", str(ckpt), *FAST,
-              "--set", "epochs=2", "--set", "batch_size=16"])
+    rc = cli(
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--init",
+            str(ckpt),
+            *FAST,
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=16",
+        ]
+    )
     assert rc == 0
     m = _metrics(out)
     for key in ("top1", "top5", "loss", "epochs", "wall_s", "img_s", "params", "best_top1", "train_loss"):
@@ -162,16 +184,24 @@ def test_finetune_from_mae_checkpoint(data, ckpt, tmp_path):
     assert m["epochs"] == 2 and m["init"] == "mae" and m["model"] == MODEL
     assert m["best_top1"] >= m["top1"] and 0 <= m["top1"] <= 100
     assert m["init_report"]["pos_embed_resampled"] == [[1, 65, 128], [1, 17, 128]]
-    vit_params = sum(p.numel() for p in timm.create_model(
-        "vit_base_patch16_224", num_classes=2, global_pool="avg", **{**encoder_kwargs(MODEL), "img_size": 16}
-    ).parameters())
+    vit_params = sum(
+        p.numel()
+        for p in timm.create_model(
+            "vit_base_patch16_224", num_classes=2, global_pool="avg", **{**encoder_kwargs(MODEL), "img_size": 16}
+        ).parameters()
+    )
     assert m["params"] == vit_params
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum(1 for r in evals if r.get("kind") == "eval") == 2  # eval_every=1: after epoch 1 and at the end
 
     # the documented one-liner: plain timm loads the fine-tuned weights
-    vit = timm.create_model("vit_base_patch16_224", checkpoint_path=str(out / "model.pt"), num_classes=2,
-                            global_pool="avg", **{**encoder_kwargs(MODEL), "img_size": 16})
+    vit = timm.create_model(
+        "vit_base_patch16_224",
+        checkpoint_path=str(out / "model.pt"),
+        num_classes=2,
+        global_pool="avg",
+        **{**encoder_kwargs(MODEL), "img_size": 16},
+    )
     saved = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert saved["config"]["model"] == MODEL
     ours, _, _ = finetune.build_finetune_model(finetune.FinetuneConfig(model=MODEL), None, 2, 16)
@@ -195,23 +225,78 @@ def test_finetune_head_init_and_encoder_loaded(ckpt, mae_model):
 
 def test_finetune_scratch_and_reference_checkpoint(data, ref_ckpt, tmp_path):
     out = tmp_path / "scratch"
-    assert cli(["finetune", "--data", str(data), "--out", str(out), "--scratch", *FAST, "--set", "epochs=1",
-                "--set", "batch_size=16", "--set", "mixup=0", "--set", "cutmix=0", "--set", "layer_decay=1.0"]) == 0
+    assert (
+        cli(
+            [
+                "finetune",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--scratch",
+                *FAST,
+                "--set",
+                "epochs=1",
+                "--set",
+                "batch_size=16",
+                "--set",
+                "mixup=0",
+                "--set",
+                "cutmix=0",
+                "--set",
+                "layer_decay=1.0",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert m["init"] == "scratch" and m["init_path"] is None and m["model"] == MODEL
     # a reference {'model': full MAE incl. decoder} file has no model name: --set model=..., then it loads
     out2 = tmp_path / "ref"
     with pytest.raises(UserError, match="model"):
         common.resolve_model_name(None, str(ref_ckpt))
-    assert cli(["finetune", "--data", str(data), "--out", str(out2), "--init", str(ref_ckpt), *FAST,
-                "--set", f"model={MODEL}", "--set", "epochs=1", "--set", "batch_size=16"]) == 0
+    assert (
+        cli(
+            [
+                "finetune",
+                "--data",
+                str(data),
+                "--out",
+                str(out2),
+                "--init",
+                str(ref_ckpt),
+                *FAST,
+                "--set",
+                f"model={MODEL}",
+                "--set",
+                "epochs=1",
+                "--set",
+                "batch_size=16",
+            ]
+        )
+        == 0
+    )
     assert _metrics(out2)["init_report"]["ignored"] > 0  # decoder keys
 
 
 def test_finetune_rerun_of_finished_run_keeps_weights(data, ckpt, tmp_path):
     out = tmp_path / "ft"
-    args = ["finetune", "--data", str(data), "--out", str(out), "--init", str(ckpt), *FAST,
-            "--set", "epochs=1", "--set", "batch_size=16", "--set", "max_steps=1"]
+    args = [
+        "finetune",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--init",
+        str(ckpt),
+        *FAST,
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "max_steps=1",
+    ]
     assert cli(args) == 0
     first = torch.load(out / "model.pt", weights_only=True)["model"]
     assert cli(args) == 0  # finished: fit() returns the stored metrics, model.pt is rewritten from the checkpoint
@@ -243,9 +328,25 @@ def test_finetune_ema_update_and_state():
 def test_finetune_ema_is_evaluated_saved_and_resumes_exactly(data, tmp_path):
     """The from-scratch recipe's EMA: its weights are evaluated (top1) and saved (model.pt); the trained weights'
     top-1 is live_top1; 1 epoch + resume gives the EMA, metrics and model.pt of 2 epochs in one go."""
-    args = ["finetune", "--data", str(data), "--scratch", *FAST, "--set", f"model={MODEL}", "--set", "epochs=2",
-            "--set", "batch_size=16", "--set", "ema_decay=0.9", "--set", "layer_decay=1.0",
-            "--set", "eval_every=0"]  # no evaluation between the epochs: max_steps below skips it too
+    args = [
+        "finetune",
+        "--data",
+        str(data),
+        "--scratch",
+        *FAST,
+        "--set",
+        f"model={MODEL}",
+        "--set",
+        "epochs=2",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "ema_decay=0.9",
+        "--set",
+        "layer_decay=1.0",
+        "--set",
+        "eval_every=0",
+    ]  # no evaluation between the epochs: max_steps below skips it too
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert cli([*args, "--out", str(straight)]) == 0
     m = _metrics(straight)
@@ -270,13 +371,42 @@ def test_finetune_ema_is_evaluated_saved_and_resumes_exactly(data, tmp_path):
 
 
 def test_user_errors(data, tmp_path, capsys):
-    assert cli(["finetune", "--data", str(data), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "nope.pt"),
-                "--device", "cpu"]) == 2
+    assert (
+        cli(
+            [
+                "finetune",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "x"),
+                "--init",
+                str(tmp_path / "nope.pt"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "nope.pt" in capsys.readouterr().err
     assert cli(["linprobe", "--data", str(data), "--out", str(tmp_path / "y"), "--scratch", "--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
-    assert cli(["partial-ft", "--data", str(data), "--out", str(tmp_path / "z"), "--scratch", "--blocks", "7",
-                "--device", "cpu"]) == 2
+    assert (
+        cli(
+            [
+                "partial-ft",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "z"),
+                "--scratch",
+                "--blocks",
+                "7",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "--blocks" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["knn", "--data", str(data), "--out", str(tmp_path / "w")])  # neither --init nor --scratch
@@ -287,8 +417,25 @@ def test_user_errors(data, tmp_path, capsys):
 
 def test_linprobe_frozen_encoder(data, ckpt, tmp_path):
     out = tmp_path / "lin"
-    assert cli(["linprobe", "--data", str(data), "--out", str(out), "--init", str(ckpt), *FAST,
-                "--set", "epochs=2", "--set", "batch_size=16"]) == 0
+    assert (
+        cli(
+            [
+                "linprobe",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--init",
+                str(ckpt),
+                *FAST,
+                "--set",
+                "epochs=2",
+                "--set",
+                "batch_size=16",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert m["params"] == 128 * 2 + 2 and m["cached_features"] is False and "best_top1" in m
     trained = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
@@ -316,21 +463,48 @@ def test_linprobe_head_and_lars_groups(ckpt):
 
     assert isinstance(opt, Lars) and opt.defaults["momentum"] == 0.9
     assert [(len(g["params"]), g["always_adapt"], g["weight_decay"], g["trust_coeff"]) for g in opt.param_groups] == [
-        (1, True, 0.0, 1e-3), (1, False, 0.0, 1e-3)]
+        (1, True, 0.0, 1e-3),
+        (1, False, 0.0, 1e-3),
+    ]
 
 
 def test_linprobe_cached_features(data, ckpt, tmp_path):
     out = tmp_path / "lin_cached"
-    assert cli(["linprobe", "--data", str(data), "--out", str(out), "--init", str(ckpt), *FAST,
-                "--set", "epochs=3", "--set", "batch_size=16", "--set", "cached_features=true",
-                "--set", "optimizer=sgd"]) == 0
+    assert (
+        cli(
+            [
+                "linprobe",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--init",
+                str(ckpt),
+                *FAST,
+                "--set",
+                "epochs=3",
+                "--set",
+                "batch_size=16",
+                "--set",
+                "cached_features=true",
+                "--set",
+                "optimizer=sgd",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert m["cached_features"] is True and m["params"] == 258 and m["epochs"] == 3
     # two colour classes are linearly separable in any encoder's features (SGD: LARS's steps of
     # lr * 0.001 * |w| barely move the head in 9 steps, see the README, "Evaluations")
     assert m["top1"] >= 90.0
     assert set(torch.load(out / "checkpoint.pt", weights_only=False)["model"]) == {
-        "0.running_mean", "0.running_var", "0.num_batches_tracked", "1.weight", "1.bias"}
+        "0.running_mean",
+        "0.running_var",
+        "0.num_batches_tracked",
+        "1.weight",
+        "1.bias",
+    }
 
 
 # ------------------------------------------------------------------------------------ partial fine-tuning
@@ -338,8 +512,27 @@ def test_linprobe_cached_features(data, ckpt, tmp_path):
 
 def test_partial_ft_one_block(data, ckpt, tmp_path):
     out = tmp_path / "pft1"
-    assert cli(["partial-ft", "--blocks", "1", "--data", str(data), "--out", str(out), "--init", str(ckpt), *FAST,
-                "--set", "epochs=1", "--set", "batch_size=16"]) == 0
+    assert (
+        cli(
+            [
+                "partial-ft",
+                "--blocks",
+                "1",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--init",
+                str(ckpt),
+                *FAST,
+                "--set",
+                "epochs=1",
+                "--set",
+                "batch_size=16",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert m["blocks"] == 1 and m["recipe"] == "finetune" and m["eval"] == "partial_ft-1"
     saved = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -381,8 +574,19 @@ def test_partial_ft_all_blocks_is_full_finetuning(data, ckpt, tmp_path):
 
 def test_partial_ft_zero_blocks_is_linear_probe(data, ckpt, tmp_path):
     out_p, out_l = tmp_path / "pft0", tmp_path / "lin"
-    flags = ["--data", str(data), "--init", str(ckpt), *FAST, "--set", "epochs=2", "--set", "batch_size=16",
-             "--set", "cached_features=true"]
+    flags = [
+        "--data",
+        str(data),
+        "--init",
+        str(ckpt),
+        *FAST,
+        "--set",
+        "epochs=2",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "cached_features=true",
+    ]
     assert cli(["partial-ft", "--blocks", "0", "--out", str(out_p), *flags]) == 0
     assert cli(["linprobe", "--out", str(out_l), *flags]) == 0
     mp, ml = _metrics(out_p), _metrics(out_l)
@@ -413,47 +617,124 @@ def test_partial_ft_head_starts_from_the_trained_probe(data, ckpt, tmp_path, cap
     predictions are exactly the probe's; a probe of other features, init or data is refused by name."""
     flags = ["--data", str(data), "--init", str(ckpt), *FAST, "--set", "batch_size=16", "--set", "amp=none"]
     out_l = tmp_path / "lin"
-    assert cli(["linprobe", "--out", str(out_l), *flags, "--set", "epochs=3", "--set", "cached_features=true",
-                "--set", "optimizer=sgd", "--set", "global_pool=avg"]) == 0
+    assert (
+        cli(
+            [
+                "linprobe",
+                "--out",
+                str(out_l),
+                *flags,
+                "--set",
+                "epochs=3",
+                "--set",
+                "cached_features=true",
+                "--set",
+                "optimizer=sgd",
+                "--set",
+                "global_pool=avg",
+            ]
+        )
+        == 0
+    )
     assert (out_l / linprobe.HEAD_FILE).is_file()
     out = tmp_path / "pft1"
-    assert cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(out), *flags,
-                "--set", "epochs=1", "--set", "base_lr=0", "--set", "mixup=0", "--set", "cutmix=0"]) == 0
+    assert (
+        cli(
+            [
+                "partial-ft",
+                "--blocks",
+                "1",
+                "--head-from",
+                str(out_l),
+                "--out",
+                str(out),
+                *flags,
+                "--set",
+                "epochs=1",
+                "--set",
+                "base_lr=0",
+                "--set",
+                "mixup=0",
+                "--set",
+                "cutmix=0",
+            ]
+        )
+        == 0
+    )
     m, ml = _metrics(out), _metrics(out_l)
     assert m["head_init"] == "probe" and m["head_from"] == {"dir": str(out_l), "top1": ml["top1"]}
     assert m["top1"] == ml["top1"]
     assert np.array_equal(np.load(out / "predictions.npz")["pred"], np.load(out_l / "predictions.npz")["pred"])
     # a probe finished before it wrote head.safetensors: the head comes from its final checkpoint
     (out_l / linprobe.HEAD_FILE).unlink()
-    assert cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(tmp_path / "old"), *flags,
-                "--set", "epochs=1", "--set", "base_lr=0", "--set", "mixup=0", "--set", "cutmix=0"]) == 0
+    assert (
+        cli(
+            [
+                "partial-ft",
+                "--blocks",
+                "1",
+                "--head-from",
+                str(out_l),
+                "--out",
+                str(tmp_path / "old"),
+                *flags,
+                "--set",
+                "epochs=1",
+                "--set",
+                "base_lr=0",
+                "--set",
+                "mixup=0",
+                "--set",
+                "cutmix=0",
+            ]
+        )
+        == 0
+    )
     assert _metrics(tmp_path / "old")["top1"] == ml["top1"]
-    for extra, message in ((["--set", "global_pool=token"], "global_pool='avg' features"),
-                           (["--scratch"], "was computed with init_path=")):
+    for extra, message in (
+        (["--set", "global_pool=token"], "global_pool='avg' features"),
+        (["--scratch"], "was computed with init_path="),
+    ):
         args = [a for a in flags if a not in ("--init", str(ckpt))] if extra == ["--scratch"] else flags
-        assert cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(tmp_path / "x"), *args,
-                    *extra]) == 2
+        assert (
+            cli(["partial-ft", "--blocks", "1", "--head-from", str(out_l), "--out", str(tmp_path / "x"), *args, *extra])
+            == 2
+        )
         assert message in capsys.readouterr().err
-    assert cli(["partial-ft", "--blocks", "0", "--head-from", str(out_l), "--out", str(tmp_path / "y"),
-                *flags]) == 2
+    assert cli(["partial-ft", "--blocks", "0", "--head-from", str(out_l), "--out", str(tmp_path / "y"), *flags]) == 2
     assert "only for --blocks K > 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--set", "epochs=3"], "was trained with epochs=2, now epochs=3"),
-    (["--blocks", "1"], "--reuse: only for --blocks 0"),
-    (["--data", "{other}"], "was computed with data="),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--set", "epochs=3"], "was trained with epochs=2, now epochs=3"),
+        (["--blocks", "1"], "--reuse: only for --blocks 0"),
+        (["--data", "{other}"], "was computed with data="),
+    ],
+)
 def test_partial_ft_reuse_refuses_other_settings(data, ckpt, tmp_path, capsys, change, message):
-    flags = ["--data", str(data), "--init", str(ckpt), *FAST, "--set", "epochs=2", "--set", "batch_size=16",
-             "--set", "cached_features=true"]
+    flags = [
+        "--data",
+        str(data),
+        "--init",
+        str(ckpt),
+        *FAST,
+        "--set",
+        "epochs=2",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "cached_features=true",
+    ]
     assert cli(["linprobe", "--out", str(tmp_path / "lin"), *flags]) == 0
     change = [c.replace("{other}", str(tmp_path / "elsewhere")) for c in change]
     blocks = change[1] if change[0] == "--blocks" else "0"
     rest = [] if change[0] == "--blocks" else change
     out = tmp_path / "reused"
-    assert cli(["partial-ft", "--blocks", blocks, "--reuse", str(tmp_path / "lin"), "--out", str(out), *flags,
-                *rest]) == 2
+    assert (
+        cli(["partial-ft", "--blocks", blocks, "--reuse", str(tmp_path / "lin"), "--out", str(out), *flags, *rest]) == 2
+    )
     assert message in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
 

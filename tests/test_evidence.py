@@ -31,10 +31,21 @@ def _study(rng: np.random.Generator, seeds: dict[float, int], shared: float = 0.
             draw = np.where(rng.random(N_IMAGES) < shared, difficulty, rng.random(N_IMAGES))
             correct = draw < p
             run = f"mask_ratio-{ratio}_seed-{seed}"
-            rows.append({"run": run, "eval": "finetune", "eval_setting": "", "init": "mae", "mask_ratio": ratio,
-                         "seed": seed, "top1": 100.0 * correct.mean(), "n_val": N_IMAGES})
+            rows.append(
+                {
+                    "run": run,
+                    "eval": "finetune",
+                    "eval_setting": "",
+                    "init": "mae",
+                    "mask_ratio": ratio,
+                    "seed": seed,
+                    "top1": 100.0 * correct.mean(),
+                    "n_val": N_IMAGES,
+                }
+            )
             replicates[S.row_key(run, "finetune")] = {
-                "top1": stats.mean_accuracy_replicates(correct, n_boot=N_BOOT)[0].astype(np.float64)}
+                "top1": stats.mean_accuracy_replicates(correct, n_boot=N_BOOT)[0].astype(np.float64)
+            }
     return S.normalise(pd.DataFrame(rows).reindex(columns=list(S.COLUMNS))), replicates
 
 
@@ -44,10 +55,13 @@ def _difference(frame: pd.DataFrame, replicates: dict) -> stats.Estimate:
     return ev.estimate([(1.0, cells[0.5]), (-1.0, cells[0.75])])
 
 
-@pytest.mark.parametrize("layout, source", [
-    ({0.5: 2, 0.75: 2, 0.6: 2, 0.7: 2, 0.8: 2, 0.9: 2}, "pooled"),  # two seeds each: the pooled variance, df 6
-    ({0.5: 3, 0.75: 3}, "own"),  # three seeds: each setting's own variance, df 2 + 2
-])
+@pytest.mark.parametrize(
+    "layout, source",
+    [
+        ({0.5: 2, 0.75: 2, 0.6: 2, 0.7: 2, 0.8: 2, 0.9: 2}, "pooled"),  # two seeds each: the pooled variance, df 6
+        ({0.5: 3, 0.75: 3}, "own"),  # three seeds: each setting's own variance, df 2 + 2
+    ],
+)
 def test_interval_covers_a_known_difference_with_seed_and_image_noise(layout, source):
     rng = np.random.default_rng(1)  # 95.7 % (pooled and own) over 1 800 draws, rng seeds 1, 2, 2026
     draws, covered, widths = 300, 0, []
@@ -75,8 +89,17 @@ def test_two_seeds_that_differ_by_d_widen_the_interval_as_the_seed_model_says():
         rows, replicates = [], {}
         for seed, value in enumerate((20.0, 20.0 + d)):
             run = f"base_seed-{seed}"
-            rows.append({"run": run, "eval": "linprobe", "eval_setting": "", "init": "mae", "seed": seed,
-                         "top1": value, "n_val": 1000})
+            rows.append(
+                {
+                    "run": run,
+                    "eval": "linprobe",
+                    "eval_setting": "",
+                    "init": "mae",
+                    "seed": seed,
+                    "top1": value,
+                    "n_val": 1000,
+                }
+            )
             replicates[S.row_key(run, "linprobe")] = {"top1": value + image}
         ev = Evidence(S.normalise(pd.DataFrame(rows).reindex(columns=list(S.COLUMNS))), replicates, n_boot=N_BOOT)
         cell = ev.select("linprobe", "top1", [], None)[0]
@@ -100,5 +123,6 @@ def test_a_setting_with_one_seed_and_no_pool_has_no_interval():
     frame, replicates = _study(np.random.default_rng(1), {0.5: 1, 0.75: 1})
     est = _difference(frame, replicates)
     assert est.missing == "seeds" and all(math.isnan(v) for v in est.interval())
-    assert math.isnan(est.p_greater()) and est.value == pytest.approx(float(frame["top1"].iloc[0]
-                                                                            - frame["top1"].iloc[1]))
+    assert math.isnan(est.p_greater()) and est.value == pytest.approx(
+        float(frame["top1"].iloc[0] - frame["top1"].iloc[1])
+    )

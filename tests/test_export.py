@@ -66,7 +66,12 @@ def test_safetensors_round_trip(pretrained, images, tmp_path, capsys):
     arch = _metadata(out)
     assert arch["model"] == MODEL and arch["kind"] == "mae" and arch["target"] == model.target_kind
     assert (arch["img_size"], arch["patch_size"], arch["embed_dim"], arch["depth"], arch["num_heads"]) == (
-        32, 4, 128, 6, 4)
+        32,
+        4,
+        128,
+        6,
+        4,
+    )
     assert (arch["decoder_width"], arch["decoder_depth"], arch["decoder_heads"]) == (128, 2, 4)
     # --init reads it back: the whole MAE (reconstructions), and the encoder of the evaluations
     from mae.visualize import load_mae
@@ -97,7 +102,8 @@ def test_timm_loads_the_micro_export(pretrained, images, tmp_path, capsys):
     assert "timm.create_model(model_name='vit_base_patch16_224.mae'" in capsys.readouterr().out
     call = _metadata(out)["timm"]
     assert {k: call[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")} == dict(
-        img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4)
+        img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4
+    )
     call["pretrained_cfg_overlay"]["file"] = str(out)
     vit = timm.create_model(**call).eval()  # strict: the overlay's num_classes equals the model's
     assert vit.pretrained_cfg["input_size"] == [3, 32, 32] and vit.pretrained_cfg["mean"] == [0.485, 0.456, 0.406]
@@ -148,8 +154,16 @@ def test_init_from_a_timm_state_dict(form, images, tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(2)
-    source = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=4,
-                               embed_dim=128, depth=6, num_heads=4).eval()
+    source = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=32,
+        patch_size=4,
+        embed_dim=128,
+        depth=6,
+        num_heads=4,
+    ).eval()
     state = source.state_dict()
     if form == "pth":
         torch.save(state, path := tmp_path / "timm.pth")
@@ -232,9 +246,18 @@ def test_hf_folder_written_by_transformers_is_an_init(images, tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(5)
     config = transformers.ViTMAEConfig(
-        hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512, image_size=32,
-        patch_size=4, decoder_hidden_size=128, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-        decoder_intermediate_size=512, norm_pix_loss=True)
+        hidden_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=512,
+        image_size=32,
+        patch_size=4,
+        decoder_hidden_size=128,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=512,
+        norm_pix_loss=True,
+    )
     hf = transformers.ViTMAEForPreTraining(config).eval()
     with torch.no_grad():  # random position tables: a table put in the wrong place cannot go unnoticed
         hf.vit.embeddings.position_embeddings.normal_()
@@ -283,21 +306,54 @@ def test_pretraining_and_finetuning_write_encoder_safetensors(tmp_path):
     data = tmp_path / "data"
     prepare_builtin(data, "shapes", img_size=32, n_train=16, n_val=8, seed=0)
     pre = tmp_path / "run" / "pretrain"
-    sets = ["epochs=1", "batch_size=8", "max_steps=1", "eval_images=0", "amp=none", f"model={MODEL}",
-            "decoder_depth=1"]
-    assert cli(["pretrain", "--data", str(data), "--out", str(pre), "--device", "cpu",
-                *[a for s in sets for a in ("--set", s)]]) == 0
+    sets = ["epochs=1", "batch_size=8", "max_steps=1", "eval_images=0", "amp=none", f"model={MODEL}", "decoder_depth=1"]
+    assert (
+        cli(
+            [
+                "pretrain",
+                "--data",
+                str(data),
+                "--out",
+                str(pre),
+                "--device",
+                "cpu",
+                *[a for s in sets for a in ("--set", s)],
+            ]
+        )
+        == 0
+    )
     trained = torch.load(pre / "checkpoint.pt", weights_only=True)["model"]
     encoder = read_checkpoint(pre / ENCODER_FILE)
     assert encoder["config"]["kind"] == "encoder" and encoder["config"]["model"] == MODEL
     expected = split_encoder_keys(trained)[0]
-    assert set(encoder["model"]) == set(expected) and all(torch.equal(encoder["model"][k], v)
-                                                           for k, v in expected.items())
+    assert set(encoder["model"]) == set(expected) and all(
+        torch.equal(encoder["model"][k], v) for k, v in expected.items()
+    )
     call = timm_call(encoder["config"], pre / ENCODER_FILE)
     timm.create_model(**call)  # strict
     ft = tmp_path / "run" / "finetune"
-    assert cli(["finetune", "--data", str(data), "--out", str(ft), "--init", str(pre / ENCODER_FILE), "--device",
-                "cpu", "--set", "epochs=1", "--set", "batch_size=8", "--set", "max_steps=1"]) == 0
+    assert (
+        cli(
+            [
+                "finetune",
+                "--data",
+                str(data),
+                "--out",
+                str(ft),
+                "--init",
+                str(pre / ENCODER_FILE),
+                "--device",
+                "cpu",
+                "--set",
+                "epochs=1",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "max_steps=1",
+            ]
+        )
+        == 0
+    )
     model = torch.load(ft / "model.pt", weights_only=True)["model"]
     written = read_checkpoint(ft / ENCODER_FILE)["model"]
     assert set(written) == set(model) and all(torch.equal(written[k], v) for k, v in model.items())
@@ -319,12 +375,17 @@ def test_errors_are_one_line(tmp_path, capsys):
     torch.save({"model": create_encoder(MODEL, 0, embed_dim=64, depth=2).state_dict()}, odd)
     fails(["export", str(odd), "--to", "timm", "--out", str(tmp_path / "t.safetensors")], "--model")
     (tmp_path / "empty").mkdir()
-    fails(["export", str(tmp_path / "empty"), "--to", "safetensors", "--out", str(tmp_path / "x.safetensors")],
-          "no config.json")
+    fails(
+        ["export", str(tmp_path / "empty"), "--to", "safetensors", "--out", str(tmp_path / "x.safetensors")],
+        "no config.json",
+    )
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes((20).to_bytes(8, "little") + b'{"a": 1' + b"\0" * 30)
-    fails(["export", str(broken), "--to", "timm", "--out", str(tmp_path / "y.safetensors")],
-          "cannot read safetensors file", str(broken))
+    fails(
+        ["export", str(broken), "--to", "timm", "--out", str(tmp_path / "y.safetensors")],
+        "cannot read safetensors file",
+        str(broken),
+    )
     with pytest.raises(UserError, match="unknown format 'onnx'"):
         export(pca, "onnx", tmp_path / "z")
 

@@ -23,11 +23,32 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("MAE_FAULT_SEED") or time.time_ns() % 1_000_000)
 #: metrics that measure the machine, not the result
-TIMING = {"img_s", "wall_s", "setup_s", "time_s", "step_img_s", "data_img_s", "feature_s", "feature_img_s_train",
-          "feature_img_s_val", "feature_step_img_s_train", "feature_step_img_s_val"}
+TIMING = {
+    "img_s",
+    "wall_s",
+    "setup_s",
+    "time_s",
+    "step_img_s",
+    "data_img_s",
+    "feature_s",
+    "feature_img_s_train",
+    "feature_img_s_val",
+    "feature_step_img_s_train",
+    "feature_step_img_s_val",
+}
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
-MODEL = ["--set", "model=mae_vit_micro_patch4", "--set", "batch_size=32", "--set", "save_every=1",
-         "--set", "log_every=1", "--device", "cpu"]
+MODEL = [
+    "--set",
+    "model=mae_vit_micro_patch4",
+    "--set",
+    "batch_size=32",
+    "--set",
+    "save_every=1",
+    "--set",
+    "log_every=1",
+    "--device",
+    "cpu",
+]
 pytestmark = pytest.mark.slow
 
 
@@ -64,8 +85,9 @@ def _interrupted(argv: list[str], sig: int, after: float) -> tuple[int | None, s
         rerun = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
         if rerun.returncode == 0:
             return code, f"{signal.Signals(sig).name} at {after:.2f} s (exit {code}), seed {SEED}"
-    raise AssertionError(f"rerun after {signal.Signals(sig).name} at {after:.2f} s failed (seed {SEED}): "
-                         f"{rerun.stderr[-2000:]}")
+    raise AssertionError(
+        f"rerun after {signal.Signals(sig).name} at {after:.2f} s failed (seed {SEED}): {rerun.stderr[-2000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +101,48 @@ def data(tmp_path_factory) -> Path:
 
 def _stage_argv(stage: str, data: Path, out: Path, init: Path | None) -> list[str]:
     if stage == "pretrain":
-        return _mae("pretrain", "--data", str(data), "--out", str(out), *MODEL, "--set", "epochs=6",
-                    "--set", "warmup_epochs=1", "--set", "decoder_depth=1", "--set", "decoder_width=64",
-                    "--set", "eval_images=64")
-    return _mae("finetune", "--data", str(data), "--out", str(out), "--init", str(init), *MODEL,
-                "--set", "epochs=5", "--set", "warmup_epochs=0.5", "--set", "mixup=0", "--set", "cutmix=0",
-                "--set", "auto_augment=null", "--set", "reprob=0", "--set", "eval_every=1")
+        return _mae(
+            "pretrain",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *MODEL,
+            "--set",
+            "epochs=6",
+            "--set",
+            "warmup_epochs=1",
+            "--set",
+            "decoder_depth=1",
+            "--set",
+            "decoder_width=64",
+            "--set",
+            "eval_images=64",
+        )
+    return _mae(
+        "finetune",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--init",
+        str(init),
+        *MODEL,
+        "--set",
+        "epochs=5",
+        "--set",
+        "warmup_epochs=0.5",
+        "--set",
+        "mixup=0",
+        "--set",
+        "cutmix=0",
+        "--set",
+        "auto_augment=null",
+        "--set",
+        "reprob=0",
+        "--set",
+        "eval_every=1",
+    )
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
@@ -94,12 +152,19 @@ def test_a_stage_killed_at_random_points_resumes_to_the_same_result(data, tmp_pa
     init = None
     if stage == "finetune":
         init = base / "init" / "pretrain"
-        subprocess.run(_stage_argv("pretrain", data, init, None), cwd=ROOT, env=_env(), check=True,
-                       capture_output=True, timeout=600)
+        subprocess.run(
+            _stage_argv("pretrain", data, init, None),
+            cwd=ROOT,
+            env=_env(),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         init = init / "checkpoint.pt"
     started = time.perf_counter()
-    reference = subprocess.run(_stage_argv(stage, data, base / "ref", init), cwd=ROOT, env=_env(),
-                               capture_output=True, text=True, timeout=600)
+    reference = subprocess.run(
+        _stage_argv(stage, data, base / "ref", init), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
     duration = time.perf_counter() - started
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected = _result(base / "ref")
@@ -124,8 +189,10 @@ def test_a_study_killed_mid_job_resumes_to_the_same_metrics(tmp_path):
         work = tmp_path / name
         shutil.copytree(ROOT, work, ignore=ignore)
         (work / "config" / "faults.yaml").write_text(yaml.safe_dump(smoke))
-        runs[name] = (work, [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile",
-                             "config/faults.yaml"])
+        runs[name] = (
+            work,
+            [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "config/faults.yaml"],
+        )
     work, cmd = runs["reference"]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
@@ -134,8 +201,7 @@ def test_a_study_killed_mid_job_resumes_to_the_same_metrics(tmp_path):
 
     work, cmd = runs["killed"]
     after = rng.uniform(0.3, 0.9) * duration
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         proc.wait(timeout=after)
     except subprocess.TimeoutExpired:
@@ -148,5 +214,6 @@ def test_a_study_killed_mid_job_resumes_to_the_same_metrics(tmp_path):
     assert rerun.returncode == 0, f"seed {SEED}, kill at {after:.1f} s: {rerun.stderr[-3000:]}"
     for target in targets:
         folder = Path(target).parent
-        assert _result(work / folder) == _result(runs["reference"][0] / folder), \
+        assert _result(work / folder) == _result(runs["reference"][0] / folder), (
             f"{folder}: differs after a kill -9 of the study at {after:.1f} s of {duration:.1f} s (seed {SEED})"
+        )

@@ -39,8 +39,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     torch.manual_seed(0)
     model = create_mae(MODEL, decoder_depth=1, target="norm_pixel")
-    torch.save({"model": model.state_dict(), "config": {"model": MODEL, "target": "norm_pixel"}},
-               root / "checkpoint.pt")
+    torch.save(
+        {"model": model.state_dict(), "config": {"model": MODEL, "target": "norm_pixel"}}, root / "checkpoint.pt"
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -199,7 +200,9 @@ def test_timm_names():
     assert hub.timm_model_name("resnet50.a1_in1k") is None
     with pytest.raises(UserError, match="timm has no model 'vit_nope'"):
         resolve_init("timm:vit_nope.mae")
-    with pytest.raises(UserError, match=r"no pretrained weights 'vit_base_patch16_224\.nope' \(MAE ones: .*"
-                                        r"vit_base_patch16_224\.mae"):
+    with pytest.raises(
+        UserError,
+        match=r"no pretrained weights 'vit_base_patch16_224\.nope' \(MAE ones: .*"
+        r"vit_base_patch16_224\.mae",
+    ):
         resolve_init("timm:vit_base_patch16_224.nope")
-

@@ -44,15 +44,28 @@ def test_launcher_shapes():
 def test_batch_split_error_names_the_numbers():
     cfg = PretrainConfig(batch_size=4096, accum_iter=1)
     assert batch_plan(cfg, 32)["batch_per_process"] == 128
-    with pytest.raises(UserError, match=r"batch_size=4096 for pretrain does not split over world_size=3 x accum_iter=1"):
+    with pytest.raises(
+        UserError, match=r"batch_size=4096 for pretrain does not split over world_size=3 x accum_iter=1"
+    ):
         batch_plan(cfg, 3)
 
 
 def _pretrain_commands(*extra: str) -> list[str]:
     out = subprocess.run(
-        [str(BIN / "snakemake"), "-n", "-p", "--workflow-profile", "profiles/slurm", *extra,
-         "--configfile", "config/paper.yaml"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        [
+            str(BIN / "snakemake"),
+            "-n",
+            "-p",
+            "--workflow-profile",
+            "profiles/slurm",
+            *extra,
+            "--configfile",
+            "config/paper.yaml",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [line for line in out.splitlines() if " pretrain --data " in line]
 
@@ -68,16 +81,29 @@ def _plan_of(command: str) -> tuple[int, dict]:
 
     parser = argparse.ArgumentParser()
     pretrain.add_arguments(parser)
-    args = parser.parse_args(words[words.index("pretrain") + 1:])
+    args = parser.parse_args(words[words.index("pretrain") + 1 :])
     cfg = config_from_args(PretrainConfig, args)
     return nodes * procs, batch_plan(cfg, nodes * procs)
 
 
-@pytest.mark.parametrize("resources, world, per_process", [
-    ((), 8, 512),  # the profile as shipped: one node, `gpu: 8`
-    (("--set-resources", "pretrain:nodes=4", "pretrain:tasks=4", "pretrain:mpi='srun'", "pretrain:gres='gpu:8'",
-      "pretrain:gpu=0"), 32, 128),  # 4 nodes x 8 GPUs, as the README shows
-])
+@pytest.mark.parametrize(
+    "resources, world, per_process",
+    [
+        ((), 8, 512),  # the profile as shipped: one node, `gpu: 8`
+        (
+            (
+                "--set-resources",
+                "pretrain:nodes=4",
+                "pretrain:tasks=4",
+                "pretrain:mpi='srun'",
+                "pretrain:gres='gpu:8'",
+                "pretrain:gpu=0",
+            ),
+            32,
+            128,
+        ),  # 4 nodes x 8 GPUs, as the README shows
+    ],
+)
 def test_paper_dry_run_global_batch_and_lr(resources, world, per_process):
     commands = _pretrain_commands(*resources)
     assert commands, "no pretrain job in the dry run of config/paper.yaml"
@@ -124,12 +150,28 @@ def _study(tmp_path: Path, work: Path, name: str, *resources: str, env: dict) ->
     results = tmp_path / name
     override = tmp_path / "override.yaml"
     override.write_text(
-        "pretrain: {batch_size: 32, base_lr: 1.5e-4, warmup_epochs: 0.5, weight_decay: 0.05, amp: none}\n")
+        "pretrain: {batch_size: 32, base_lr: 1.5e-4, warmup_epochs: 0.5, weight_decay: 0.05, amp: none}\n"
+    )
     target = f"{results}/runs/base/pretrain/metrics.json"
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "--cores", "2", target, "--set-resources", *(resources or ("pretrain:nodes=1",)),
-         "--config", f"results={results}", "--configfile", "config/smoke.yaml", str(override)],
-        cwd=work, capture_output=True, text=True, env=env, timeout=600,
+        [
+            str(BIN / "snakemake"),
+            "--cores",
+            "2",
+            target,
+            "--set-resources",
+            *(resources or ("pretrain:nodes=1",)),
+            "--config",
+            f"results={results}",
+            "--configfile",
+            "config/smoke.yaml",
+            str(override),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     log = work / "logs/pretrain/base.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
@@ -143,11 +185,20 @@ def test_two_nodes_through_the_rule_equal_one_process(tmp_path):
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (fake / name).write_text(text)
         (fake / name).chmod(stat.S_IRWXU)
-    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
-           "SLURM_JOB_ID": str(_free_job_id()), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": str(_free_job_id()),
+        "PYTHONPATH": str(ROOT),
+    }
     work = tmp_path / "repo"  # a copy: Snakemake writes .snakemake/ and logs/ into its working directory
-    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs",
-                                                              "benchmarks", "__pycache__", ".dvc"))
+    shutil.copytree(
+        ROOT,
+        work,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "results", ".snakemake", "logs", "benchmarks", "__pycache__", ".dvc"
+        ),
+    )
     one = _study(tmp_path, work, "one", env=env)
     two = _study(tmp_path, work, "two", "pretrain:nodes=2", env=env)
     import json
@@ -157,8 +208,12 @@ def test_two_nodes_through_the_rule_equal_one_process(tmp_path):
     assert m1["global_batch"] == m2["global_batch"] == 32 and m2["batch_per_process"] == 16
     assert m1["steps"] == m2["steps"] == 8 and m1["lr"] == m2["lr"]
     settings = json.loads((two.parent / "settings.json").read_text())
-    assert {k: settings[k] for k in ("world_size", "global_batch", "batch_per_process", "accum_iter")} == \
-        {"world_size": 2, "global_batch": 32, "batch_per_process": 16, "accum_iter": 1}
+    assert {k: settings[k] for k in ("world_size", "global_batch", "batch_per_process", "accum_iter")} == {
+        "world_size": 2,
+        "global_batch": 32,
+        "batch_per_process": 16,
+        "accum_iter": 1,
+    }
     assert settings["peak_lr"] == pytest.approx(1.5e-4 * 32 / 256)
     w1 = torch.load(one / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     w2 = torch.load(two / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]

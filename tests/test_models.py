@@ -9,14 +9,38 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from mae.errors import UserError
-from mae.models import MODEL_SPECS, MaskedAutoencoderViT, create_encoder, create_mae, encoder_kwargs, load_encoder_checkpoint
+from mae.models import (
+    MODEL_SPECS,
+    create_encoder,
+    create_mae,
+    encoder_kwargs,
+    load_encoder_checkpoint,
+)
 from mae.models.checkpoint import load_mae_checkpoint, save_mae_checkpoint
 from mae.models.pos_embed import resample_pos_embed, sincos_2d
 
-REFERENCE_KEYS_HEAD = ["cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "patch_embed.proj.weight",
-                       "patch_embed.proj.bias"]
-BLOCK_KEYS = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-              "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+REFERENCE_KEYS_HEAD = [
+    "cls_token",
+    "pos_embed",
+    "mask_token",
+    "decoder_pos_embed",
+    "patch_embed.proj.weight",
+    "patch_embed.proj.bias",
+]
+BLOCK_KEYS = [
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+]
 
 
 def small(**kw):
@@ -45,26 +69,44 @@ def ref_sincos(dim, grid):
 
 
 class ReferenceMAE(nn.Module):
-    """Plain transcription of the reference facts (docs/ARCHITECTURE.md) with timm Blocks (default attention) — shares weights by state dict."""
+    """Plain transcription of the reference facts (docs/ARCHITECTURE.md) with timm Blocks (default attention) —
+    shares weights by state dict."""
 
-    def __init__(self, img_size, patch_size, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
-                 decoder_num_heads, mlp_ratio, norm_pix):
+    def __init__(
+        self,
+        img_size,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        decoder_embed_dim,
+        decoder_depth,
+        decoder_num_heads,
+        mlp_ratio,
+        norm_pix,
+    ):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.p, self.norm_pix = patch_size, norm_pix
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(ref_sincos(embed_dim, int(n ** 0.5)), requires_grad=False)
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
+        self.pos_embed = nn.Parameter(ref_sincos(embed_dim, int(n**0.5)), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
+        )
         self.norm = norm(embed_dim)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(ref_sincos(decoder_embed_dim, int(n ** 0.5)), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
-                                                   norm_layer=norm) for _ in range(decoder_depth)])
+        self.decoder_pos_embed = nn.Parameter(ref_sincos(decoder_embed_dim, int(n**0.5)), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
+                for _ in range(decoder_depth)
+            ]
+        )
         self.decoder_norm = norm(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * 3)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * 3)
 
     def forward(self, imgs, ratio):
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
@@ -202,11 +244,22 @@ def test_bf16_fast_path_close_to_fp32():
 
 
 def test_factories_and_errors():
-    assert set(MODEL_SPECS) >= {"mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14",
-                                "mae_vit_tiny_patch4", "mae_vit_micro_patch4"}
+    assert set(MODEL_SPECS) >= {
+        "mae_vit_base_patch16",
+        "mae_vit_large_patch16",
+        "mae_vit_huge_patch14",
+        "mae_vit_tiny_patch4",
+        "mae_vit_micro_patch4",
+    }
     h = MODEL_SPECS["mae_vit_huge_patch14"]
-    assert (h["patch_size"], h["embed_dim"], h["depth"], h["decoder_embed_dim"], h["decoder_depth"],
-            h["decoder_num_heads"]) == (14, 1280, 32, 512, 8, 16)
+    assert (
+        h["patch_size"],
+        h["embed_dim"],
+        h["depth"],
+        h["decoder_embed_dim"],
+        h["decoder_depth"],
+        h["decoder_num_heads"],
+    ) == (14, 1280, 32, 512, 8, 16)
     m = create_mae("mae_vit_micro_patch4", decoder_depth=1, decoder_embed_dim=64)
     assert len(m.decoder_blocks) == 1 and m.decoder_pred.in_features == 64
     with pytest.raises(UserError, match="unknown model"):
@@ -253,8 +306,13 @@ def test_encoder_loader_rejects_incomplete_checkpoint():
 def test_timm_one_liner_loads_finetuned_weights(tmp_path):
     vit = create_encoder("mae_vit_micro_patch4", num_classes=10, global_pool="avg")
     torch.save({"model": vit.state_dict()}, tmp_path / "ft.pt")
-    plain = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10, global_pool="avg",
-                              **encoder_kwargs("mae_vit_micro_patch4"))
+    plain = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=10,
+        global_pool="avg",
+        **encoder_kwargs("mae_vit_micro_patch4"),
+    )
     plain.load_state_dict(torch.load(tmp_path / "ft.pt")["model"])  # strict
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(plain.eval()(x), vit.eval()(x))

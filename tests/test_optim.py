@@ -55,8 +55,15 @@ def test_layer_decay_scales(pool):
     import timm
 
     depth, decay = 3, 0.5
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=depth, num_classes=5,
-                            global_pool=pool, pretrained=False)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=4,
+        depth=depth,
+        num_classes=5,
+        global_pool=pool,
+        pretrained=False,
+    )
     groups = param_groups_layer_decay(vit, 0.05, decay, no_weight_decay_list=("cls_token", "pos_embed"))
     scale_of = _scales(vit, groups)
     assert scale_of["patch_embed.proj.weight"][0] == pytest.approx(decay ** (depth + 1))
@@ -71,7 +78,7 @@ def test_layer_decay_scales(pool):
     # the scales reach the optimizer through set_lr
     opt = build_optimizer("adamw", groups, 1.0, TrainConfig())
     set_lr(opt, 2.0)
-    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [2.0 * decay ** k for k in range(depth + 1, -1, -1)]
+    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [2.0 * decay**k for k in range(depth + 1, -1, -1)]
     # decay 1.0 (the from-scratch recipe): one lr, the same weight-decay split
     flat = _scales(vit, param_groups_layer_decay(vit, 0.05, 1.0))
     assert {s for s, _ in flat.values()} == {1.0}
@@ -81,8 +88,7 @@ def test_layer_decay_scales(pool):
 def test_layer_decay_skips_frozen_and_needs_blocks():
     import timm
 
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=5,
-                            pretrained=False)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=5, pretrained=False)
     vit.patch_embed.requires_grad_(False)
     scale_of = _scales(vit, param_groups_layer_decay(vit, 0.05, 0.5))
     assert not any(n.startswith("patch_embed") for n in scale_of) and "blocks.0.mlp.fc1.weight" in scale_of
@@ -93,8 +99,8 @@ def test_layer_decay_skips_frozen_and_needs_blocks():
 def test_transfer_backbone_layer_decay():
     """Detection / segmentation: the ViT's final norm (used by forward_features) and the new network train at
     the full lr, the last block at `decay`, the stem at decay ** (depth + 1) (ViTDet's rule)."""
-    from mae.transfer.backbone import layer_decay_groups
     from mae.models import create_encoder
+    from mae.transfer.backbone import layer_decay_groups
 
     vit = create_encoder("mae_vit_micro_patch4", num_classes=0, global_pool="token")
     neck = nn.Linear(128, 8)

@@ -123,8 +123,13 @@ def test_probe_measures_something():
 
 def test_emulated_avx2_machine_trains_in_fp32(tmp_path):
     """With the matrix kernels limited to AVX2 (what an AVX2-only CPU runs), auto is fp32 on any x86 machine."""
-    env = {**os.environ, "MAE_CACHE": str(tmp_path), "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-           "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    env = {
+        **os.environ,
+        "MAE_CACHE": str(tmp_path),
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
     code = "from mae.engine.precision import resolve; print(resolve('auto', 'cpu').amp)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -9,8 +9,18 @@ import torch
 
 from mae.cli import main as cli_main
 
-TINY = ["epochs=2", "warmup_epochs=1", "batch_size=16", "amp=auto", "eval_images=32", "log_every=1",
-        "model=mae_vit_micro_patch4", "decoder_depth=1", "decoder_width=64", "decoder_heads=2"]
+TINY = [
+    "epochs=2",
+    "warmup_epochs=1",
+    "batch_size=16",
+    "amp=auto",
+    "eval_images=32",
+    "log_every=1",
+    "model=mae_vit_micro_patch4",
+    "decoder_depth=1",
+    "decoder_width=64",
+    "decoder_heads=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +46,23 @@ def test_pretrain_end_to_end(tiny_data, tmp_path):
     assert ckpt["finished"] and ckpt["epoch"] == 1 and ckpt["step"] == 8
     model = ckpt["model"]
     # reference key names, our decoder override applied, no optimizer junk in 'model'
-    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "mask_token", "decoder_pos_embed",
-            "decoder_pred.weight", "blocks.5.attn.qkv.weight", "decoder_blocks.0.mlp.fc1.weight"} <= set(model)
+    assert {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "mask_token",
+        "decoder_pos_embed",
+        "decoder_pred.weight",
+        "blocks.5.attn.qkv.weight",
+        "decoder_blocks.0.mlp.fc1.weight",
+    } <= set(model)
     assert not any(k.startswith("decoder_blocks.1.") for k in model)
     assert model["decoder_embed.weight"].shape == (64, 128)
     from mae.models import create_mae
 
     create_mae("mae_vit_micro_patch4", decoder_depth=1, decoder_embed_dim=64, decoder_num_heads=2).load_state_dict(
-        model, strict=True)
+        model, strict=True
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["img_s"] > 0 and metrics["wall_s"] > 0
     assert metrics["params"] < metrics["params_total"] and 0 < metrics["loss"] < 10

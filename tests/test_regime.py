@@ -33,8 +33,13 @@ def test_scratch_is_compute_matched(name):
 
 
 def _dry_run_commands(configfile: str) -> list[str]:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", configfile],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", configfile],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return [line for line in proc.stdout.splitlines() if "OMP_NUM_THREADS" in line]
 

@@ -18,9 +18,18 @@ from mae.report.summary import COLUMNS, normalise
 from mae.report.tables import TABLE1, ablation_table
 from mae.study import plan_runs
 
-BASE = {"model": "mae_vit_micro_patch4", "mask_ratio": 0.75, "decoder_depth": 2, "decoder_width": 128,
-        "mask_token_in_encoder": False, "target": "norm_pixel", "aug": "crop_rand", "sampling": "random",
-        "epochs": 4, "seed": 0}
+BASE = {
+    "model": "mae_vit_micro_patch4",
+    "mask_ratio": 0.75,
+    "decoder_depth": 2,
+    "decoder_width": 128,
+    "mask_token_in_encoder": False,
+    "target": "norm_pixel",
+    "aug": "crop_rand",
+    "sampling": "random",
+    "epochs": 4,
+    "seed": 0,
+}
 
 
 def test_choices_are_the_code_registries():
@@ -88,8 +97,12 @@ def toy_sampler():
 
 def test_toy_sampler_reaches_plan_model_and_tables(toy_sampler):
     # study plan: the knob accepts it and names the run after it
-    runs = plan_runs({"base": BASE, "ablations": {"1f": [{"sampling": "random", "mask_ratio": 0.75},
-                                                         {"sampling": "toy", "mask_ratio": 0.75}]}})
+    runs = plan_runs(
+        {
+            "base": BASE,
+            "ablations": {"1f": [{"sampling": "random", "mask_ratio": 0.75}, {"sampling": "toy", "mask_ratio": 0.75}]},
+        }
+    )
     assert runs["sampling-toy"].settings["sampling"] == "toy" and runs["sampling-toy"].tables == ["1f"]
     # stage config and model
     cfg = load_config(PretrainConfig, overrides=["sampling=toy"])
@@ -102,13 +115,24 @@ def test_toy_sampler_reaches_plan_model_and_tables(toy_sampler):
     rows = []
     for name, run in runs.items():
         for ev, acc in (("finetune", 50.0), ("linprobe", 20.0 if name == "base" else 15.0)):
-            rows.append({"run": name, "eval": ev, "eval_setting": "", "init": "mae", "dataset": "shapes",
-                         "img_size": 32, "patch_size": 4, **{knobs.KNOBS[k].column: v for k, v in
-                                                             run.settings.items()},
-                         "tables": ";".join(run.tables), "top1": acc})
+            rows.append(
+                {
+                    "run": name,
+                    "eval": ev,
+                    "eval_setting": "",
+                    "init": "mae",
+                    "dataset": "shapes",
+                    "img_size": 32,
+                    "patch_size": 4,
+                    **{knobs.KNOBS[k].column: v for k, v in run.settings.items()},
+                    "tables": ";".join(run.tables),
+                    "top1": acc,
+                }
+            )
     frame = normalise(pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c in rows[0]]))
-    table = ablation_table(Evidence(frame), ABLATIONS["1f"], P.DEFAULT_PAPER_MODEL, {"model": "m", "dataset": "d",
-                                                                                      "epochs": 4, "seeds": 1})
+    table = ablation_table(
+        Evidence(frame), ABLATIONS["1f"], P.DEFAULT_PAPER_MODEL, {"model": "m", "dataset": "d", "epochs": 4, "seeds": 1}
+    )
     data = table.data
     toy = data[data["sampling"] == "toy"]
     assert len(toy) == 1 and toy["note"].iloc[0] == "not in paper" and toy["lin top-1 ours"].iloc[0] == 15.0
@@ -129,6 +153,9 @@ def test_evaluation_registry_feeds_cli_summary_and_study_checks():
     check_study_evaluations({**config, "evaluations": {"every_run": ["linprobe"], "base_run": ["partial_ft"]}})
     with pytest.raises(UserError, match=r"evaluations.every_run: unknown evaluation 'linprob' \(valid: finetune"):
         check_study_evaluations({"evaluations": {"every_run": ["linprob"]}})
-    with pytest.raises(UserError, match=r"evaluations.per_table.1d: evaluation 'partial_ft' needs a non-empty list "
-                                        r"partial_ft.blocks"):
+    with pytest.raises(
+        UserError,
+        match=r"evaluations.per_table.1d: evaluation 'partial_ft' needs a non-empty list "
+        r"partial_ft.blocks",
+    ):
         check_study_evaluations({"evaluations": {"per_table": {"1d": ["partial_ft"]}}})

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
     with run_lock(tmp_path / "run"):
-        code = ("from mae.engine import fit; from tests.test_engine import RegressionTask, cfg_for; "
-                f"cfg = cfg_for(epochs=1); fit(RegressionTask(cfg), cfg, {str(tmp_path / 'run')!r})")
+        code = (
+            "from mae.engine import fit; from tests.test_engine import RegressionTask, cfg_for; "
+            f"cfg = cfg_for(epochs=1); fit(RegressionTask(cfg), cfg, {str(tmp_path / 'run')!r})"
+        )
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and "is being written by another process" in proc.stderr
         assert not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -95,9 +97,29 @@ def test_sigterm_during_feature_extraction_exits_75_at_once(tmp_path):
     data = tmp_path / "d"
     prepare_builtin(data, "shapes", img_size=32, n_train=3000, n_val=16, seed=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mae.cli", "linprobe", "--data", str(data), "--out",
-                             str(tmp_path / "lp"), "--scratch", "--device", "cpu", "--set", "cached_features=true",
-                             "--set", "batch_size=16"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mae.cli",
+            "linprobe",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "lp"),
+            "--scratch",
+            "--device",
+            "cpu",
+            "--set",
+            "cached_features=true",
+            "--set",
+            "batch_size=16",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = ""
     while "features train" not in seen:  # the progress bar of the feature pass
         chunk = proc.stderr.read(1)

@@ -20,22 +20,35 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from mae import stats  # noqa: E402
-
 from mae.report import claims as C  # noqa: E402
 from mae.report import paper as P  # noqa: E402
 from mae.report import summary as S  # noqa: E402
 from mae.report import tables as T  # noqa: E402
 
-BASE = dict(model="mae_vit_micro_patch4", mask_ratio=0.75, decoder_depth=2, decoder_width=128,
-            mask_token_in_encoder=False, target="norm_pixel", aug="crop_rand", sampling="random", epochs=8, seed=0)
+BASE = dict(
+    model="mae_vit_micro_patch4",
+    mask_ratio=0.75,
+    decoder_depth=2,
+    decoder_width=128,
+    mask_token_in_encoder=False,
+    target="norm_pixel",
+    aug="crop_rand",
+    sampling="random",
+    epochs=8,
+    seed=0,
+)
 SWEEPS = {
     "1a": [{"decoder_depth": d} for d in (1, 2, 4)],
     "1b": [{"decoder_width": w} for w in (64, 128, 256)],
     "1c": [{"mask_token_in_encoder": f} for f in (False, True)],
     "1d": [{"target": t} for t in ("pixel", "norm_pixel", "pca", "token")],
     "1e": [{"aug": a} for a in ("none", "crop_fixed", "crop_rand", "crop_rand_jitter")],
-    "1f": [{"sampling": "random", "mask_ratio": 0.75}, {"sampling": "block", "mask_ratio": 0.5},
-           {"sampling": "block", "mask_ratio": 0.75}, {"sampling": "grid", "mask_ratio": 0.75}],
+    "1f": [
+        {"sampling": "random", "mask_ratio": 0.75},
+        {"sampling": "block", "mask_ratio": 0.5},
+        {"sampling": "block", "mask_ratio": 0.75},
+        {"sampling": "grid", "mask_ratio": 0.75},
+    ],
     "fig5": [{"mask_ratio": r} for r in (0.25, 0.5, 0.75, 0.9)],
     "fig7": [{"epochs": e} for e in (4, 8, 16)],
 }
@@ -141,10 +154,14 @@ def make_tree(root: Path, seeds=(0,), transfer=True, scratch=True) -> dict:
         settings.update(pretrain_epochs=s["epochs"], dataset="shapes", img_size=32, patch_size=4)
         _write(runs / name / "settings.json", settings)
         speed = 300.0 / (3.0 if s["mask_token_in_encoder"] else 1.0) * (1.3 if s["decoder_depth"] == 1 else 1.0)
-        _write(runs / name / "pretrain" / "metrics.json",
-               {"train_loss": 0.5, "epochs": s["epochs"], "wall_s": 4000 * s["epochs"] / speed, "img_s": speed})
-        lines = [json.dumps({"epoch": e / 2, "step": e * 10, "lr": 1e-4, "loss": 1.0 / (1 + e), "img_s": speed})
-                 for e in range(2 * s["epochs"])]
+        _write(
+            runs / name / "pretrain" / "metrics.json",
+            {"train_loss": 0.5, "epochs": s["epochs"], "wall_s": 4000 * s["epochs"] / speed, "img_s": speed},
+        )
+        lines = [
+            json.dumps({"epoch": e / 2, "step": e * 10, "lr": 1e-4, "loss": 1.0 / (1 + e), "img_s": speed})
+            for e in range(2 * s["epochs"])
+        ]
         (runs / name / "pretrain" / "log.jsonl").write_text("\n".join(lines) + "\n")
         _classification(runs / name / "finetune", _accuracy(s, "ft"), top5=99.0, loss=1.0)
         _classification(runs / name / "linprobe", _accuracy(s, "lin"))
@@ -152,7 +169,7 @@ def make_tree(root: Path, seeds=(0,), transfer=True, scratch=True) -> dict:
         if name == "base" or name == "seed-1":
             lin, ft = _accuracy(s, "lin"), _accuracy(s, "ft")
             for k in (0, 1, 2, 4):
-                _classification(runs / name / f"partial_ft-{k}", lin if k == 0 else ft - (ft - lin) * 0.4 ** k)
+                _classification(runs / name / f"partial_ft-{k}", lin if k == 0 else ft - (ft - lin) * 0.4**k)
             if transfer:
                 _detection(runs / name / "transfer_det", 20.0, 18.0)
                 _segmentation(runs / name / "transfer_seg", 40.0)
@@ -232,8 +249,9 @@ def test_summarize_cli_writes_metrics_and_curves(tree, tmp_path):
     from mae.cli import main
 
     out = tmp_path / "summary" / "runs.csv"
-    assert main(["summarize", "--runs", str(tree / "runs"), "--study", str(tree / "STUDY.json"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["summarize", "--runs", str(tree / "runs"), "--study", str(tree / "STUDY.json"), "--out", str(out)]) == 0
+    )
     assert len(pd.read_csv(out)) > 50
     metrics = json.loads((out.parent / "metrics.json").read_text())
     assert metrics["base_run"] == "base" and metrics["finetune_top1"] == pytest.approx(_accuracy(BASE, "ft"), abs=0.02)
@@ -265,7 +283,8 @@ def test_tables_rows_and_paper_values(summary, replicates, tmp_path):
     assert set(tables) == {"1a", "1b", "1c", "1d", "1e", "1f", "2", "3", "4", "5", "6", "7"}
     t7 = tables["7"].data.set_index("paper setting")  # the Table 1d runs, fine-tuned (+ transferred if run)
     assert t7.loc["target=pixel (w/o norm)", "ft top-1 ours"] == pytest.approx(
-        _seed_mean({**BASE, "target": "pixel"}, "ft"), abs=0.02)
+        _seed_mean({**BASE, "target": "pixel"}, "ft"), abs=0.02
+    )
     assert t7.loc["target=pixel (w/ norm)", "AP box ours"] == pytest.approx(20.0)  # the base run's detection
     assert t7.loc["target=dVAE token", "mIoU paper"] == pytest.approx(53.4)
     t1a = tables["1a"].data.set_index("paper setting")
@@ -273,8 +292,9 @@ def test_tables_rows_and_paper_values(summary, replicates, tmp_path):
     # ours beside the paper's, adjacent columns
     cols = list(tables["1a"].data.columns)
     assert cols.index("lin top-1 paper") == cols.index("lin top-1 ±") + 1 == cols.index("lin top-1 ours") + 2
-    assert t1a.loc["depth=1", "lin top-1 ours"] == pytest.approx(_seed_mean({**BASE, "decoder_depth": 1}, "lin"),
-                                                                 abs=0.02)
+    assert t1a.loc["depth=1", "lin top-1 ours"] == pytest.approx(
+        _seed_mean({**BASE, "decoder_depth": 1}, "lin"), abs=0.02
+    )
     assert 0.7 < t1a.loc["depth=1", "lin top-1 ±"] < 2.0  # ~t * sqrt(p(1-p)/4000 + training noise / 2) points
     shown = tables["1a"].display().set_index("paper setting")
     assert "lin top-1 ±" not in shown and " ± " in shown.loc["depth=1", "lin top-1 ours"]
@@ -396,26 +416,30 @@ def _replace(tree: Path, tmp: Path, changes: dict) -> tuple[pd.DataFrame, dict]:
 
 def test_claims_fail_when_numbers_disagree(tree, tmp_path):
     base_lin, base_ft = _accuracy(BASE, "lin"), _accuracy(BASE, "ft")
-    frame, reps = _replace(tree, tmp_path, {
-        ("mask_ratio-0.5", "linprobe"): base_lin + 3,                 # low ratio best
-        ("mask_ratio-0.5", "finetune"): base_ft - 10,                 # ft far below 75 % at 50 %
-        ("decoder_width-64", "finetune"): base_ft - 10,               # ft sensitive to the width
-        ("target-pixel", "finetune"): 99.0,                           # pixels beat norm
-        ("target-pca", "linprobe"): base_lin + 3,                     # PCA beats norm
-        ("target-token", "finetune"): base_ft + 3,                    # tokens fine-tune 3 points better
-        ("aug-none", "finetune"): base_ft - 20,                       # ft suffers most without aug
-        ("sampling-grid", "linprobe"): base_lin + 3,                  # grid beats random
-        ("mask_token_in_encoder-True", "linprobe"): base_lin + 3,     # [M] better
-        ("decoder_depth-1", "linprobe"): base_lin,                    # lin insensitive
-        ("decoder_depth-1", "finetune"): 10.0,                        # ft sensitive
-        ("scratch", "finetune"): 99.0,                                # scratch wins
-        ("scratch", "linprobe"): 99.0,                                # random features win
-        ("scratch", "transfer_cls-digits"): 99.0,                     # scratch transfers better
-        ("supervised", "transfer_det"): 90.0,                         # supervised transfers better
-        ("supervised", "transfer_seg"): 90.0,
-        ("base", "partial_ft-1"): base_lin + 0.1,                     # 1 block: tiny gain
-        ("epochs-16", "linprobe"): base_lin - 3,                      # longest not best
-    })
+    frame, reps = _replace(
+        tree,
+        tmp_path,
+        {
+            ("mask_ratio-0.5", "linprobe"): base_lin + 3,  # low ratio best
+            ("mask_ratio-0.5", "finetune"): base_ft - 10,  # ft far below 75 % at 50 %
+            ("decoder_width-64", "finetune"): base_ft - 10,  # ft sensitive to the width
+            ("target-pixel", "finetune"): 99.0,  # pixels beat norm
+            ("target-pca", "linprobe"): base_lin + 3,  # PCA beats norm
+            ("target-token", "finetune"): base_ft + 3,  # tokens fine-tune 3 points better
+            ("aug-none", "finetune"): base_ft - 20,  # ft suffers most without aug
+            ("sampling-grid", "linprobe"): base_lin + 3,  # grid beats random
+            ("mask_token_in_encoder-True", "linprobe"): base_lin + 3,  # [M] better
+            ("decoder_depth-1", "linprobe"): base_lin,  # lin insensitive
+            ("decoder_depth-1", "finetune"): 10.0,  # ft sensitive
+            ("scratch", "finetune"): 99.0,  # scratch wins
+            ("scratch", "linprobe"): 99.0,  # random features win
+            ("scratch", "transfer_cls-digits"): 99.0,  # scratch transfers better
+            ("supervised", "transfer_det"): 90.0,  # supervised transfers better
+            ("supervised", "transfer_seg"): 90.0,
+            ("base", "partial_ft-1"): base_lin + 0.1,  # 1 block: tiny gain
+            ("epochs-16", "linprobe"): base_lin - 3,  # longest not best
+        },
+    )
     result = C.check_claims(frame, reps, with_paper=False).set_index("id")
     assert (result["verdict"] == C.FAILS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
     assert (result["verdict_holm"] == C.FAILS).all()
@@ -476,7 +500,7 @@ def test_seeds_enter_every_interval(summary, replicates):
     borrows the pooled variance of its evaluation (its interval is the wider for it)."""
     lin = summary[(summary["eval"] == "linprobe") & (summary["init"] == "mae")]
     base = lin[lin["run"].isin(["base", "seed-1"])]
-    assert (base["seeds"] == 2).all() and base["top1_seed_sd"].iloc[0] == pytest.approx(0.3 / 2 ** 0.5, abs=0.03)
+    assert (base["seeds"] == 2).all() and base["top1_seed_sd"].iloc[0] == pytest.approx(0.3 / 2**0.5, abs=0.03)
     both = C.check_claims(summary, replicates, with_paper=False).set_index("id")
     one = summary[~summary["run"].isin(["mask_token_in_encoder-True_seed-1"])]
     fewer = C.check_claims(one, replicates, with_paper=False).set_index("id")
@@ -542,8 +566,11 @@ def test_a_repeated_row_is_refused_naming_its_key(tree, summary, tmp_path, capsy
         return pd.concat([frame, row.assign(top1=row["top1"] + 5)], ignore_index=True)
 
     path = _runs_csv(tree, tmp_path, repeat)
-    with pytest.raises(S.UserError, match=r"runs.csv: rows \d+ and \d+ repeat the key \(run='base', "
-                                          r"eval='linprobe', eval_setting='', seed='0'\)"):
+    with pytest.raises(
+        S.UserError,
+        match=r"runs.csv: rows \d+ and \d+ repeat the key \(run='base', "
+        r"eval='linprobe', eval_setting='', seed='0'\)",
+    ):
         S.read_summary(path)
     assert main(["claims", "--summary", str(path), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -553,6 +580,7 @@ def test_a_repeated_row_is_refused_naming_its_key(tree, summary, tmp_path, capsy
 @pytest.mark.parametrize("value", ["inf", "-inf"])
 def test_a_non_finite_metric_is_refused_naming_its_row_and_column(tree, summary, tmp_path, value):
     """top1=inf would silently drop every claim and table row that reads it; it is refused instead."""
+
     def poison(frame):
         frame = frame.astype({"top1": object})
         frame.loc[(frame["run"] == "base") & (frame["eval"] == "finetune"), "top1"] = value
@@ -570,13 +598,24 @@ def _tiny_dataset(path: Path, n: int = 6, size: int = 32) -> Path:
     rng = np.random.default_rng(0)
     path.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:size, 0:size]
-    imgs = np.stack([np.stack([(xx * 8 + i * 20) % 256, (yy * 8) % 256, rng.integers(0, 256, (size, size))], -1)
-                     for i in range(n)]).astype("uint8")
+    imgs = np.stack(
+        [np.stack([(xx * 8 + i * 20) % 256, (yy * 8) % 256, rng.integers(0, 256, (size, size))], -1) for i in range(n)]
+    ).astype("uint8")
     for split in ("train", "val"):
         np.save(path / f"{split}_images.npy", imgs)
         np.save(path / f"{split}_labels.npy", np.arange(n, dtype="int64") % 2)
-    _write(path / "meta.json", {"name": "tiny", "kind": "shapes", "img_size": size, "classes": ["a", "b"],
-                                "num_classes": 2, "splits": {"train": n, "val": n}, "seed": 0})
+    _write(
+        path / "meta.json",
+        {
+            "name": "tiny",
+            "kind": "shapes",
+            "img_size": size,
+            "classes": ["a", "b"],
+            "num_classes": 2,
+            "splits": {"train": n, "val": n},
+            "seed": 0,
+        },
+    )
     return path
 
 
@@ -617,14 +656,44 @@ def test_figures_cli_skips_reconstructions_without_checkpoint(tree, summary, tmp
     data = _tiny_dataset(tmp_path / "data")
     runs = tmp_path / "runs"
     (runs / "base").mkdir(parents=True)  # a run folder without a checkpoint
-    assert main(["figures", "--summary", str(tree / "summary" / "runs.csv"), "--runs", str(runs),
-                 "--data", str(data), "--out", str(tmp_path / "fig"), "--only", "fig_reconstructions",
-                 "fig_mask_sampling"]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "--summary",
+                str(tree / "summary" / "runs.csv"),
+                "--runs",
+                str(runs),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "fig"),
+                "--only",
+                "fig_reconstructions",
+                "fig_mask_sampling",
+            ]
+        )
+        == 0
+    )
     listed = json.loads((tmp_path / "fig" / "figures.json").read_text())
     assert "checkpoint" in listed["skipped"]["fig_reconstructions"]
     assert list(listed["written"]) == ["fig_mask_sampling"]
-    assert main(["figures", "--summary", str(tree / "summary" / "runs.csv"), "--runs", str(runs),
-                 "--out", str(tmp_path / "fig"), "--only", "fig_nope"]) == 2
+    assert (
+        main(
+            [
+                "figures",
+                "--summary",
+                str(tree / "summary" / "runs.csv"),
+                "--runs",
+                str(runs),
+                "--out",
+                str(tmp_path / "fig"),
+                "--only",
+                "fig_nope",
+            ]
+        )
+        == 2
+    )
 
 
 def test_reconstruction_unnormalises_norm_pix(tmp_path):

@@ -66,8 +66,9 @@ def assert_report_complete(work: Path) -> None:
     drawn = json.loads((work / "results/figures/figures.json").read_text())
     assert {p.stem for p in tables} == {*TABLE_STEMS, "tables"}
     assert {p.stem for p in figures} == set(drawn["written"]) and not drawn["skipped"], drawn["skipped"]
-    assert {p.relative_to(work).as_posix() for p in tables + figures} == \
-        {path for path in results if path.startswith(("results/tables/", "results/figures/"))}
+    assert {p.relative_to(work).as_posix() for p in tables + figures} == {
+        path for path in results if path.startswith(("results/tables/", "results/figures/"))
+    }
 
     for path in tables + figures:
         entry = results[path.relative_to(work).as_posix()]

@@ -45,6 +45,9 @@ def test_killed_pretraining_resumes_from_checkpoint(repo_root, tmp_path):
     job_log = (work / "logs/pretrain/base.log").read_text()
     assert f"after epoch {epoch_at_kill + 1}" in job_log
     assert json.loads((work / target).read_text())["epochs"] == 6
-    epochs = [row["epoch"] for row in map(json.loads, (work / "results/runs/base/pretrain/log.jsonl").open())
-              if row.get("kind") == "epoch"]
+    epochs = [
+        row["epoch"]
+        for row in map(json.loads, (work / "results/runs/base/pretrain/log.jsonl").open())
+        if row.get("kind") == "epoch"
+    ]
     assert epochs == sorted(set(epochs)) and len(epochs) == 6

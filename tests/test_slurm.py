@@ -134,7 +134,9 @@ def test_failing_job_is_reported(slurm_cluster, tmp_path):
     )
     _copy_profiles(tmp_path)
     proc = _run([_snakemake_bin(), "--workflow-profile", "profiles/slurm-test"], tmp_path, TOY_TIMEOUT_S)
-    assert proc.returncode not in (0, 124, 137), f"expected a reported failure, rc={proc.returncode}:\n{proc.stdout[-3000:]}"
+    assert proc.returncode not in (0, 124, 137), (
+        f"expected a reported failure, rc={proc.returncode}:\n{proc.stdout[-3000:]}"
+    )
     assert "Error in rule fail" in proc.stdout, proc.stdout[-3000:]
     assert not (tmp_path / "never.txt").exists()
 
@@ -147,8 +149,18 @@ def test_smoke_study_runs_on_slurm(slurm_cluster, tmp_path):
     shutil.copytree(
         REPO,
         work,
-        ignore=shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "logs", "benchmarks", ".dvc",
-                                      "__pycache__", "*.egg-info", ".pytest_cache"),
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".snakemake",
+            "results",
+            "logs",
+            "benchmarks",
+            ".dvc",
+            "__pycache__",
+            "*.egg-info",
+            ".pytest_cache",
+        ),
     )
     t0 = time.monotonic()
     proc = _run(

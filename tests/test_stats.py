@@ -96,15 +96,14 @@ def test_contrast_adds_the_training_noise_to_the_paired_bootstrap():
     shared = _noise(1.0, 10, 0.2)
     est = stats.contrast([1, -1], [21.0, 20.0], reps, [2, 2], [shared, shared])
     assert est.value == pytest.approx(1.0)
-    assert est.se ** 2 == pytest.approx(v_img + 0.8 * (1 / 2 + 1 / 2))
-    assert est.df == pytest.approx(est.se ** 4 / ((1.0 * 1.0) ** 2 / 10))  # one chi-square, both sides
+    assert est.se**2 == pytest.approx(v_img + 0.8 * (1 / 2 + 1 / 2))
+    assert est.df == pytest.approx(est.se**4 / ((1.0 * 1.0) ** 2 / 10))  # one chi-square, both sides
     # two separate estimates: Satterthwaite sums their terms
     apart = stats.contrast([1, -1], [21.0, 20.0], reps, [2, 2], [_noise(1.0, 10, 0.2, "a"), _noise(1.0, 4, 0.2, "b")])
-    assert apart.se == pytest.approx(est.se) and apart.df == pytest.approx(
-        apart.se ** 4 / (0.5 ** 2 / 10 + 0.5 ** 2 / 4))
+    assert apart.se == pytest.approx(est.se) and apart.df == pytest.approx(apart.se**4 / (0.5**2 / 10 + 0.5**2 / 4))
     # s² below its image share: no training term (never negative), still its df
     small = stats.contrast([1.0], [5.0], reps[:1], [1], [_noise(0.1, 3, 0.2)])
-    assert small.se ** 2 == pytest.approx(float(np.var(reps[0], ddof=1)))
+    assert small.se**2 == pytest.approx(float(np.var(reps[0], ddof=1)))
     # no estimate, or no replicates: no interval
     assert stats.contrast([1.0], [5.0], reps[:1], [1], [stats.NO_SEED_VARIANCE]).missing == "seeds"
     assert stats.contrast([1.0], [5.0], np.full((1, 1000), np.nan), [1], [shared]).missing == "images"

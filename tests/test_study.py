@@ -81,17 +81,31 @@ def test_shipped_configs_plan(repo_root):
 def test_ablation_base_is_what_the_tables_vary():
     """The paper's ablations use raw pixels, its final runs normalised pixels: `ablation_base` sets the knobs the
     tables start from; `base` stays the final run; every table gets its own base row."""
-    config = {"base": BASE, "ablation_base": {"target": "pixel"},
-              "ablations": {"1a": {"decoder_depth": [1, 2]}, "1c": {"mask_token_in_encoder": [True]},
-                            "1d": {"target": ["pixel", "norm_pixel"]}}}
+    config = {
+        "base": BASE,
+        "ablation_base": {"target": "pixel"},
+        "ablations": {
+            "1a": {"decoder_depth": [1, 2]},
+            "1c": {"mask_token_in_encoder": [True]},
+            "1d": {"target": ["pixel", "norm_pixel"]},
+        },
+    }
     runs = plan_runs(config)
-    assert list(runs) == ["base", "target-pixel", "decoder_depth-1_target-pixel",
-                          "mask_token_in_encoder-true_target-pixel"]
+    assert list(runs) == [
+        "base",
+        "target-pixel",
+        "decoder_depth-1_target-pixel",
+        "mask_token_in_encoder-true_target-pixel",
+    ]
     assert runs["base"].settings == BASE and runs["base"].tables == ["1d"]
     assert runs["target-pixel"].tables == ["1a", "1c", "1d"]  # 1c lists only `true`: its base row is added
     assert all(r.settings["target"] == "pixel" for name, r in runs.items() if name != "base")
-    for bad, message in (({"seed": 1}, "'seed' cannot differ"), ({"target": "hog"}, "ablation_base: bad value 'hog'"),
-                         ({"decoder_dept": 1}, "ablation_base: unknown knob 'decoder_dept'"), ("pixel", "mapping")):
+    for bad, message in (
+        ({"seed": 1}, "'seed' cannot differ"),
+        ({"target": "hog"}, "ablation_base: bad value 'hog'"),
+        ({"decoder_dept": 1}, "ablation_base: unknown knob 'decoder_dept'"),
+        ("pixel", "mapping"),
+    ):
         with pytest.raises(UserError, match=message):
             plan_runs({**config, "ablation_base": bad})
 
@@ -108,8 +122,9 @@ def test_paper_config_ablations_use_raw_pixels(repo_root):
             assert run.settings["target"] == "pixel", name
     default = runs["target-pixel"]
     assert default.tables == ["1a", "1b", "1c", "1d", "1e", "1f", "fig5", "fig7"]
-    assert {k: v for k, v in default.settings.items() if k != "target"} == \
-        {k: v for k, v in config["base"].items() if k != "target"}
+    assert {k: v for k, v in default.settings.items() if k != "target"} == {
+        k: v for k, v in config["base"].items() if k != "target"
+    }
 
 
 def test_cli_renderers_quote_values():
@@ -133,18 +148,28 @@ def test_every_compared_setting_has_seeds():
     assert baseline_runs(config, "supervised") == ["supervised", "supervised_seed-1"]
     more = {**config, "seeds_per": {"fig5": [0, 1, 2], "scratch": [0, 1, 2, 3], "base_run": [0]}}
     runs = plan_runs(more)
-    assert sorted(runs) == ["base", "mask_ratio-0.5", "mask_ratio-0.5_seed-1", "mask_ratio-0.5_seed-2", "seed-1",
-                            "seed-2"]  # fig5's base row gets seed 2 as well
+    assert sorted(runs) == [
+        "base",
+        "mask_ratio-0.5",
+        "mask_ratio-0.5_seed-1",
+        "mask_ratio-0.5_seed-2",
+        "seed-1",
+        "seed-2",
+    ]  # fig5's base row gets seed 2 as well
     assert runs["seed-2"].tables == ["fig5"] and base_run_names(more) == ["base"]
     assert baseline_runs(more) == ["scratch", "scratch_seed-1", "scratch_seed-2", "scratch_seed-3"]
     assert seeds_of(more, "1b") == [0, 1]
-    assert parse_baseline_name("scratch_seed-3") == ("scratch", 3) and parse_baseline_name("supervised") == \
-        ("supervised", None)
+    assert parse_baseline_name("scratch_seed-3") == ("scratch", 3) and parse_baseline_name("supervised") == (
+        "supervised",
+        None,
+    )
     assert parse_baseline_name("seed-1") is None and parse_baseline_name("scratchy") is None
-    for bad, message in (({"seeds_per": {"1z": [0]}}, "seeds_per: unknown part '1z'"),
-                         ({"seeds_per": {"1a": [0]}}, "unknown part '1a'"),  # switched off
-                         ({"seeds_per": {"scratch": []}}, "seeds_per.scratch: expected a non-empty list"),
-                         ({"seeds_per": {"scratch": [-1]}}, "bad value -1 for 'seed'")):
+    for bad, message in (
+        ({"seeds_per": {"1z": [0]}}, "seeds_per: unknown part '1z'"),
+        ({"seeds_per": {"1a": [0]}}, "unknown part '1a'"),  # switched off
+        ({"seeds_per": {"scratch": []}}, "seeds_per.scratch: expected a non-empty list"),
+        ({"seeds_per": {"scratch": [-1]}}, "bad value -1 for 'seed'"),
+    ):
         with pytest.raises(UserError, match=message):
             plan_runs({**config, **bad}) and baseline_runs({**config, **bad})
     with pytest.raises(UserError, match="'finetune:' sets 'seed'"):

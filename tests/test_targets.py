@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from mae import cli
-from mae.errors import UserError
 from mae.data import load_train_images
+from mae.errors import UserError
 from mae.targets import build_target, fit_pca, normalize_patches, patchify, unpatchify
 
 
@@ -15,7 +15,7 @@ def test_patchify_layout_and_round_trip():
     # patch 1 = row 0, col 1; inside: (row, col, channel), channel fastest
     assert torch.equal(p[0, 1, :3], imgs[0, :, 0, 4])
     assert torch.equal(p[0, 1, 3:6], imgs[0, :, 0, 5])
-    assert torch.equal(p[1, 3, 4 * 3: 4 * 3 + 3], imgs[1, :, 5, 0])
+    assert torch.equal(p[1, 3, 4 * 3 : 4 * 3 + 3], imgs[1, :, 5, 0])
     assert torch.equal(unpatchify(p, 4, 3, (2, 3)), imgs)
     sq = torch.randn(1, 3, 16, 16)
     assert torch.equal(unpatchify(patchify(sq, 4), 4), sq)
@@ -50,8 +50,24 @@ def test_load_train_images_normalised(dataset):
 
 def test_fit_pca_cli_and_target(dataset, tmp_path):
     out = tmp_path / "pca.pt"
-    assert cli.main(["fit-pca", "--data", str(dataset), "--out", str(out), "--patch-size", "4",
-                     "--components", "6", "--max-patches", "2000"]) == 0
+    assert (
+        cli.main(
+            [
+                "fit-pca",
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--patch-size",
+                "4",
+                "--components",
+                "6",
+                "--max-patches",
+                "2000",
+            ]
+        )
+        == 0
+    )
     blob = torch.load(out, weights_only=False)
     assert blob["components"].shape == (6, 48)
     comps = blob["components"].double()
@@ -81,8 +97,24 @@ def test_pca_fit_recovers_dominant_direction():
 
 def test_token_target_via_trained_tokenizer(dataset, tmp_path):
     out = tmp_path / "tok.pt"
-    assert cli.main(["train-tokenizer", "--data", str(dataset), "--out", str(out), "--vocab", "16",
-                     "--epochs", "2", "--batch-size", "32"]) == 0
+    assert (
+        cli.main(
+            [
+                "train-tokenizer",
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--vocab",
+                "16",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     target = build_target("token", 4, path=out)
     assert target.out_dim == 16
     imgs = load_train_images(dataset, 4)

@@ -44,9 +44,15 @@ def _draw(rng: np.random.Generator, n: int):
             images[i][m] = (230, 40, 40) if cls == 0 else (40, 220, 60)
             semseg[i][m] = cls + 1
             rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            objs.append({"category_id": cls + 1, "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                         "area": float(m.sum()), "iscrowd": 0,
-                         "segmentation": {"size": [S, S], "counts": rle["counts"].decode("ascii")}})
+            objs.append(
+                {
+                    "category_id": cls + 1,
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": float(m.sum()),
+                    "iscrowd": 0,
+                    "segmentation": {"size": [S, S], "counts": rle["counts"].decode("ascii")},
+                }
+            )
         if i == 0:  # one ignored region
             semseg[i][:2, :2] = 255
         labels[i] = objs[0]["category_id"] - 1
@@ -63,16 +69,32 @@ def write_fixture(root, n_train: int = 12, n_val: int = 6, seed: int = 0):
         np.save(root / f"{split}_images.npy", images)
         np.save(root / f"{split}_semseg.npy", semseg)
         np.save(root / f"{split}_labels.npy", labels)
-        coco = {"images": [], "annotations": [], "info": {"description": "test"}, "licenses": [],
-                "categories": [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(CLASSES)]}
+        coco = {
+            "images": [],
+            "annotations": [],
+            "info": {"description": "test"},
+            "licenses": [],
+            "categories": [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(CLASSES)],
+        }
         for i, objs in enumerate(anns):
             coco["images"].append({"id": i + 1, "index": i, "file_name": f"{split}/{i}.png", "height": S, "width": S})
             for a in objs:
                 coco["annotations"].append({**a, "id": len(coco["annotations"]) + 1, "image_id": i + 1})
         (root / f"{split}_instances.json").write_text(json.dumps(coco))
-    meta = {"name": "fixture", "kind": "shapes", "img_size": S, "classes": CLASSES, "num_classes": len(CLASSES),
-            "splits": {"train": n_train, "val": n_val}, "seed": seed, "has_instances": True, "has_semseg": True,
-            "ignore_index": 255, "seg_classes": ["background"] + CLASSES, "format_version": 1}
+    meta = {
+        "name": "fixture",
+        "kind": "shapes",
+        "img_size": S,
+        "classes": CLASSES,
+        "num_classes": len(CLASSES),
+        "splits": {"train": n_train, "val": n_val},
+        "seed": seed,
+        "has_instances": True,
+        "has_semseg": True,
+        "ignore_index": 255,
+        "seg_classes": ["background"] + CLASSES,
+        "format_version": 1,
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 
@@ -83,8 +105,9 @@ def data_dir(tmp_path_factory):
 
 
 def _args(data, out, *sets, init=None):
-    return argparse.Namespace(data=str(data), out=str(out), config=None, overrides=list(sets), device="cpu",
-                              init=init, scratch=init is None)
+    return argparse.Namespace(
+        data=str(data), out=str(out), config=None, overrides=list(sets), device="cpu", init=init, scratch=init is None
+    )
 
 
 TINY = ["epochs=1", "batch_size=4", "warmup_epochs=0", "log_every=1", "max_steps=3"]
@@ -136,8 +159,14 @@ def test_coco_evaluate_scores_predictions_not_ground_truth(data_dir):
     for i in range(len(ds)):
         _, t = ds[i]
         n = len(t["labels"])
-        outputs.append({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.linspace(0.9, 0.8, n),
-                        "masks": t["masks"][:, None].float()})
+        outputs.append(
+            {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "scores": torch.linspace(0.9, 0.8, n),
+                "masks": t["masks"][:, None].float(),
+            }
+        )
         ids.append(t["image_id"])
     perfect = detections_to_coco(outputs, ids, ds.label_to_cat_id)
     assert len(perfect) == sum(len(o["labels"]) for o in outputs)
@@ -175,8 +204,7 @@ def test_transfer_det_trains_and_evaluates_real_predictions(data_dir, tmp_path, 
 
     monkeypatch.setattr(det.DetectionTask, "predict", predict_spy)
     out = tmp_path / "det"
-    args = _args(data_dir, out, *TINY, "score_thresh=0.0", "out_channels=16", "box_head_dim=32",
-                 "mask_head_dim=16")
+    args = _args(data_dir, out, *TINY, "score_thresh=0.0", "out_channels=16", "box_head_dim=32", "mask_head_dim=16")
     assert det.main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in det.METRIC_KEYS:
@@ -256,8 +284,9 @@ def test_transfer_cls_from_mae_checkpoint(data_dir, tmp_path):
 def test_cli_registry_knows_transfer_commands(data_dir, tmp_path, capsys):
     from mae.cli import main
 
-    rc = main(["transfer-seg", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--scratch",
-               "--set", "layer_decay=2"])
+    rc = main(
+        ["transfer-seg", "--data", str(data_dir), "--out", str(tmp_path / "x"), "--scratch", "--set", "layer_decay=2"]
+    )
     assert rc == 2 and "layer_decay" in capsys.readouterr().err
 
 

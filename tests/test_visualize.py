@@ -26,8 +26,16 @@ def mae_model():
 def ckpt(tmp_path_factory, mae_model) -> Path:
     """Our pretraining format: the weights and the settings they were trained with."""
     path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    config = {"model": MODEL, "target": "norm_pixel", "mask_ratio": 0.75, "sampling": "grid", "decoder_depth": 1,
-              "decoder_width": 64, "mask_token_in_encoder": True, "img_size": None}
+    config = {
+        "model": MODEL,
+        "target": "norm_pixel",
+        "mask_ratio": 0.75,
+        "sampling": "grid",
+        "decoder_depth": 1,
+        "decoder_width": 64,
+        "mask_token_in_encoder": True,
+        "img_size": None,
+    }
     torch.save({"model": mae_model.state_dict(), "config": config, "epoch": 0}, path)
     return path
 
@@ -91,8 +99,28 @@ def test_reconstruct_masks_the_requested_share(ckpt, sampling, ratio):
 
 def test_cli_images_writes_png_and_pdf(ckpt, images, tmp_path, capsys):
     out = tmp_path / "figs" / "recon.png"
-    assert cli(["visualize", "--init", str(ckpt), "--images", str(images), "--out", str(out), "--num", "2",
-                "--mask-ratio", "0.5", "--sampling", "block", "--seed", "1"]) == 0
+    assert (
+        cli(
+            [
+                "visualize",
+                "--init",
+                str(ckpt),
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--num",
+                "2",
+                "--mask-ratio",
+                "0.5",
+                "--sampling",
+                "block",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "reconstructions of 2 image(s)" in capsys.readouterr().out
     assert sorted(p.name for p in out.parent.iterdir()) == ["recon.pdf", "recon.png"]  # no temp files
     png = Image.open(out)
@@ -102,8 +130,10 @@ def test_cli_images_writes_png_and_pdf(ckpt, images, tmp_path, capsys):
 
 def test_cli_prepared_dataset(ckpt, tmp_path):
     data = _write_dataset(tmp_path / "data", n_train=4, n_val=6, size=32)
-    assert cli(["visualize", "--init", str(ckpt), "--data", str(data), "--out", str(tmp_path / "val_recon"),
-                "--num", "3"]) == 0  # the checkpoint's grid sampler at its 75 %
+    assert (
+        cli(["visualize", "--init", str(ckpt), "--data", str(data), "--out", str(tmp_path / "val_recon"), "--num", "3"])
+        == 0
+    )  # the checkpoint's grid sampler at its 75 %
     assert (tmp_path / "val_recon.png").stat().st_size > 2000 and (tmp_path / "val_recon.pdf").is_file()
     assert V.dataset_images(data, 32, 3, split="train").shape == (3, 3, 32, 32)
 
@@ -124,21 +154,26 @@ def test_cli_errors_are_one_line(ckpt, images, tmp_path, capsys, mae_model):
     (images / "broken.png").write_bytes(b"not a png")
     assert f"cannot read image {images / 'broken.png'}" in _error(capsys, base + ["--images", str(images)])
     (images / "broken.png").unlink()
-    assert "--mask-ratio must be in (0, 1), got 1.5" in _error(capsys, base + ["--images", str(images),
-                                                                               "--mask-ratio", "1.5"])
+    assert "--mask-ratio must be in (0, 1), got 1.5" in _error(
+        capsys, base + ["--images", str(images), "--mask-ratio", "1.5"]
+    )
     assert "--num must be >= 1" in _error(capsys, base + ["--images", str(images), "--num", "0"])
     assert "unknown sampler 'stripes'" in _error(capsys, base + ["--images", str(images), "--sampling", "stripes"])
     assert "needs mask_ratio = 1 - 1/s^2" in _error(capsys, base + ["--images", str(images), "--mask-ratio", "0.6"])
     assert "no prepared dataset" in _error(capsys, base + ["--data", str(empty)])
     encoder_only = tmp_path / "encoder.pt"
-    torch.save({"model": {k: v for k, v in mae_model.state_dict().items()
-                          if not k.startswith(("decoder", "mask_token"))}}, encoder_only)
+    torch.save(
+        {"model": {k: v for k, v in mae_model.state_dict().items() if not k.startswith(("decoder", "mask_token"))}},
+        encoder_only,
+    )
     err = _error(capsys, ["visualize", "--init", str(encoder_only), "--images", str(images), "--out", "f"])
     assert "the checkpoint has no decoder" in err and str(encoder_only) in err
     pca = tmp_path / "pca_run.pt"
     torch.save({"model": mae_model.state_dict(), "config": {"model": MODEL, "target": "pca"}}, pca)
-    assert "target 'pca' does not predict pixels" in _error(capsys, ["visualize", "--init", str(pca), "--images",
-                                                                     str(images), "--out", "f"])
-    assert "checkpoint file" in _error(capsys, ["visualize", "--init", str(tmp_path / "none.pt"), "--images",
-                                                str(images), "--out", "f"])
+    assert "target 'pca' does not predict pixels" in _error(
+        capsys, ["visualize", "--init", str(pca), "--images", str(images), "--out", "f"]
+    )
+    assert "checkpoint file" in _error(
+        capsys, ["visualize", "--init", str(tmp_path / "none.pt"), "--images", str(images), "--out", "f"]
+    )
     assert not list(tmp_path.glob("f.*")) and not list(Path.cwd().glob("f.png"))

@@ -17,8 +17,19 @@ from mae.errors import PREEMPTED_EXIT
 
 pytestmark = pytest.mark.skipif(not warmstart.supported(), reason="warm start needs Linux (fork, pidfds)")
 
-TINY = ["epochs=2", "warmup_epochs=1", "batch_size=16", "amp=auto", "eval_images=32", "log_every=1",
-        "model=mae_vit_micro_patch4", "decoder_depth=1", "decoder_width=64", "decoder_heads=2", "seed=3"]
+TINY = [
+    "epochs=2",
+    "warmup_epochs=1",
+    "batch_size=16",
+    "amp=auto",
+    "eval_images=32",
+    "log_every=1",
+    "model=mae_vit_micro_patch4",
+    "decoder_depth=1",
+    "decoder_width=64",
+    "decoder_heads=2",
+    "seed=3",
+]
 TIMING = {"img_s", "wall_s", "setup_s", "time_s", "step_img_s", "data_img_s", "finished_at", "started_at"}
 
 
@@ -99,17 +110,34 @@ def test_worker_takes_the_jobs_code_threads_environment_and_folder(server, tmp_p
         "    umask = os.umask(0); print(json.dumps([torch.get_num_threads(), os.getcwd(), os.environ.get('PROBE'),"
         " tempfile.gettempdir(), 'TORCHINDUCTOR_CACHE_DIR' in os.environ, argv, umask,"
         " sorted(os.sched_getaffinity(0))]))\n"
-        "    return 7\n")
+        "    return 7\n"
+    )
     (tmp_path / "tmp").mkdir()
     (tmp_path / "cwd").mkdir()
-    client = ("import os, sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); os.umask(0o027); "
-              "os.sched_setaffinity(0, {0}); sys.exit(warmstart.delegate(['mae', 'probe', '--x']))")
+    client = (
+        "import os, sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); os.umask(0o027); "
+        "os.sched_setaffinity(0, {0}); sys.exit(warmstart.delegate(['mae', 'probe', '--x']))"
+    )
     env = job_env(socket, OMP_NUM_THREADS="2", PROBE="p", TMPDIR=str(tmp_path / "tmp"))
-    out = subprocess.run([sys.executable, "-c", client, str(fake)], env=env, cwd=tmp_path / "cwd",
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", client, str(fake)],
+        env=env,
+        cwd=tmp_path / "cwd",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 7, out.stderr
-    assert json.loads(out.stdout) == [2, str(tmp_path / "cwd"), "p", str(tmp_path / "tmp"), True, ["probe", "--x"],
-                                      0o027, [0]]
+    assert json.loads(out.stdout) == [
+        2,
+        str(tmp_path / "cwd"),
+        "p",
+        str(tmp_path / "tmp"),
+        True,
+        ["probe", "--x"],
+        0o027,
+        [0],
+    ]
 
 
 def test_exit_codes_and_error_lines_are_the_commands(server, tmp_path):
@@ -127,10 +155,14 @@ def test_sigterm_reaches_the_worker_and_ignored_signals_stay_ignored(server, dat
     ignored."""
     socket, _ = server
     out = tmp_path / "run"
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mae"),
-                             *pretrain_args(data, out, "epochs=200")], env=job_env(socket), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mae"), *pretrain_args(data, out, "epochs=200")],
+        env=job_env(socket),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
     deadline = time.monotonic() + 120
     while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -149,19 +181,29 @@ def test_command_that_crashes_reports_like_a_process(server, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "cli.py").write_text("raise RuntimeError('broken on import')\n")
-    client = ("import sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); "
-              "sys.exit(warmstart.delegate(['mae', 'x']))")
-    out = subprocess.run([sys.executable, "-c", client, str(fake.parent)], env=job_env(socket),
-                         capture_output=True, text=True, timeout=120)
+    client = (
+        "import sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); "
+        "sys.exit(warmstart.delegate(['mae', 'x']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", client, str(fake.parent)],
+        env=job_env(socket),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1 and "RuntimeError: broken on import" in out.stderr
 
 
 def test_killed_job_ends_its_worker(server, data, tmp_path):
     socket, log = server
     out = tmp_path / "run"
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mae"),
-                             *pretrain_args(data, out, "epochs=200")], env=job_env(socket), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mae"), *pretrain_args(data, out, "epochs=200")],
+        env=job_env(socket),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -174,8 +216,10 @@ def test_killed_job_ends_its_worker(server, data, tmp_path):
     assert not os.path.exists(f"/proc/{worker}")
 
 
-@pytest.mark.parametrize("env, reason", [({"TORCH_LOGS": "+dynamo"}, "TORCH_LOGS differs"),
-                                         ({"PYTHONHASHSEED": "1"}, "PYTHONHASHSEED differs")])
+@pytest.mark.parametrize(
+    "env, reason",
+    [({"TORCH_LOGS": "+dynamo"}, "TORCH_LOGS differs"), ({"PYTHONHASHSEED": "1"}, "PYTHONHASHSEED differs")],
+)
 def test_other_environment_runs_by_itself(server, env, reason):
     socket, log = server
     before = workers(log)
@@ -194,8 +238,11 @@ def test_no_server_runs_by_itself(tmp_path):
 def test_refusal_rules():
     env, origins = {"PATH": "/bin", "HOME": "/root"}, warmstart._origins()
     added = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}  # what the server's imports set
-    ok = {"interpreter": warmstart._interpreter(), "origins": origins,
-          "env": {**env, "OMP_NUM_THREADS": "1", "MAE_MALLOC_TUNING": "0", "PS1": "$ "}}
+    ok = {
+        "interpreter": warmstart._interpreter(),
+        "origins": origins,
+        "env": {**env, "OMP_NUM_THREADS": "1", "MAE_MALLOC_TUNING": "0", "PS1": "$ "},
+    }
     assert warmstart.refusal(ok, env, added, origins) is None  # what a shell or Snakemake sets per job
     same = {**ok, "env": {**ok["env"], "TORCHINDUCTOR_CACHE_DIR": "/tmp/ti"}}  # as the import sets it
     assert warmstart.refusal(same, env, added, origins) is None
@@ -205,8 +252,7 @@ def test_refusal_rules():
     assert "libraries" in warmstart.refusal({**ok, "origins": {"torch": "/elsewhere"}}, env, added, origins)
     assert "HOME" in warmstart.refusal({**ok, "env": {"PATH": "/bin"}}, env, added, origins)
     assert "LD_PRELOAD" in warmstart.refusal({**ok, "env": {**ok["env"], "LD_PRELOAD": "x.so"}}, env, added, origins)
-    assert "OMP_NUM_THREADS" in warmstart.refusal({**ok, "env": env}, {**env, "OMP_NUM_THREADS": "2"}, added,
-                                                  origins)
+    assert "OMP_NUM_THREADS" in warmstart.refusal({**ok, "env": env}, {**env, "OMP_NUM_THREADS": "2"}, added, origins)
     nested = {**ok, "env": {**ok["env"], "OMP_NUM_THREADS": "4,2"}}  # OpenMP's nested syntax: runs by itself
     assert "not a plain thread count" in warmstart.refusal(nested, env, added, origins)
     # inductor's default cache folder (set by the import when unset) follows the job's temp folder

@@ -57,7 +57,7 @@ def test_smoke_dag_shape(repo_root):
 def test_default_and_paper_dag_shapes(repo_root):
     default = job_counts((p := dry_run(repo_root)).stdout + p.stderr)
     assert default["pretrain"] == 10, p.stderr
-    assert default["transfer_cls"] == 3 * 2  # MAE, scratch, supervised x shapes2, digits
+    assert default["transfer_cls"] == 3  # MAE, scratch, supervised x digits (config/cpu.yaml adds shapes2)
     cpu = job_counts((p := dry_run(repo_root, "--configfile", "config/cpu.yaml")).stdout + p.stderr)
     assert cpu["pretrain"] == 2 * 22, p.stderr  # 22 settings x 2 seeds
     # every compared setting has both seeds: scratch and supervised (scratch_seed-1, supervised_seed-1) and the
@@ -88,9 +88,23 @@ def test_study_parts_are_targets(repo_root):
 
 
 def test_paper_scratch_baselines_use_the_base_architecture(repo_root, tmp_path):
-    proc = subprocess.run([*SNAKEMAKE, "-n", "-p", "--cores", "2", "--configfile", "config/paper.yaml",
-                           "--config", f"results={tmp_path / 'results'}"],
-                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "-n",
+            "-p",
+            "--cores",
+            "2",
+            "--configfile",
+            "config/paper.yaml",
+            "--config",
+            f"results={tmp_path / 'results'}",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     scratch = [line for line in proc.stdout.splitlines() if " --scratch " in line]
     assert len(scratch) == 4  # finetune, linprobe, transfer_det, transfer_seg
@@ -100,8 +114,9 @@ def test_paper_scratch_baselines_use_the_base_architecture(repo_root, tmp_path):
     ft = next(line for line in scratch if "mae finetune" in line)
     assert "--set ema_decay=0.9999" in ft and "--set betas=" in ft  # App. A.2: EMA, beta2 0.95
     # Table 1 ablations pretrain on raw pixels, the final run (transfers, partial fine-tuning) on normalised pixels
-    targets = dict(re.findall(r"mae pretrain .*?--out \S*/runs/(\S+)/pretrain .*?--set target='\"(\w+)\"'",
-                              proc.stdout))
+    targets = dict(
+        re.findall(r"mae pretrain .*?--out \S*/runs/(\S+)/pretrain .*?--set target='\"(\w+)\"'", proc.stdout)
+    )
     assert len(targets) == 32 and targets["base"] == "norm_pixel" and targets["target-pixel"] == "pixel"
     assert {t for run, t in targets.items() if run not in ("base", "target-pca", "target-token")} == {"pixel"}
     inits = set(re.findall(r"mae (?:transfer-\S+|partial-ft) .*?--init \S*/runs/(\S+?)/", proc.stdout))
@@ -129,8 +144,11 @@ def test_paper_config_restates_every_stage_key_of_the_default(repo_root):
     """--configfile merges: a stage key that config.yaml sets and paper.yaml leaves out keeps its toy value."""
     default = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     paper = yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())
-    stages = [k for k, v in default.items() if isinstance(v, dict) and k not in ("datasets", "base", "ablations",
-                                                                                 "evaluations")]
+    stages = [
+        k
+        for k, v in default.items()
+        if isinstance(v, dict) and k not in ("datasets", "base", "ablations", "evaluations")
+    ]
     assert "finetune" in stages and "transfer_det" in stages
     missing = {s: sorted(set(default[s]) - set(paper.get(s) or {})) for s in stages}
     assert not {s: keys for s, keys in missing.items() if keys}
@@ -177,8 +195,11 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
     """The real smoke study; a second invocation has nothing to do; the HTML report lists every table and
     figure; `dvc repro` in a git checkout of the result rebuilds the tables from the summary alone."""
     work = tmp_path / "study"
-    shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs",
-                                                                      "benchmarks", "__pycache__"))
+    shutil.copytree(
+        repo_root,
+        work,
+        ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs", "benchmarks", "__pycache__"),
+    )
     run = [*SNAKEMAKE, "--cores", "2", "--configfile", "config/smoke.yaml"]
     # as from an activated venv's shell (Snakemake drops PS1 from its jobs' environment)
     activated = {**os.environ, "PS1": "(.venv) $ ", "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
@@ -192,24 +213,46 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
     assert "server stopped" in (work / "logs/warm_start.log").read_text()
     assert len(summary) > 30  # 9 runs x (pretrain, linprobe, finetune) + base/scratch/supervised evaluations
     # evidence: per-image predictions of every evaluation, replicates and intervals in the summary and claims
-    for folder in ("base/linprobe", "base/finetune", "base/knn", "scratch/linprobe", "base/transfer_seg",
-                   "base/transfer_det", "base/transfer_cls-digits"):
+    for folder in (
+        "base/linprobe",
+        "base/finetune",
+        "base/knn",
+        "scratch/linprobe",
+        "base/transfer_seg",
+        "base/transfer_det",
+        "base/transfer_cls-digits",
+    ):
         assert (work / "results/runs" / folder / "predictions.npz").is_file(), folder
     assert (work / "results/summary/replicates.npz").is_file() and "top1_lo" in summary[0]
     assert "95% CI" in (work / "results/claims/claims.md").read_text()
     tables = {p.stem for p in (work / "results/tables").glob("*.md")}
-    for table in ("table1a_decoder_depth", "table1c_mask_token", "table1d_target", "table1f_mask_sampling",
-                  "table2_wall_clock", "table3_scratch_vs_mae", "table4_detection", "table5_segmentation",
-                  "table6_classification"):
+    for table in (
+        "table1a_decoder_depth",
+        "table1c_mask_token",
+        "table1d_target",
+        "table1f_mask_sampling",
+        "table2_wall_clock",
+        "table3_scratch_vs_mae",
+        "table4_detection",
+        "table5_segmentation",
+        "table6_classification",
+    ):
         assert table in tables
     figures = {p.stem for p in (work / "results/figures").glob("*.png")}
-    assert {"fig5_masking_ratio", "fig7_schedule", "fig9_partial_ft", "fig_mask_sampling",
-            "fig_reconstructions", "fig_loss_curves"} <= figures
+    assert {
+        "fig5_masking_ratio",
+        "fig7_schedule",
+        "fig9_partial_ft",
+        "fig_mask_sampling",
+        "fig_reconstructions",
+        "fig_loss_curves",
+    } <= figures
     again = subprocess.run([*run, "-n"], cwd=work, capture_output=True, text=True, timeout=120)
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    report = subprocess.run([*run, "--report", "results/report.html"], cwd=work, capture_output=True, text=True,
-                            timeout=300)
+    report = subprocess.run(
+        [*run, "--report", "results/report.html"], cwd=work, capture_output=True, text=True, timeout=300
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     assert_report_complete(work)  # every table and figure, each with a caption naming its paper table/figure
 
@@ -223,9 +266,23 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
 def test_snakemake_lint_and_snakefmt_are_clean(repo_root):
     lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout[-3000:]
-    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=repo_root,
-                         capture_output=True, text=True, timeout=120)
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fmt.returncode == 0, fmt.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
+def test_ruff_is_clean(repo_root, args):
+    """`make lint`'s Python half (pyproject.toml [tool.ruff]; .pre-commit-config.yaml runs the same)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", *args], cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
 
 def test_the_plan_follows_the_config_in_a_fresh_clone(repo_root, tmp_path):
@@ -234,8 +291,11 @@ def test_the_plan_follows_the_config_in_a_fresh_clone(repo_root, tmp_path):
     import json
 
     work = tmp_path / "clone"
-    shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", ".snakemake", "logs",
-                                                                      "benchmarks", "__pycache__"))
+    shutil.copytree(
+        repo_root,
+        work,
+        ignore=shutil.ignore_patterns(".venv", ".git", ".snakemake", "logs", "benchmarks", "__pycache__"),
+    )
     results = work / "results"
     for stale in (results / "runs", results / "data"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -250,8 +310,13 @@ def test_the_plan_follows_the_config_in_a_fresh_clone(repo_root, tmp_path):
     config.write_text(text.replace("fig5: {mask_ratio: [0.5, 0.75, 0.9]}", "fig5: {mask_ratio: [0.5, 0.6, 0.75, 0.9]}"))
     edited = dry_run(repo_root, cwd=work, results=results)
     assert job_counts(edited.stdout + edited.stderr).get("study_plan") == 1, edited.stdout + edited.stderr
-    proc = subprocess.run([*SNAKEMAKE, str(plan), "--cores", "1", "--config", f"results={results}"], cwd=work,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*SNAKEMAKE, str(plan), "--cores", "1", "--config", f"results={results}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(plan.read_text())["runs"]
     assert "fig5" in runs["mask_ratio-0.6"]["tables"]
@@ -260,11 +325,28 @@ def test_the_plan_follows_the_config_in_a_fresh_clone(repo_root, tmp_path):
 def test_a_results_folder_with_a_space(repo_root, tmp_path):
     """Every path in the rules is quoted: a study into 'my results' runs its jobs."""
     work = tmp_path / "study"
-    shutil.copytree(repo_root, work, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake",
-                                                                      "logs", "benchmarks", "__pycache__"))
+    shutil.copytree(
+        repo_root,
+        work,
+        ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "logs", "benchmarks", "__pycache__"),
+    )
     results = work / "my results"
     target = results / "runs" / "base" / "linprobe" / "metrics.json"
-    proc = subprocess.run([*SNAKEMAKE, str(target), "--cores", "2", "--configfile", "config/smoke.yaml",
-                           "--config", f"results={results}"], cwd=work, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            *SNAKEMAKE,
+            str(target),
+            "--cores",
+            "2",
+            "--configfile",
+            "config/smoke.yaml",
+            "--config",
+            f"results={results}",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert target.is_file() and (results / "runs" / "base" / "pretrain" / "encoder.safetensors").is_file()

@@ -16,8 +16,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,9 @@ def _require_dir(path: Path, what: str) -> Path:
     except RuntimeError:  # Python 3.11 reports a symlink loop this way
         raise UserError(f"{what} is a symlink loop: {path}") from None
     except OSError as err:
-        raise UserError(f"{what} {'not found' if isinstance(err, FileNotFoundError) else err.strerror}: {path}") \
-            from None
+        raise UserError(
+            f"{what} {'not found' if isinstance(err, FileNotFoundError) else err.strerror}: {path}"
+        ) from None
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
     if not path.is_dir():
@@ -119,6 +121,7 @@ def _verify_files(paths: list[str], skip_bad: bool, loader: Callable = load_imag
 
 def _images_below(folder: Path) -> list[str]:
     """Every image file below ``folder`` (sub-folders too; names starting with "." skipped), sorted."""
+
     def unreadable(err: OSError) -> None:
         raise UserError(f"cannot read folder {err.filename}: {err.strerror}")
 
@@ -165,14 +168,19 @@ def made_val_split(samples: list[tuple[str, int]], root: Path, fraction: float, 
     for paths in by_label.values():
         n = len(paths)
         k = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
-        key = {p: hashlib.sha256(f"{seed}:{Path(p).relative_to(root).as_posix()}".encode("utf-8", "surrogateescape"))
-               .digest() for p in paths}
+        key = {
+            p: hashlib.sha256(
+                f"{seed}:{Path(p).relative_to(root).as_posix()}".encode("utf-8", "surrogateescape")
+            ).digest()
+            for p in paths
+        }
         val.update(sorted(paths, key=key.__getitem__)[:k])
     return val
 
 
-def imagefolder_samples(root: Path, split: str, classes: list[str], val_split: dict | None = None
-                        ) -> list[tuple[str, int]]:
+def imagefolder_samples(
+    root: Path, split: str, classes: list[str], val_split: dict | None = None
+) -> list[tuple[str, int]]:
     """(path, label) of one split of an image folder: ``root/<split>`` when the split is given (``val_split``
     None), else the part of ``root`` the made split (``{"fraction", "seed"}``) assigns to it; label -1 when
     the dataset has no classes."""
@@ -183,8 +191,15 @@ def imagefolder_samples(root: Path, split: str, classes: list[str], val_split: d
     return [s for s in samples if (s[0] in val) == (split == "val")]
 
 
-def describe_imagefolder(root: Path, img_size: int, verify: bool = False, skip_bad: bool = False,
-                         unlabelled: bool = False, val_fraction: float = 0.2, seed: int = 0) -> dict:
+def describe_imagefolder(
+    root: Path,
+    img_size: int,
+    verify: bool = False,
+    skip_bad: bool = False,
+    unlabelled: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
     """meta.json of an image folder (:func:`mae.study.folder_layout`): ``root/{train,val}/`` as given, else a
     seeded split of ``root`` (``val_fraction`` of each class, :func:`made_val_split`); class folders are labels
     (none: ``labelled`` false, ``num_classes`` 0, label -1)."""
@@ -244,8 +259,11 @@ def load_coco_json(path: Path) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise UserError(f"COCO file {path} has no '{key}' list")
-    required = {"images": ("id", "file_name"), "categories": ("id", "name"), "annotations": ("id", "image_id",
-                                                                                              "category_id")}
+    required = {
+        "images": ("id", "file_name"),
+        "categories": ("id", "name"),
+        "annotations": ("id", "image_id", "category_id"),
+    }
     for key, fields in required.items():
         for i, entry in enumerate(data[key]):
             missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
@@ -288,7 +306,10 @@ def describe_coco(root: Path, img_size: int, verify: bool = False, skip_bad: boo
                     raise UserError(f"{ann} names a missing image: {p}")
                 bad.append(str(p))
         if verify:
-            bad += _verify_files([str(img_dir / im["file_name"]) for im in data["images"] if str(img_dir / im["file_name"]) not in bad], skip_bad)
+            bad += _verify_files(
+                [str(img_dir / im["file_name"]) for im in data["images"] if str(img_dir / im["file_name"]) not in bad],
+                skip_bad,
+            )
         if bad:
             log.warning("%s: skipping %d missing/unreadable image(s), e.g. %s", split, len(bad), bad[0])
         exclude += bad
@@ -491,7 +512,10 @@ def coco_targets(coco, img_id: int, h: int, w: int, cat_to_label: dict[int, int]
     """torchvision detection targets of one image: xyxy boxes, labels 1..C, uint8 masks (non-crowd only)."""
     anns = [a for a in coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
     anns = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
-    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.tensor(
+        [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+        dtype=torch.float32,
+    ).reshape(-1, 4)
     labels = torch.tensor([cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
     if anns:
         masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]).astype(np.uint8))
@@ -527,8 +551,17 @@ class CocoDataset(_SkipBadMixin, Dataset):
     Attributes: ``coco`` (pycocotools GT), ``label_to_cat_id`` (index = contiguous label 1..C; [0] = 0).
     """
 
-    def __init__(self, coco, img_dir: Path | None, image_ids: list[int], cat_ids: list[int], mode: str,
-                 transform=None, skip_bad=False, images: np.ndarray | None = None):
+    def __init__(
+        self,
+        coco,
+        img_dir: Path | None,
+        image_ids: list[int],
+        cat_ids: list[int],
+        mode: str,
+        transform=None,
+        skip_bad=False,
+        images: np.ndarray | None = None,
+    ):
         self.coco = coco
         self.img_dir = img_dir
         self.mode = mode

@@ -53,9 +53,14 @@ class SmallCNN(nn.Module):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
         self.features = nn.Sequential(
-            block(3, w), block(w, w), nn.MaxPool2d(2),
-            block(w, 2 * w), block(2 * w, 2 * w), nn.MaxPool2d(2),
-            block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+            block(3, w),
+            block(w, w),
+            nn.MaxPool2d(2),
+            block(w, 2 * w),
+            block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.head = nn.Linear(4 * w, num_classes)
 
@@ -63,8 +68,15 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def small_cnn(data_dir: Path, epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
-              max_train: int | None = None, device: str = "cpu") -> tuple[float, float]:
+def small_cnn(
+    data_dir: Path,
+    epochs: int = 6,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    max_train: int | None = None,
+    device: str = "cpu",
+) -> tuple[float, float]:
     """Train :class:`SmallCNN` from scratch (random crop + flip) → (val top-1 %, wall seconds)."""
     from tqdm import tqdm
 
@@ -138,12 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.only != "linear":
             cnn, t_cnn = small_cnn(data, args.cnn_epochs, seed=args.seed, max_train=args.max_train, device=args.device)
         res = {
-            "dataset": meta.get("name"), "kind": meta["kind"], "num_classes": meta["num_classes"],
+            "dataset": meta.get("name"),
+            "kind": meta["kind"],
+            "num_classes": meta["num_classes"],
             "chance": 100.0 / meta["num_classes"],
-            "majority": float(np.bincount(_load_npy(data, "val_labels.npy", mmap=False)).max()
-                              / meta["splits"]["val"] * 100),
-            "linear_pixels_top1": lin, "linear_wall_s": t_lin,
-            "cnn_top1": cnn, "cnn_epochs": args.cnn_epochs, "cnn_wall_s": t_cnn,
+            "majority": float(
+                np.bincount(_load_npy(data, "val_labels.npy", mmap=False)).max() / meta["splits"]["val"] * 100
+            ),
+            "linear_pixels_top1": lin,
+            "linear_wall_s": t_lin,
+            "cnn_top1": cnn,
+            "cnn_epochs": args.cnn_epochs,
+            "cnn_wall_s": t_cnn,
         }
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -48,8 +48,11 @@ def _check_split(split: str) -> None:
 
 
 #: what each array of a prepared dataset is: (dtype test, its description, number of dimensions)
-_ARRAYS = {"images": (lambda d: d == np.uint8, "uint8", 4), "labels": (lambda d: d.kind in "iu", "integer", 1),
-           "semseg": (lambda d: d == np.uint8, "uint8", 3)}
+_ARRAYS = {
+    "images": (lambda d: d == np.uint8, "uint8", 4),
+    "labels": (lambda d: d.kind in "iu", "integer", 1),
+    "semseg": (lambda d: d == np.uint8, "uint8", 3),
+}
 
 
 def _load_npy(data_dir: Path, name: str, mmap: bool = True) -> np.ndarray:
@@ -144,8 +147,10 @@ def _check_labels(path: Path, labels: np.ndarray, meta: dict) -> None:
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi
-        raise UserError(f"{path}: label {bad} is not a class index of this dataset (meta.json: num_classes "
-                        f"{num_classes}, labels 0..{num_classes - 1})")
+        raise UserError(
+            f"{path}: label {bad} is not a class index of this dataset (meta.json: num_classes "
+            f"{num_classes}, labels 0..{num_classes - 1})"
+        )
 
 
 def _exclude(meta: dict) -> set[str]:
@@ -265,6 +270,7 @@ def load_train_images(data_dir: str | Path, max_images: int | None = None, seed:
         std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
         return (x - mean) / std
     from mae.data.transforms import eval_transform
+
     meta = load_meta(data_dir)
     ds = build_dataset(data_dir, "train", transform=eval_transform(meta["img_size"]))
     idx = np.arange(len(ds))

@@ -17,9 +17,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -73,8 +73,9 @@ def _dump_json(path: Path, obj) -> None:
 # built-in synthetic domains
 
 
-def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int, seed: int, classes: list[str],
-                         style: synthetic.Style) -> None:
+def _write_builtin_split(
+    tmp: Path, kind: str, split: str, n: int, img_size: int, seed: int, classes: list[str], style: synthetic.Style
+) -> None:
     from tqdm import tqdm
 
     bs = synthetic.batch_size_for(img_size)
@@ -93,8 +94,15 @@ def _write_builtin_split(tmp: Path, kind: str, split: str, n: int, img_size: int
             labels[lo:hi] = batch.labels[:k]
             for j in range(k):
                 idx = lo + j
-                img_recs.append({"id": idx + 1, "index": idx, "file_name": f"{split}/{idx:07d}.png",
-                                 "width": img_size, "height": img_size})
+                img_recs.append(
+                    {
+                        "id": idx + 1,
+                        "index": idx,
+                        "file_name": f"{split}/{idx:07d}.png",
+                        "width": img_size,
+                        "height": img_size,
+                    }
+                )
                 for a in batch.instances[j]:
                     anns.append({"id": len(anns) + 1, "image_id": idx + 1, **a})
             bar.update(k)
@@ -117,10 +125,13 @@ class _NpyWriter:
     def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
         self.path, self.shape, self.rows = path, shape, 0
 
-    def __enter__(self) -> "_NpyWriter":
+    def __enter__(self) -> _NpyWriter:
         self.fh = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                  "shape": self.shape}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
         np.lib.format.write_array_header_1_0(self.fh, header)
         return self
 
@@ -144,13 +155,24 @@ def _check_free_space(out: Path, array_bytes: int) -> None:
     need = int(array_bytes * 1.5) + (1 << 20)
     free = shutil.disk_usage(parent).free
     if free < need:
-        raise UserError(f"not enough free space for {out}: about {need / 2**20:.0f} MiB needed, "
-                        f"{free / 2**20:.0f} MiB free in {parent}")
+        raise UserError(
+            f"not enough free space for {out}: about {need / 2**20:.0f} MiB needed, "
+            f"{free / 2**20:.0f} MiB free in {parent}"
+        )
 
 
-def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 10000, n_val: int = 2000,
-                    seed: int = 0, num_classes: int | None = None, name: str | None = None,
-                    max_objects: int | None = None, max_clutter: int | None = None) -> dict:
+def prepare_builtin(
+    out: Path,
+    kind: str,
+    img_size: int = 32,
+    n_train: int = 10000,
+    n_val: int = 2000,
+    seed: int = 0,
+    num_classes: int | None = None,
+    name: str | None = None,
+    max_objects: int | None = None,
+    max_clutter: int | None = None,
+) -> dict:
     """Generate the built-in dataset ``kind`` into ``out``; returns its meta."""
     if max_objects is not None and not 1 <= max_objects <= 8:
         raise UserError(f"--max-objects must be in [1, 8], got {max_objects}")
@@ -198,8 +220,9 @@ def prepare_builtin(out: Path, kind: str, img_size: int = 32, n_train: int = 100
 # digits: scikit-learn's 8×8 handwritten digits (shipped inside the package, no download)
 
 
-def prepare_digits(out: Path, img_size: int = 32, seed: int = 0, val_fraction: float = 0.2,
-                   name: str | None = None) -> dict:
+def prepare_digits(
+    out: Path, img_size: int = 32, seed: int = 0, val_fraction: float = 0.2, name: str | None = None
+) -> dict:
     import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
@@ -251,9 +274,19 @@ def prepare_digits(out: Path, img_size: int = 32, seed: int = 0, val_fraction: f
 # real datasets by path
 
 
-def prepare_folder(out: Path, kind: str, root: str | os.PathLike | None, img_size: int = 224, verify: bool = False,
-                   skip_bad: bool = False, num_classes: int | None = None, name: str | None = None,
-                   unlabelled: bool = False, val_fraction: float = 0.2, seed: int = 0) -> dict:
+def prepare_folder(
+    out: Path,
+    kind: str,
+    root: str | os.PathLike | None,
+    img_size: int = 224,
+    verify: bool = False,
+    skip_bad: bool = False,
+    num_classes: int | None = None,
+    name: str | None = None,
+    unlabelled: bool = False,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
     """Describe a dataset by path. An image folder is ``root/{train,val}/<class>/``, ``root/<class>/`` (a split
     is made: ``val_fraction`` of each class, seeded by ``seed``) or images without class folders (no labels;
     also with ``unlabelled``): :func:`mae.data.adapters.describe_imagefolder`."""
@@ -287,15 +320,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="image side (default 32; 224 for folder kinds)")
     parser.add_argument("--n-train", type=int, default=10000, help="built-in: training images")
     parser.add_argument("--n-val", type=int, default=2000, help="built-in: validation images")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="generator seed / split seed (digits, an image folder without train/ and val/)")
-    parser.add_argument("--num-classes", type=int, default=None, help="built-in: first C shape families; ade20k: classes")
-    parser.add_argument("--max-objects", type=int, default=None, help="built-in: at most N objects per image (difficulty)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="generator seed / split seed (digits, an image folder without train/ and val/)",
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=None, help="built-in: first C shape families; ade20k: classes"
+    )
+    parser.add_argument(
+        "--max-objects", type=int, default=None, help="built-in: at most N objects per image (difficulty)"
+    )
     parser.add_argument("--max-clutter", type=int, default=None, help="built-in: at most N background distractors")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="digits, an image folder without train/ and val/: validation fraction of each class")
-    parser.add_argument("--unlabelled", action="store_true",
-                        help="imagefolder: every image below --root, without labels (sub-folders are not classes)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="digits, an image folder without train/ and val/: validation fraction of each class",
+    )
+    parser.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="imagefolder: every image below --root, without labels (sub-folders are not classes)",
+    )
     parser.add_argument("--verify", action="store_true", help="folder kinds: decode every image now")
     parser.add_argument("--skip-bad", action="store_true", help="folder kinds: leave out bad images (count logged)")
     parser.add_argument("--name", default=None, help="dataset name in meta.json (default: --out folder name)")
@@ -307,16 +355,37 @@ def main(args: argparse.Namespace) -> int:
     if args.img_size is not None and args.img_size < 8:  # 0 is not "the default"
         raise UserError(f"--img-size must be >= 8, got {args.img_size}")
     if args.kind in FOLDER_KINDS:
-        meta = prepare_folder(out, args.kind, args.root, args.img_size or 224, args.verify, args.skip_bad,
-                              args.num_classes, args.name, args.unlabelled, args.val_fraction, args.seed)
+        meta = prepare_folder(
+            out,
+            args.kind,
+            args.root,
+            args.img_size or 224,
+            args.verify,
+            args.skip_bad,
+            args.num_classes,
+            args.name,
+            args.unlabelled,
+            args.val_fraction,
+            args.seed,
+        )
     else:
         if args.root:
             raise UserError(f"--root is not used by kind {args.kind}")
         if args.kind == "digits":
             meta = prepare_digits(out, args.img_size or 32, args.seed, args.val_fraction, args.name)
         else:
-            meta = prepare_builtin(out, args.kind, args.img_size or 32, args.n_train, args.n_val, args.seed,
-                                   args.num_classes, args.name, args.max_objects, args.max_clutter)
+            meta = prepare_builtin(
+                out,
+                args.kind,
+                args.img_size or 32,
+                args.n_train,
+                args.n_val,
+                args.seed,
+                args.num_classes,
+                args.name,
+                args.max_objects,
+                args.max_clutter,
+            )
     classes = f"{meta['num_classes']} classes" if meta.get("labelled", True) else "no labels"
     print(f"wrote {out} (kind {meta['kind']}, {classes}, splits {meta['splits']})")
     return 0

@@ -14,8 +14,8 @@ with a fixed batch size per image size, so the same seed gives identical bytes o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -272,7 +272,11 @@ def make_style(kind: str, max_objects: int | None = None, max_clutter: int | Non
 
 
 def generate_batch(
-    rng: np.random.Generator, b: int, img_size: int, kind: str = "shapes", num_classes: int | None = None,
+    rng: np.random.Generator,
+    b: int,
+    img_size: int,
+    kind: str = "shapes",
+    num_classes: int | None = None,
     style: Style | None = None,
 ) -> Batch:
     """Render ``b`` images of the built-in domain ``kind`` (``style`` overrides the domain's default)."""
@@ -322,8 +326,17 @@ def _background(rng: np.random.Generator, b: int, s: int, style: Style, xs: np.n
     return img
 
 
-def _objects(rng: np.random.Generator, img: np.ndarray, b: int, s: int, style: Style, fams, n_cls: int,
-             xs: np.ndarray, ys: np.ndarray):
+def _objects(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    b: int,
+    s: int,
+    style: Style,
+    fams,
+    n_cls: int,
+    xs: np.ndarray,
+    ys: np.ndarray,
+):
     """Paint up to ``style.max_objects`` textured objects; returns (img, object id per pixel, classes, counts)."""
     n_obj = rng.integers(1, style.max_objects + 1, b)
     obj_id = np.full((b, s, s), -1, np.int8)

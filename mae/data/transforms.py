@@ -57,8 +57,9 @@ def eval_transform(img_size: int, crop_pct: float | None = None):
     return _FastTensorAug("none", img_size, flip=False, fallback=slow, resize_to=resize)
 
 
-def _bicubic_weights(start: torch.Tensor, length: torch.Tensor, n_out: torch.Tensor, offset: torch.Tensor,
-                     out: int, size_in: int) -> torch.Tensor:
+def _bicubic_weights(
+    start: torch.Tensor, length: torch.Tensor, n_out: torch.Tensor, offset: torch.Tensor, out: int, size_in: int
+) -> torch.Tensor:
     """(B, out, size_in) resampling matrices of one image axis: the window ``[start, start + length)`` resized to
     ``n_out`` samples with antialiased bicubic weights (PIL's filter, a = -0.5, support scaled when shrinking:
     what ``F.interpolate(..., mode='bicubic', antialias=True)`` computes on the cropped window), of which the
@@ -73,8 +74,11 @@ def _bicubic_weights(start: torch.Tensor, length: torch.Tensor, n_out: torch.Ten
     pos = first[..., None] + torch.arange(taps, dtype=torch.float64)  # (B, out, taps)
     x = ((pos - center[..., None] + 0.5) / filter_scale[..., None]).abs()
     a = -0.5
-    w = torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                    torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
+    w = torch.where(
+        x < 1,
+        ((a + 2) * x - (a + 3)) * x * x + 1,
+        torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)),
+    )
     w = w * (pos < end[..., None])
     w = w / w.sum(-1, keepdim=True)
     index = (pos + start[:, None, None]).long().clamp_(0, size_in - 1)
@@ -97,8 +101,16 @@ class _FastTensorAug:
 
     UNIFORMS = 41  # 10 tries x (area, aspect, top, left) + flip
 
-    def __init__(self, mode: str, img_size: int, scale=(0.2, 1.0), flip: bool = True, jitter: float = 0.0,
-                 fallback=None, resize_to: int | None = None):
+    def __init__(
+        self,
+        mode: str,
+        img_size: int,
+        scale=(0.2, 1.0),
+        flip: bool = True,
+        jitter: float = 0.0,
+        fallback=None,
+        resize_to: int | None = None,
+    ):
         self.resize_to = resize_to
         self.mode, self.size, self.scale, self.flip = mode, img_size, scale, flip
         self.ratio = (3 / 4, 4 / 3)
@@ -181,10 +193,10 @@ class _FastTensorAug:
         h, w = img.shape[-2:]
         y0, yl, yn, yo, x0, xl, xn, xo, flip = (int(v) for v in self.geometry(h, w, torch.rand(self.UNIFORMS).tolist()))
         x = img.float() if img.dtype == torch.uint8 else img.float() * 255.0
-        x = x[None, :, y0:y0 + yl, x0:x0 + xl]
+        x = x[None, :, y0 : y0 + yl, x0 : x0 + xl]
         if (yn, xn) != (yl, xl):
             x = F.interpolate(x, size=(yn, xn), mode="bicubic", align_corners=False, antialias=True)
-        x = x[0, :, yo:yo + self.size, xo:xo + self.size].clamp(0, 255)
+        x = x[0, :, yo : yo + self.size, xo : xo + self.size].clamp(0, 255)
         return x.flip(-1) if flip else x
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,8 +211,10 @@ class _FastTensorAug:
         return self.normalise(self.pixels(img))
 
     def __repr__(self) -> str:
-        return (f"FastTensorAug(mode={self.mode}, size={self.size}, scale={self.scale}, flip={self.flip}, "
-                f"jitter={self.jitter is not None})")
+        return (
+            f"FastTensorAug(mode={self.mode}, size={self.size}, scale={self.scale}, flip={self.flip}, "
+            f"jitter={self.jitter is not None})"
+        )
 
 
 def pretrain_transform(aug: str = "crop_rand", img_size: int = 32):
@@ -231,8 +245,9 @@ def pretrain_transform(aug: str = "crop_rand", img_size: int = 32):
         raise UserError(f"unknown aug {aug!r} (valid: {', '.join(AUGS)})")
     slow = v2.Compose(_start() + core + _finish())
     mode = "crop_rand" if aug.startswith("crop_rand") else aug
-    return _FastTensorAug(mode, img_size, flip=aug != "none", jitter=0.4 if aug == "crop_rand_jitter" else 0.0,
-                          fallback=slow)
+    return _FastTensorAug(
+        mode, img_size, flip=aug != "none", jitter=0.4 if aug == "crop_rand_jitter" else 0.0, fallback=slow
+    )
 
 
 def linprobe_transform(img_size: int, train: bool = True):

@@ -35,17 +35,25 @@ from mae.errors import Preempted, UserError
 from mae.models.checkpoint import read_checkpoint
 from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
 from mae.utils import preemption
-from mae.utils.io import (atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps,
-                          write_per_image)
+from mae.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps, write_per_image
 from mae.utils.lock import run_lock
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 METRICS = "metrics.json"
 # keys that may change between a run and its resumption (they do not change what is computed)
-RUNTIME_KEYS = {"device", "num_workers", "log_every", "save_every", "eval_every", "compile", "max_steps",
-                "tensorboard", "on_change",
-                "roofline"}  # (a key of pretraining checkpoints written before the roofline left the job's path)
+RUNTIME_KEYS = {
+    "device",
+    "num_workers",
+    "log_every",
+    "save_every",
+    "eval_every",
+    "compile",
+    "max_steps",
+    "tensorboard",
+    "on_change",
+    "roofline",
+}  # (a key of pretraining checkpoints written before the roofline left the job's path)
 TENSORBOARD = "tensorboard"
 
 
@@ -129,8 +137,13 @@ def _rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
 
@@ -141,8 +154,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     numpy_state = state["numpy"]
     if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                       numpy_state["has_gauss"], numpy_state["gauss"])
+        numpy_state = (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
     np.random.set_state(numpy_state)  # (checkpoints written before it was a dict hold numpy's own tuple)
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
@@ -192,7 +210,7 @@ class _EpochLoader:
             for _ in range(skip):
                 next(batches)
             return batches
-        rest = list(self.loader.sampler)[skip * self.loader.batch_size:]
+        rest = list(self.loader.sampler)[skip * self.loader.batch_size :]
         return iter(_with_sampler(self.loader, rest))
 
 
@@ -251,21 +269,35 @@ class _SeededDataset(Dataset):
         return [self[k] for k in keys]
 
 
-def _with_sampler(loader: DataLoader, sampler: Any, generator: torch.Generator | None = None,
-                  worker_init_fn: Any = None, dataset: Dataset | None = None,
-                  batch_size: int | None = None) -> DataLoader:
+def _with_sampler(
+    loader: DataLoader,
+    sampler: Any,
+    generator: torch.Generator | None = None,
+    worker_init_fn: Any = None,
+    dataset: Dataset | None = None,
+    batch_size: int | None = None,
+) -> DataLoader:
     """``loader`` with another sampler (same batch size, workers, collate…; its generator, worker init, dataset and
     batch size unless others are given)."""
     kwargs: dict[str, Any] = {}
     if loader.num_workers > 0:
-        kwargs = {"prefetch_factor": loader.prefetch_factor, "multiprocessing_context": loader.multiprocessing_context,
-                  "persistent_workers": loader.persistent_workers}
+        kwargs = {
+            "prefetch_factor": loader.prefetch_factor,
+            "multiprocessing_context": loader.multiprocessing_context,
+            "persistent_workers": loader.persistent_workers,
+        }
     return DataLoader(
-        dataset or loader.dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
+        dataset or loader.dataset,
+        batch_size=batch_size or loader.batch_size,
+        sampler=sampler,
         num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        timeout=loader.timeout, worker_init_fn=worker_init_fn or loader.worker_init_fn,
-        generator=generator or loader.generator, **kwargs,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=worker_init_fn or loader.worker_init_fn,
+        generator=generator or loader.generator,
+        **kwargs,
     )
 
 
@@ -280,12 +312,22 @@ def _epoch_loader(loader: DataLoader, env: D.DistEnv, cfg: TrainConfig) -> _Epoc
     per_process = batch_plan(cfg, env.world_size, loader.batch_size)["batch_per_process"]
     shuffle = isinstance(loader.sampler, RandomSampler)
     sampler = DistributedSampler(
-        loader.dataset, num_replicas=env.world_size, rank=env.rank, shuffle=shuffle, seed=cfg.seed,
+        loader.dataset,
+        num_replicas=env.world_size,
+        rank=env.rank,
+        shuffle=shuffle,
+        seed=cfg.seed,
         drop_last=loader.drop_last,
     )
     generator = torch.Generator()
-    new = _with_sampler(loader, _SeededIndices(sampler), generator, _chain_worker_init(loader.worker_init_fn),
-                        dataset=_SeededDataset(loader.dataset, cfg.seed), batch_size=per_process)
+    new = _with_sampler(
+        loader,
+        _SeededIndices(sampler),
+        generator,
+        _chain_worker_init(loader.worker_init_fn),
+        dataset=_SeededDataset(loader.dataset, cfg.seed),
+        batch_size=per_process,
+    )
     return _EpochLoader(new, generator, cfg.seed, env.rank)
 
 
@@ -348,9 +390,11 @@ class _Clock:
         parts = {k: round(v, 3) for k, v in self.seconds.items()}
         parts["other"] = round(max(train_time - sum(self.seconds.values()), 0.0), 3)
         step = self.seconds["step"]
-        return {"time_s": parts, "step_img_s": train_images / step if step > 0 else None,
-                "data_img_s": train_images / world_size / self.seconds["data"] if self.seconds["data"] > 0
-                else None}
+        return {
+            "time_s": parts,
+            "step_img_s": train_images / step if step > 0 else None,
+            "data_img_s": train_images / world_size / self.seconds["data"] if self.seconds["data"] > 0 else None,
+        }
 
 
 class _Curves:
@@ -517,8 +561,9 @@ class _Trainer:
         finished = bool(ckpt and ckpt.get("finished"))
         loader = _epoch_loader(self.task.train_loader(), self.env, self.cfg)
         per_process = loader.loader.batch_size  # None: a custom batch sampler (cfg.batch_size is then recorded)
-        self.plan = batch_plan(self.cfg, self.env.world_size,
-                               per_process and per_process * self.env.world_size * self.cfg.accum_iter)
+        self.plan = batch_plan(
+            self.cfg, self.env.world_size, per_process and per_process * self.env.world_size * self.cfg.accum_iter
+        )
         self.iters = (len(loader) // self.cfg.accum_iter) * self.cfg.accum_iter
         if self.iters == 0 and not finished:
             raise UserError(
@@ -551,8 +596,12 @@ class _Trainer:
         ckpt = read_checkpoint(self.ckpt_path)
         problem = changed_setting(ckpt, self.cfg, self.ckpt_path)
         if self.cfg.on_change == "restart":
-            if problem is None and ckpt.get("finished") and not (self.out_dir / METRICS).exists() \
-                    and (_reported(self.out_dir) or not ckpt.get("reports")):
+            if (
+                problem is None
+                and ckpt.get("finished")
+                and not (self.out_dir / METRICS).exists()
+                and (_reported(self.out_dir) or not ckpt.get("reports"))
+            ):
                 # Snakemake deletes a job's outputs before rerunning it, and reruns a finished job only when
                 # its settings or inputs changed: the weights belong to the old inputs. (A finished checkpoint
                 # whose metrics were never written — the process was killed in between — is finished instead.)
@@ -602,8 +651,11 @@ class _Trainer:
             seed_everything(self.cfg.seed + self.env.rank + 7919 * self.epoch)
         if self.env.is_main:
             _trim_log(self.out_dir / LOG, ckpt["epoch"], ckpt["step"] if self.start_iter else None)
-            where = f"iteration {self.start_iter} of epoch {self.epoch + 1}" if self.start_iter else \
-                f"epoch {ckpt['epoch'] + 1}"
+            where = (
+                f"iteration {self.start_iter} of epoch {self.epoch + 1}"
+                if self.start_iter
+                else f"epoch {ckpt['epoch'] + 1}"
+            )
             print(f"resuming from {self.ckpt_path} after {where}", flush=True)
 
     def _train_epoch(self, loader: _EpochLoader) -> tuple[float, int, bool]:
@@ -617,8 +669,13 @@ class _Trainer:
         self.meter, self.resumed_meters = meter, None
         start, self.start_iter = self.start_iter, 0
         batches = loader.epoch(epoch, skip=start)
-        bar = tqdm(total=self.iters, desc=f"{getattr(cfg, 'stage', 'train')} {epoch + 1}/{cfg.epochs}",
-                   disable=not self.env.is_main, dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=self.iters,
+            desc=f"{getattr(cfg, 'stage', 'train')} {epoch + 1}/{cfg.epochs}",
+            disable=not self.env.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
         self.lr = lr_at(epoch, cfg, self.peak_lr)
         stop = False
         bar.update(start)
@@ -629,12 +686,17 @@ class _Trainer:
                 value, stop = self._iteration(batch, it, meter)
             if (it + 1) % cfg.accum_iter == 0 and self._preempted():
                 self._save(epoch, False, next_iter=it + 1)
-                raise Preempted(f"stopped by signal {self.preempt[0]} at epoch {epoch + 1}, iteration {it + 1}; "
-                                f"the state is in {self.ckpt_path}: rerun the same command to resume")
+                raise Preempted(
+                    f"stopped by signal {self.preempt[0]} at epoch {epoch + 1}, iteration {it + 1}; "
+                    f"the state is in {self.ckpt_path}: rerun the same command to resume"
+                )
             bar.update(1)
             elapsed = time.perf_counter() - meter.start
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr:.2e}",
-                            img_s=f"{meter.images * self.env.world_size / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix(
+                loss=f"{value:.4f}",
+                lr=f"{self.lr:.2e}",
+                img_s=f"{meter.images * self.env.world_size / max(elapsed, 1e-9):.1f}",
+            )
             if stop:
                 break
         bar.close()
@@ -674,8 +736,9 @@ class _Trainer:
         self.step += 1
         self.task.after_optimizer_step(self.step)
         if self.step % cfg.log_every == 0:
-            self._log({"kind": "step", "epoch": self.epoch, "step": self.step, "lr": self.lr,
-                       **self.window.means(self.env)})
+            self._log(
+                {"kind": "step", "epoch": self.epoch, "step": self.step, "lr": self.lr, **self.window.means(self.env)}
+            )
             self.window = _Meter()
         return value, cfg.max_steps is not None and self.step >= cfg.max_steps
 
@@ -698,10 +761,14 @@ class _Trainer:
         if self.env.distributed:
             bad = D.all_reduce_mean(self.env, [float(bad)])[0] > 0
         if bad:
-            kept = (f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists()
-                    else "no checkpoint was written")
+            kept = (
+                f"the last good checkpoint {self.ckpt_path} is kept"
+                if self.ckpt_path.exists()
+                else "no checkpoint was written"
+            )
             raise NonFiniteLossError(
-                f"non-finite loss {value} at epoch {self.epoch} step {self.step} (iteration {it}); {kept}")
+                f"non-finite loss {value} at epoch {self.epoch} step {self.step} (iteration {it}); {kept}"
+            )
 
     def _optimizer_step(self) -> None:
         """Clip, step (through the GradScaler under fp16), zero; DDP averaged the gradients during backward."""
@@ -733,13 +800,23 @@ class _Trainer:
         if env.is_main:
             atomic_torch_save(
                 {
-                    "model": self.task.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "model": self.task.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                    "epoch": epoch, "next_iter": next_iter, "step": self.step, "rng": rngs[0], "rng_ranks": rngs,
-                    "config": config_to_dict(self.cfg), "stage": getattr(self.cfg, "stage", "train"),
-                    "task": self.task.state_dict(), "finished": done, "last": self.last, "reports": True,
+                    "epoch": epoch,
+                    "next_iter": next_iter,
+                    "step": self.step,
+                    "rng": rngs[0],
+                    "rng_ranks": rngs,
+                    "config": config_to_dict(self.cfg),
+                    "stage": getattr(self.cfg, "stage", "train"),
+                    "task": self.task.state_dict(),
+                    "finished": done,
+                    "last": self.last,
+                    "reports": True,
                     "epoch_meters": meters,
-                    "wall_s": self.wall_prev + time.perf_counter() - self.t_start, "world_size": env.world_size,
+                    "wall_s": self.wall_prev + time.perf_counter() - self.t_start,
+                    "world_size": env.world_size,
                 },
                 self.ckpt_path,
             )

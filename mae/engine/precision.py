@@ -35,8 +35,13 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_b
 #: bf16 must beat fp32 by this factor on the probe's product to be chosen (noise margin)
 MIN_SPEEDUP = 1.2
 #: environment variables that change which matrix kernels torch runs (part of the cache key)
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-              "MKL_DEBUG_CPU_TYPE")
+KERNEL_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_DEBUG_CPU_TYPE",
+)
 CACHE_FILE = "precision.json"
 
 
@@ -105,8 +110,13 @@ def probe(threads: int | None = None) -> float:
 
 def _machine_key(info: dict) -> str:
     """Identifies the CPU, the torch build and the kernel-selecting environment (a cluster's nodes differ)."""
-    parts = [info["cpu"], " ".join(info["flags"]), platform.machine(), torch.__version__,
-             *(f"{k}={os.environ.get(k, '')}" for k in KERNEL_ENV)]
+    parts = [
+        info["cpu"],
+        " ".join(info["flags"]),
+        platform.machine(),
+        torch.__version__,
+        *(f"{k}={os.environ.get(k, '')}" for k in KERNEL_ENV),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -145,7 +155,7 @@ def cpu_bf16() -> tuple[bool, str]:
     return False, f"{native}, but bf16 matmul only {speedup:.2f}x fp32 (probe): emulated here"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(amp: str, device_type: str, device_index: int | None) -> Precision:
     if amp not in AMP_CHOICES:
         raise UserError(f"amp: invalid value '{amp}' (valid: {', '.join(AMP_CHOICES)})")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,8 +167,10 @@ def dataset_info(data_dir: str | Path) -> dict:
         if key not in meta:
             raise UserError(f"--data: {path / 'meta.json'} has no '{key}'")
     if not isinstance(meta["num_classes"], int) or meta["num_classes"] < 2:
-        raise UserError(f"--data: {path} has {meta['num_classes']} class(es); classification needs at least 2 "
-                        "(a single class makes every accuracy 100 %)")
+        raise UserError(
+            f"--data: {path} has {meta['num_classes']} class(es); classification needs at least 2 "
+            "(a single class makes every accuracy 100 %)"
+        )
     return meta
 
 
@@ -297,8 +300,9 @@ class ClassificationTask(Task):
         """Top-1/top-5 and val loss of ``model`` on the val split; per-image predictions in ``preds``/``targets``."""
         was_training = model.training
         model.eval()
-        loader = make_loader(self.val_set, self.eval_batch_size, train=False,
-                             num_workers=int(getattr(self.cfg, "num_workers", 0) or 0))
+        loader = make_loader(
+            self.val_set, self.eval_batch_size, train=False, num_workers=int(getattr(self.cfg, "num_workers", 0) or 0)
+        )
         n, loss_sum, hits = 0, 0.0, {1: 0, 5: 0}
         preds, targets = [], []
         for batch in loader:
@@ -315,8 +319,14 @@ class ClassificationTask(Task):
             targets.append(target.cpu())
             n += int(target.shape[0])
         model.train(was_training)
-        return {"top1": 100.0 * hits[1] / max(n, 1), "top5": 100.0 * hits[5] / max(n, 1),
-                "loss": loss_sum / max(n, 1), "n_val": n, "preds": preds, "targets": targets}
+        return {
+            "top1": 100.0 * hits[1] / max(n, 1),
+            "top5": 100.0 * hits[5] / max(n, 1),
+            "loss": loss_sum / max(n, 1),
+            "n_val": n,
+            "preds": preds,
+            "targets": targets,
+        }
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -453,20 +463,32 @@ def run_task(
         **(extra or {}),
     }
     if load_report is not None:
-        added["init_report"] = {
-            "loaded": load_report.get("loaded"),
-            "ignored": len(load_report.get("ignored", [])),
-            "missing": list(load_report.get("missing", [])),
-            "pos_embed_resampled": load_report.get("pos_embed_resampled"),
-        } if isinstance(load_report, dict) else str(load_report)
+        added["init_report"] = (
+            {
+                "loaded": load_report.get("loaded"),
+                "ignored": len(load_report.get("ignored", [])),
+                "missing": list(load_report.get("missing", [])),
+                "pos_embed_resampled": load_report.get("pos_embed_resampled"),
+            }
+            if isinstance(load_report, dict)
+            else str(load_report)
+        )
     metrics = fit(task, cfg, out_dir, extra=added)
     if save_weights and is_main_process():  # fit() returns the trained (or restored) weights in the task
         save_model(getattr(task, "eval_model", task.model), out_dir, model_meta)
     return metrics
 
 
-def reuse_result(source: str | Path, out_dir: str | Path, cfg: Any, *, evaluation: str, init_path: str | None,
-                 data: str | os.PathLike, extra: dict | None = None) -> dict:
+def reuse_result(
+    source: str | Path,
+    out_dir: str | Path,
+    cfg: Any,
+    *,
+    evaluation: str,
+    init_path: str | None,
+    data: str | os.PathLike,
+    extra: dict | None = None,
+) -> dict:
     """Write the finished result in ``source`` (its metrics.json and predictions.npz) to ``out_dir`` as
     ``evaluation`` instead of computing it again — only if ``source`` was computed with exactly ``cfg`` (runtime
     keys aside), the same init and the same data. Partial fine-tuning with K = 0 *is* the linear probe (paper

@@ -14,8 +14,8 @@ ones (:class:`FinetuneTask`).
 from __future__ import annotations
 
 import argparse
-import time
 import sys
+import time
 
 import torch
 
@@ -151,14 +151,39 @@ def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneCon
     task = FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
     finetune = cfg.stage == FinetuneConfig.stage
     weights = {"eval_weights": "ema" if task.ema is not None else "live"}
-    extra = weights if finetune else {**weights, "dataset": meta.get("name"), "dataset_kind": meta.get("kind"),
-                                      "num_classes": num_classes, "img_size": img_size,
-                                      "train_images": len(train_set)}
+    extra = (
+        weights
+        if finetune
+        else {
+            **weights,
+            "dataset": meta.get("name"),
+            "dataset_kind": meta.get("kind"),
+            "num_classes": num_classes,
+            "img_size": img_size,
+            "train_images": len(train_set),
+        }
+    )
     return common.run_task(
-        task, cfg, args.out, evaluation=cfg.stage, init=common.init_label(args), init_path=args.init,
-        data=args.data, model_name=name, load_report=report, save_weights=finetune, started=started, extra=extra,
-        model_meta={"model": name, "num_classes": num_classes, "img_size": img_size, "global_pool": cfg.global_pool,
-                    "weights": weights["eval_weights"], "finetune_config": config_to_dict(cfg)},
+        task,
+        cfg,
+        args.out,
+        evaluation=cfg.stage,
+        init=common.init_label(args),
+        init_path=args.init,
+        data=args.data,
+        model_name=name,
+        load_report=report,
+        save_weights=finetune,
+        started=started,
+        extra=extra,
+        model_meta={
+            "model": name,
+            "num_classes": num_classes,
+            "img_size": img_size,
+            "global_pool": cfg.global_pool,
+            "weights": weights["eval_weights"],
+            "finetune_config": config_to_dict(cfg),
+        },
     )
 
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 
 from mae.config import add_common_arguments, config_from_args, config_to_dict
-from mae.eval import common
 from mae.engine import write_outputs
 from mae.engine.precision import resolve
+from mae.eval import common
 from mae.stage_configs import KnnConfig
 
 
-def knn_metrics(train_feats, train_labels, val_feats, val_labels, num_classes: int, k: int,
-                temperature: float) -> tuple[dict, dict]:
+def knn_metrics(
+    train_feats, train_labels, val_feats, val_labels, num_classes: int, k: int, temperature: float
+) -> tuple[dict, dict]:
     """(metrics, per-image arrays) of the weighted k-NN classifier on the val features."""
     scores = common.knn_scores(train_feats, train_labels, val_feats, num_classes, k=k, temperature=temperature)
     n = max(int(val_labels.shape[0]), 1)
@@ -55,7 +56,12 @@ def run(args: argparse.Namespace) -> dict:
         dataset = build_dataset(args.data, split, eval_transform(img_size))
         t0 = time.perf_counter()
         *feats[split], rates = common.extract_features(
-            model, dataset, device, batch_size=cfg.batch_size, amp=cfg.amp, num_workers=cfg.num_workers,
+            model,
+            dataset,
+            device,
+            batch_size=cfg.batch_size,
+            amp=cfg.amp,
+            num_workers=cfg.num_workers,
             desc=f"knn features {split}",
         )
         extract_s += time.perf_counter() - t0

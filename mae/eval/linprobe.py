@@ -1,6 +1,7 @@
 """``mae linprobe``: linear probing of the frozen encoder.
 
-Recipe (paper / docs/ARCHITECTURE.md, "Reference facts"): every encoder parameter frozen; feature = cls token after the final norm
+Recipe (paper / docs/ARCHITECTURE.md, "Reference facts"): every encoder parameter frozen; feature = cls token
+after the final norm
 (``global_pool=avg``: average of the patch tokens + a parameter-free ``fc_norm``); head =
 ``BatchNorm1d(affine=False, eps=1e-6)`` + ``Linear`` (trunc_normal std 0.01); timm ``Lars`` with momentum 0.9,
 base_lr 0.1 × batch/256, weight decay 0, warmup + cosine; RandomResizedCrop + flip
@@ -65,8 +66,9 @@ def write_probe_head(head: nn.Sequential, out_dir: str | Path, global_pool: str)
     return write_safetensors(Path(out_dir) / HEAD_FILE, state, {"kind": "linprobe_head", "global_pool": global_pool})
 
 
-def read_probe_head(probe_dir: str | Path, dim: int, num_classes: int, global_pool: str,
-                    option: str = "--head-from") -> nn.Linear:
+def read_probe_head(
+    probe_dir: str | Path, dim: int, num_classes: int, global_pool: str, option: str = "--head-from"
+) -> nn.Linear:
     """The ``nn.Linear`` a finished ``mae linprobe`` in ``probe_dir`` trained (checked: its pooling and shape)."""
     from mae.models.checkpoint import read_safetensors
 
@@ -77,10 +79,17 @@ def read_probe_head(probe_dir: str | Path, dim: int, num_classes: int, global_po
     else:  # a probe finished before it wrote head.safetensors: its training checkpoint holds the head
         state, arch = _head_from_checkpoint(Path(probe_dir), path, option)
     if arch.get("global_pool") != global_pool:
-        raise UserError(f"{option}: {path} is a probe of global_pool={arch.get('global_pool')!r} features; "
-                        f"this run pools with global_pool={global_pool!r}")
+        raise UserError(
+            f"{option}: {path} is a probe of global_pool={arch.get('global_pool')!r} features; "
+            f"this run pools with global_pool={global_pool!r}"
+        )
     weight, bias = state.get("weight"), state.get("bias")
-    if weight is None or bias is None or tuple(weight.shape) != (num_classes, dim) or tuple(bias.shape) != (num_classes,):
+    if (
+        weight is None
+        or bias is None
+        or tuple(weight.shape) != (num_classes, dim)
+        or tuple(bias.shape) != (num_classes,)
+    ):
         shape = None if weight is None else tuple(weight.shape)
         raise UserError(f"{option}: {path} holds a head of shape {shape}; this model needs ({num_classes}, {dim})")
     linear = nn.Linear(dim, num_classes)
@@ -105,8 +114,9 @@ def _head_from_checkpoint(probe_dir: Path, wanted: Path, option: str) -> tuple[d
         raise UserError(f"{option}: {ckpt_path} is not the checkpoint of a finished linear probe")
     linear = state[f"{prefix}1.weight"]
     head = probe_head(linear.shape[1], linear.shape[0], 1.0)
-    head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(f"{prefix}0.")
-                          or k.startswith(f"{prefix}1.")})
+    head.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state.items() if k.startswith(f"{prefix}0.") or k.startswith(f"{prefix}1.")}
+    )
     folded = folded_linear(head)
     return {"weight": folded.weight.detach(), "bias": folded.bias.detach()}, {"global_pool": config.get("global_pool")}
 
@@ -118,8 +128,9 @@ def lars_param_groups(model: nn.Module, weight_decay: float, trust_coeff: float 
         (matrices if param.ndim > 1 else vectors).append(param)
     groups = []
     if matrices:
-        groups.append({"params": matrices, "weight_decay": weight_decay, "always_adapt": True,
-                       "trust_coeff": trust_coeff})
+        groups.append(
+            {"params": matrices, "weight_decay": weight_decay, "always_adapt": True, "trust_coeff": trust_coeff}
+        )
     if vectors:
         groups.append({"params": vectors, "weight_decay": 0.0, "always_adapt": False})
     return groups
@@ -168,7 +179,12 @@ def build_probe_task(cfg: LinprobeConfig, data: str, init: str | None, device: t
     for split in ("train", "val"):
         dataset = build_dataset(data, split, eval_transform(img_size))
         feats, labels, rates = common.extract_features(
-            model, dataset, device, batch_size=cfg.batch_size, amp=cfg.amp, num_workers=cfg.num_workers,
+            model,
+            dataset,
+            device,
+            batch_size=cfg.batch_size,
+            amp=cfg.amp,
+            num_workers=cfg.num_workers,
             desc=f"features {split}",
         )
         sets[split] = TensorDataset(feats, labels)
@@ -191,8 +207,17 @@ def run(args: argparse.Namespace) -> dict:
     device = common.engine_device(cfg)
     task, model, name, report, extra = build_probe_task(cfg, args.data, args.init, device)
     metrics = common.run_task(
-        task, cfg, args.out, evaluation="linprobe", init=common.init_label(args), init_path=args.init,
-        data=args.data, model_name=name, load_report=report, extra=extra, started=started,
+        task,
+        cfg,
+        args.out,
+        evaluation="linprobe",
+        init=common.init_label(args),
+        init_path=args.init,
+        data=args.data,
+        model_name=name,
+        load_report=report,
+        extra=extra,
+        started=started,
     )
     if is_main_process():  # fit() leaves the trained (or restored) head in the model
         write_probe_head(model.head, args.out, cfg.global_pool)

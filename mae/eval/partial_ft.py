@@ -70,14 +70,25 @@ def probe_of(probe_dir: str, init: str | None, data: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     common.add_init_arguments(parser)
-    parser.add_argument("--blocks", type=int, required=True, metavar="K",
-                        help="number of last Transformer blocks to fine-tune (0 = linear probing)")
-    parser.add_argument("--head-from", metavar="DIR",
-                        help="K > 0: start the head from the trained probe of a finished `mae linprobe` of the "
-                             "same init and data (DIR/head.safetensors) instead of a new head")
-    parser.add_argument("--reuse", metavar="DIR",
-                        help="K = 0 only: the output folder of a finished `mae linprobe` with the same settings, "
-                             "init and data; its result is copied instead of probing again (checked)")
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        required=True,
+        metavar="K",
+        help="number of last Transformer blocks to fine-tune (0 = linear probing)",
+    )
+    parser.add_argument(
+        "--head-from",
+        metavar="DIR",
+        help="K > 0: start the head from the trained probe of a finished `mae linprobe` of the "
+        "same init and data (DIR/head.safetensors) instead of a new head",
+    )
+    parser.add_argument(
+        "--reuse",
+        metavar="DIR",
+        help="K = 0 only: the output folder of a finished `mae linprobe` with the same settings, "
+        "init and data; its result is copied instead of probing again (checked)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -92,8 +103,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.blocks == 0:
         cfg = config_from_args(linprobe.LinprobeConfig, args)
         if args.reuse is not None:
-            return common.reuse_result(args.reuse, args.out, cfg, evaluation="partial_ft-0", init_path=args.init,
-                                       data=args.data, extra={"blocks": 0, "recipe": "linprobe"})
+            return common.reuse_result(
+                args.reuse,
+                args.out,
+                cfg,
+                evaluation="partial_ft-0",
+                init_path=args.init,
+                data=args.data,
+                extra={"blocks": 0, "recipe": "linprobe"},
+            )
         device = common.engine_device(cfg)
         task, _, name, report, extra = linprobe.build_probe_task(cfg, args.data, args.init, device)
         recipe = "linprobe"
@@ -111,13 +129,26 @@ def run(args: argparse.Namespace) -> dict:
         model.to(device)
         train_set, val_set, mixup = finetune.build_finetune_data(args.data, cfg, img_size, num_classes)
         task = finetune.FinetuneTask(model, cfg, train_set, val_set, device, mixup=mixup, smoothing=cfg.smoothing)
-        extra = {"global_pool": cfg.global_pool, "eval_weights": "ema" if task.ema is not None else "live",
-                 "head_init": "probe" if head_from else "new", "head_from": head_from}
+        extra = {
+            "global_pool": cfg.global_pool,
+            "eval_weights": "ema" if task.ema is not None else "live",
+            "head_init": "probe" if head_from else "new",
+            "head_from": head_from,
+        }
         recipe = "finetune"
     extra.update({"blocks": args.blocks, "recipe": recipe})
     return common.run_task(
-        task, cfg, args.out, evaluation=f"partial_ft-{args.blocks}", init=common.init_label(args),
-        init_path=args.init, data=args.data, model_name=name, load_report=report, extra=extra, started=started,
+        task,
+        cfg,
+        args.out,
+        evaluation=f"partial_ft-{args.blocks}",
+        init=common.init_label(args),
+        init_path=args.init,
+        data=args.data,
+        model_name=name,
+        load_report=report,
+        extra=extra,
+        started=started,
     )
 
 

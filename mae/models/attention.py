@@ -8,7 +8,7 @@ fused kernel everywhere else.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -28,8 +28,9 @@ def use_fused(attention: str, device: torch.device) -> bool:
     """Whether ``attention`` ('sdpa' | 'math' | 'auto') means the fused kernel for a forward on ``device`` now."""
     if attention != "auto":
         return attention == "sdpa"
-    cpu_bf16 = (device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    cpu_bf16 = (
+        device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
     return not cpu_bf16
 
 

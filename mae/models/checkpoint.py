@@ -1,6 +1,7 @@
 """Reading and writing MAE checkpoints in the reference format: ``{'model': state_dict, ...}``.
 
-Keys follow the original implementation (docs/ARCHITECTURE.md, "Reference facts"), so original pretrain checkpoints (full model) load
+Keys follow the original implementation (docs/ARCHITECTURE.md, "Reference facts"), so original pretrain
+checkpoints (full model) load
 into :class:`~mae.models.MaskedAutoencoderViT` with ``strict=True``, and ours load into the original code.
 Released pretrain files hold the encoder only; :func:`split_encoder_keys` separates the two halves.
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -49,8 +51,9 @@ def _allowed_globals() -> list:
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False, option: str = "", kind: str = "checkpoint",
-                    name: str | None = None) -> Any:
+def read_checkpoint(
+    path: str | Path, mmap: bool = False, option: str = "", kind: str = "checkpoint", name: str | None = None
+) -> Any:
     """Load a ``torch.save`` file without running code from it: ``weights_only=True`` with the allow-list of
     :func:`_allowed_globals`. A file that needs any other Python object is refused with one line naming the
     file (``name``, e.g. the URL it came from, else its path) and the object; ``option`` (e.g. ``--init``)
@@ -77,12 +80,17 @@ def read_checkpoint(path: str | Path, mmap: bool = False, option: str = "", kind
             text = str(err)
             found = _GLOBAL.search(text)
             if found:
-                raise UserError(f"{lead}{kind} {shown} refused: loading it needs the Python object "
-                                f"'{found.group(1)}', which could run code (allowed: tensors, numbers, strings, "
-                                "containers, numpy arrays, argparse.Namespace)") from None
+                raise UserError(
+                    f"{lead}{kind} {shown} refused: loading it needs the Python object "
+                    f"'{found.group(1)}', which could run code (allowed: tensors, numbers, strings, "
+                    "containers, numpy arrays, argparse.Namespace)"
+                ) from None
             detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
-            reason = f"not a file torch.save wrote ({detail[0]})" if "WeightsUnpickler" in text and detail else (
-                text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+            reason = (
+                f"not a file torch.save wrote ({detail[0]})"
+                if "WeightsUnpickler" in text and detail
+                else (text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+            )
             raise UserError(f"{lead}cannot read {kind} {shown}: {reason}") from None
 
 
@@ -107,7 +115,7 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
-        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+        sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
         if sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
             bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
             if bad is not None:
@@ -147,10 +155,14 @@ def load_mae_checkpoint(model: nn.Module, path_or_state: str | Path | Mapping, s
         missing = sorted(set(own) - set(sd))
         unexpected = sorted(set(sd) - set(own))
         if missing or unexpected:
-            raise UserError(f"{source}: keys do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise UserError(
+                f"{source}: keys do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         bad = [k for k in own if own[k].shape != sd[k].shape]
         if bad:
-            raise UserError(f"{source}: shape mismatch for {bad[0]}: {tuple(sd[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}")
+            raise UserError(
+                f"{source}: shape mismatch for {bad[0]}: {tuple(sd[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)}"
+            )
     return model.load_state_dict(sd, strict=strict)
 
 
@@ -174,7 +186,7 @@ def split_encoder_keys(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
 
 
 def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+    return len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
 
 
 def encoder_shapes(sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict:
@@ -189,8 +201,14 @@ def encoder_shapes(sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -
     side = math.isqrt(rows)
     if side * side != rows:
         raise UserError(f"{source}: pos_embed has {rows} patch rows, not a square grid")
-    return {"img_size": side * patch, "patch_size": patch, "in_chans": in_chans, "embed_dim": embed_dim,
-            "depth": _count_blocks(sd, "blocks."), "mlp_ratio": hidden / embed_dim}
+    return {
+        "img_size": side * patch,
+        "patch_size": patch,
+        "in_chans": in_chans,
+        "embed_dim": embed_dim,
+        "depth": _count_blocks(sd, "blocks."),
+        "mlp_ratio": hidden / embed_dim,
+    }
 
 
 def architecture(sd: Mapping[str, torch.Tensor], config: Mapping | None = None, source: str = "checkpoint") -> dict:
@@ -209,29 +227,45 @@ def architecture(sd: Mapping[str, torch.Tensor], config: Mapping | None = None, 
     shapes = encoder_shapes(sd, source)
     name = config.get("model")
     if not name and config.get("num_heads"):
-        name = infer_model_name(shapes["patch_size"], shapes["embed_dim"], shapes["depth"], shapes["mlp_ratio"],
-                                int(config["num_heads"]))
+        name = infer_model_name(
+            shapes["patch_size"], shapes["embed_dim"], shapes["depth"], shapes["mlp_ratio"], int(config["num_heads"])
+        )
     spec = MODEL_SPECS.get(name, {})
 
     def heads(key: str, spec_key: str) -> int:
         value = config.get(key) or spec.get(spec_key)
         if value is None:
-            raise UserError(f"{source}: the weights do not record their model, and '{key}' is not in them: "
-                            "name it (e.g. --model mae_vit_base_patch16)")
+            raise UserError(
+                f"{source}: the weights do not record their model, and '{key}' is not in them: "
+                "name it (e.g. --model mae_vit_base_patch16)"
+            )
         return int(value)
 
-    arch = {"model": name, "kind": "encoder", **shapes, "num_heads": heads("num_heads", "num_heads"),
-            "layer_norm_eps": float(config.get("layer_norm_eps") or 1e-6)}
+    arch = {
+        "model": name,
+        "kind": "encoder",
+        **shapes,
+        "num_heads": heads("num_heads", "num_heads"),
+        "layer_norm_eps": float(config.get("layer_norm_eps") or 1e-6),
+    }
     if "decoder_embed.weight" in sd:
         target = config.get("target") or ("norm_pixel" if config.get("norm_pix_loss") else "pixel")
-        arch.update(kind="mae", decoder_width=int(sd["decoder_embed.weight"].shape[0]),
-                    decoder_depth=_count_blocks(sd, "decoder_blocks."),
-                    decoder_heads=heads("decoder_heads", "decoder_num_heads"), target=target,
-                    mask_ratio=float(config.get("mask_ratio", 0.75)), sampling=config.get("sampling") or "random",
-                    mask_token_in_encoder="encoder_mask_token" in sd)
+        arch.update(
+            kind="mae",
+            decoder_width=int(sd["decoder_embed.weight"].shape[0]),
+            decoder_depth=_count_blocks(sd, "decoder_blocks."),
+            decoder_heads=heads("decoder_heads", "decoder_num_heads"),
+            target=target,
+            mask_ratio=float(config.get("mask_ratio", 0.75)),
+            sampling=config.get("sampling") or "random",
+            mask_token_in_encoder="encoder_mask_token" in sd,
+        )
     if "head.weight" in sd:
-        arch.update(kind="classifier", num_classes=int(sd["head.weight"].shape[0]),
-                    global_pool="avg" if "fc_norm.weight" in sd else "token")
+        arch.update(
+            kind="classifier",
+            num_classes=int(sd["head.weight"].shape[0]),
+            global_pool="avg" if "fc_norm.weight" in sd else "token",
+        )
     return arch
 
 
@@ -323,5 +357,7 @@ def read_folder(path: Path, option: str = "", shown: str | None = None) -> dict:
         name, shapes = hub.timm_model_name(config["architecture"]), encoder_shapes(state, shown)
         fits = name == infer_model_name(shapes["patch_size"], shapes["embed_dim"], shapes["depth"], shapes["mlp_ratio"])
         return {"model": state, **({"config": {"model": name}} if name and fits else {})}
-    raise UserError(f"{lead}{shown}: config.json describes model_type '{config.get('model_type')}' "
-                    "(readable: a Hugging Face vit_mae or a timm model folder)")
+    raise UserError(
+        f"{lead}{shown}: config.json describes model_type '{config.get('model_type')}' "
+        "(readable: a Hugging Face vit_mae or a timm model folder)"
+    )

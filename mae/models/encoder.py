@@ -14,9 +14,9 @@ probing). The position table includes the cls row (``class_token=True, no_embed_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Mapping
 
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
@@ -40,8 +40,14 @@ def encoder_kwargs(name: str) -> dict:
     return {k: spec[k] for k in ENCODER_KEYS}
 
 
-def create_encoder(name: str, num_classes: int, global_pool: str = "avg", drop_path_rate: float = 0.0,
-                   img_size: int | None = None, **overrides) -> VisionTransformer:
+def create_encoder(
+    name: str,
+    num_classes: int,
+    global_pool: str = "avg",
+    drop_path_rate: float = 0.0,
+    img_size: int | None = None,
+    **overrides,
+) -> VisionTransformer:
     """timm ``VisionTransformer`` with the encoder architecture of MAE ``name`` (e.g. ``mae_vit_micro_patch4``)."""
     if global_pool not in ("avg", "token"):
         raise UserError(f"global_pool must be 'avg' or 'token', got '{global_pool}'")
@@ -49,9 +55,16 @@ def create_encoder(name: str, num_classes: int, global_pool: str = "avg", drop_p
     if img_size is not None:
         kwargs["img_size"] = img_size
     kwargs.update(overrides)
-    return VisionTransformer(num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate,
-                             qkv_bias=True, class_token=True, no_embed_class=False,
-                             norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+    return VisionTransformer(
+        num_classes=num_classes,
+        global_pool=global_pool,
+        drop_path_rate=drop_path_rate,
+        qkv_bias=True,
+        class_token=True,
+        no_embed_class=False,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        **kwargs,
+    )
 
 
 def load_encoder_checkpoint(vit: VisionTransformer, path_or_state: str | Path | Mapping) -> dict:
@@ -86,7 +99,9 @@ def load_encoder_checkpoint(vit: VisionTransformer, path_or_state: str | Path | 
             if key.startswith("head."):
                 report["ignored"].append(key)
             else:
-                raise UserError(f"{source}: shape mismatch for '{key}': {tuple(value.shape)} vs {tuple(own[key].shape)}")
+                raise UserError(
+                    f"{source}: shape mismatch for '{key}': {tuple(value.shape)} vs {tuple(own[key].shape)}"
+                )
         else:
             load[key] = value
     missing = [k for k in own if k not in load]

@@ -56,12 +56,13 @@ def resolve_init(spec: str | Path, option: str = "--init") -> Path | dict[str, A
     timm hub name. Errors name ``option`` and the spec in one line."""
     spec = str(spec)
     if spec.startswith(TIMM_PREFIX):
-        return timm_checkpoint(spec[len(TIMM_PREFIX):], option)
+        return timm_checkpoint(spec[len(TIMM_PREFIX) :], option)
     scheme = _SCHEME.match(spec)
     if scheme:
         if scheme.group(1).lower() not in ("http", "https"):
-            raise UserError(f"{option}: unsupported URL scheme '{scheme.group(1)}' in {spec} "
-                            "(http, https or timm:NAME)")
+            raise UserError(
+                f"{option}: unsupported URL scheme '{scheme.group(1)}' in {spec} (http, https or timm:NAME)"
+            )
         return download(spec, option)
     path = Path(spec)
     if not path.is_file() and not path.is_dir():
@@ -125,8 +126,13 @@ def _fetch(url: str, path: Path, expected: str | None, option: str) -> None:
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {path.name}",
-                          disable=not sys.stderr.isatty()) as bar:
+                with tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"download {path.name}",
+                    disable=not sys.stderr.isatty(),
+                ) as bar:
                     for chunk in iter(lambda: response.read(CHUNK), b""):
                         out.write(chunk)
                         digest.update(chunk)
@@ -208,13 +214,16 @@ def timm_checkpoint(name: str, option: str = "--init") -> dict[str, Any]:
     if not arch or not timm.is_model(arch):
         raise UserError(f"{option}: timm has no model '{arch}' ({spec})")
     if tag and name not in timm.list_pretrained(name):
-        raise UserError(f"{option}: timm has no pretrained weights '{name}' (MAE ones: "
-                        f"{', '.join(timm.list_pretrained('*.mae'))})")
+        raise UserError(
+            f"{option}: timm has no pretrained weights '{name}' (MAE ones: {', '.join(timm.list_pretrained('*.mae'))})"
+        )
     try:
         state = _timm_state(name)
     except Exception as err:  # noqa: BLE001 - offline, no cache, a hub error: all one line naming the spec
-        raise UserError(f"{option}: cannot load {spec} (timm fetches it from the Hugging Face hub: needs network "
-                        f"access or a cached copy): {_reason(err)}") from None
+        raise UserError(
+            f"{option}: cannot load {spec} (timm fetches it from the Hugging Face hub: needs network "
+            f"access or a cached copy): {_reason(err)}"
+        ) from None
     ours = timm_model_name(name)
     return {"model": dict(state), **({"config": {"model": ours}} if ours else {})}
 
@@ -261,12 +270,13 @@ _HF_BLOCK = re.compile(r"^(vit\.encoder\.layer|decoder\.decoder_layers)\.(\d+)\.
 def _renamed(key: str, table: Mapping[str, str]) -> str | None:
     """``key`` with its module name (the whole key, or all but the last part) looked up in ``table``."""
     module = key if key in table else key.rpartition(".")[0]
-    return table[module] + key[len(module):] if module in table else None
+    return table[module] + key[len(module) :] if module in table else None
 
 
 def is_hf_state(state: Mapping[str, Any]) -> bool:
-    return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.", "decoder.decoder_embed."))
-               for k in state)
+    return any(
+        k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.", "decoder.decoder_embed.")) for k in state
+    )
 
 
 def to_hf_state(sd: Mapping[str, Any], source: str = "checkpoint") -> dict:
@@ -329,19 +339,32 @@ def from_hf_state(state: Mapping[str, Any], source: str = "checkpoint") -> dict:
 def hf_config(arch: Mapping[str, Any]) -> dict:
     """The ``config.json`` of ViTMAEForPreTraining for a MAE of :func:`mae.models.checkpoint.architecture`
     (exact GELU as ours; the decoder uses the encoder's MLP ratio)."""
+
     def mlp(width: int) -> int:
         return int(round(width * arch["mlp_ratio"]))
 
     return {
-        "architectures": ["ViTMAEForPreTraining"], "model_type": "vit_mae",
-        "image_size": arch["img_size"], "patch_size": arch["patch_size"], "num_channels": arch["in_chans"],
-        "hidden_size": arch["embed_dim"], "num_hidden_layers": arch["depth"],
-        "num_attention_heads": arch["num_heads"], "intermediate_size": mlp(arch["embed_dim"]),
-        "decoder_hidden_size": arch["decoder_width"], "decoder_num_hidden_layers": arch["decoder_depth"],
-        "decoder_num_attention_heads": arch["decoder_heads"], "decoder_intermediate_size": mlp(arch["decoder_width"]),
-        "hidden_act": "gelu", "qkv_bias": True, "layer_norm_eps": arch.get("layer_norm_eps", 1e-6),
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
-        "mask_ratio": arch["mask_ratio"], "norm_pix_loss": arch["target"] == "norm_pixel",
+        "architectures": ["ViTMAEForPreTraining"],
+        "model_type": "vit_mae",
+        "image_size": arch["img_size"],
+        "patch_size": arch["patch_size"],
+        "num_channels": arch["in_chans"],
+        "hidden_size": arch["embed_dim"],
+        "num_hidden_layers": arch["depth"],
+        "num_attention_heads": arch["num_heads"],
+        "intermediate_size": mlp(arch["embed_dim"]),
+        "decoder_hidden_size": arch["decoder_width"],
+        "decoder_num_hidden_layers": arch["decoder_depth"],
+        "decoder_num_attention_heads": arch["decoder_heads"],
+        "decoder_intermediate_size": mlp(arch["decoder_width"]),
+        "hidden_act": "gelu",
+        "qkv_bias": True,
+        "layer_norm_eps": arch.get("layer_norm_eps", 1e-6),
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "mask_ratio": arch["mask_ratio"],
+        "norm_pix_loss": arch["target"] == "norm_pixel",
     }
 
 
@@ -351,22 +374,30 @@ def hf_settings(config: Mapping[str, Any], source: str = "config.json") -> dict:
     one our MAE builds."""
     from mae.models import infer_model_name
 
-    width, depth, heads = (int(config.get(k, d)) for k, d in
-                           (("hidden_size", 768), ("num_hidden_layers", 12), ("num_attention_heads", 12)))
+    width, depth, heads = (
+        int(config.get(k, d)) for k, d in (("hidden_size", 768), ("num_hidden_layers", 12), ("num_attention_heads", 12))
+    )
     ratio = int(config.get("intermediate_size", 4 * width)) / width
     decoder = int(config.get("decoder_hidden_size", 512))
     if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
-        raise UserError(f"{source}: hidden_act '{config.get('hidden_act')}' / qkv_bias "
-                        f"{config.get('qkv_bias')}: our MAE has exact GELU and a qkv bias")
+        raise UserError(
+            f"{source}: hidden_act '{config.get('hidden_act')}' / qkv_bias "
+            f"{config.get('qkv_bias')}: our MAE has exact GELU and a qkv bias"
+        )
     if int(config.get("decoder_intermediate_size", 2048)) != int(round(decoder * ratio)):
-        raise UserError(f"{source}: decoder_intermediate_size {config.get('decoder_intermediate_size')} is not "
-                        f"{ratio:g} x decoder_hidden_size (our decoder shares the encoder's MLP ratio)")
+        raise UserError(
+            f"{source}: decoder_intermediate_size {config.get('decoder_intermediate_size')} is not "
+            f"{ratio:g} x decoder_hidden_size (our decoder shares the encoder's MLP ratio)"
+        )
     name = infer_model_name(int(config.get("patch_size", 16)), width, depth, ratio, heads)
-    settings = {"model": name, "num_heads": heads,
-                "decoder_heads": int(config.get("decoder_num_attention_heads", 16)),
-                "target": "norm_pixel" if config.get("norm_pix_loss") else "pixel",
-                "mask_ratio": float(config.get("mask_ratio", 0.75)),
-                "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12))}
+    settings = {
+        "model": name,
+        "num_heads": heads,
+        "decoder_heads": int(config.get("decoder_num_attention_heads", 16)),
+        "target": "norm_pixel" if config.get("norm_pix_loss") else "pixel",
+        "mask_ratio": float(config.get("mask_ratio", 0.75)),
+        "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+    }
     return {k: v for k, v in settings.items() if v is not None}
 
 
@@ -378,11 +409,15 @@ def from_hf(state: Mapping[str, Any], config: Mapping[str, Any], source: str) ->
 def to_hf(sd: Mapping[str, Any], arch: Mapping[str, Any], source: str = "checkpoint") -> tuple[dict, dict]:
     """(state dict, config.json) of ViTMAEForPreTraining for our MAE ``sd`` described by ``arch``."""
     if arch.get("kind") != "mae":
-        raise UserError(f"{source}: {arch.get('kind')} weights have no Hugging Face ViTMAE form "
-                        "(ViTMAEForPreTraining needs a pretraining checkpoint with its decoder; use --to timm or "
-                        "safetensors)")
+        raise UserError(
+            f"{source}: {arch.get('kind')} weights have no Hugging Face ViTMAE form "
+            "(ViTMAEForPreTraining needs a pretraining checkpoint with its decoder; use --to timm or "
+            "safetensors)"
+        )
     if arch["target"] not in ("pixel", "norm_pixel") or arch["mask_token_in_encoder"]:
         what = "mask_token_in_encoder" if arch["mask_token_in_encoder"] else f"target '{arch['target']}'"
-        raise UserError(f"{source}: {what} has no Hugging Face ViTMAE form (pixel or norm_pixel targets, "
-                        "visible tokens only); use --to safetensors")
+        raise UserError(
+            f"{source}: {what} has no Hugging Face ViTMAE form (pixel or norm_pixel targets, "
+            "visible tokens only); use --to safetensors"
+        )
     return to_hf_state(sd, source), hf_config(arch)

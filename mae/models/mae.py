@@ -2,7 +2,8 @@
 
 Built from timm's ``PatchEmbed`` and ``Block``; parameter names equal the reference implementation, so a
 reference ``{'model': state_dict}`` file loads with ``strict=True`` (see ``mae.models.checkpoint``).
-Reference behaviour (docs/ARCHITECTURE.md, "Reference facts"): fixed 2-D sin-cos position tables (non-trainable Parameters, zero cls row)
+Reference behaviour (docs/ARCHITECTURE.md, "Reference facts"): fixed 2-D sin-cos position tables
+(non-trainable Parameters, zero cls row)
 added before masking; the random sampler is the reference draw; loss = per-patch loss averaged over removed
 patches; xavier-uniform init of every Linear and of the patch projection viewed as a matrix, cls/mask token
 normal(0.02), LayerNorm eps 1e-6.
@@ -29,20 +30,34 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from mae.models.attention import check_attention, set_kernels, use_fused
-
 from mae.errors import UserError
 from mae.masking import MaskSample, build_sampler
+from mae.models.attention import check_attention, set_kernels, use_fused
 from mae.models.pos_embed import sincos_2d
 from mae.targets import build_target, patchify, unpatchify
 
 
-
 class MaskedAutoencoderViT(nn.Module):
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
-                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0, norm_layer=None,
-                 norm_pix_loss=False, sampler="random", target="pixel", target_path=None,
-                 mask_token_in_encoder=False, attention="auto"):
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        mlp_ratio=4.0,
+        norm_layer=None,
+        norm_pix_loss=False,
+        sampler="random",
+        target="pixel",
+        target_path=None,
+        mask_token_in_encoder=False,
+        attention="auto",
+    ):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         if norm_pix_loss:
@@ -66,7 +81,8 @@ class MaskedAutoencoderViT(nn.Module):
         if self.mask_token_in_encoder:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth))
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)
+        )
         self.norm = norm_layer(embed_dim)
 
         # ---- decoder
@@ -75,7 +91,8 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth))
+            for _ in range(decoder_depth)
+        )
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.target_fn.out_dim, bias=True)
         if self.mask_token_in_encoder:
@@ -86,7 +103,8 @@ class MaskedAutoencoderViT(nn.Module):
     def initialize_weights(self) -> None:
         self.pos_embed.data.copy_(sincos_2d(self.pos_embed.shape[-1], self.grid_size, cls_token=True)[None])
         self.decoder_pos_embed.data.copy_(
-            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True)[None])
+            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True)[None]
+        )
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)

@@ -1,6 +1,7 @@
 """Fixed 2-D sine-cosine position embeddings and their resampling to other grid sizes.
 
-Layout (docs/ARCHITECTURE.md, "Reference facts"): half of the channels encode the column coordinate, half the row coordinate; each half is
+Layout (docs/ARCHITECTURE.md, "Reference facts"): half of the channels encode the column coordinate, half
+the row coordinate; each half is
 ``[sin(pos * omega), cos(pos * omega)]`` with ``omega_i = 1 / 10000 ** (i / (D/4))``; rows of the table follow
 the row-major patch order; an optional all-zero first row serves the cls token. Computed in float64 and
 returned as float32 so values match the reference tables bit for bit.

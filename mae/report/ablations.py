@@ -21,7 +21,10 @@ from mae.knobs import KNOBS
 
 #: (evaluation, our metric, the paper's metric, column label)
 Metric = tuple[str, str, str, str]
-FT_LIN: tuple[Metric, ...] = (("finetune", "top1", "ft_top1", "ft top-1"), ("linprobe", "top1", "lin_top1", "lin top-1"))
+FT_LIN: tuple[Metric, ...] = (
+    ("finetune", "top1", "ft_top1", "ft top-1"),
+    ("linprobe", "top1", "lin_top1", "lin top-1"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,9 @@ class Ablation:
 
     def from_paper(self, label: str) -> dict[str, Any] | None:
         """The paper's label -> our knob values (None when it is not a setting we can express)."""
-        parts = [re.escape(lit) + (f"(?P<{f}>.+?)" if f else "")
-                 for lit, f, _, _ in string.Formatter().parse(self.label)]
+        parts = [
+            re.escape(lit) + (f"(?P<{f}>.+?)" if f else "") for lit, f, _, _ in string.Formatter().parse(self.label)
+        ]
         match = re.fullmatch("".join(parts), label)
         if match is None:
             return None
@@ -76,23 +80,62 @@ class Ablation:
         return values
 
 
-ABLATIONS: dict[str, Ablation] = {a.id: a for a in (
-    Ablation("1a", "Table 1a", "Table 1a: decoder depth", "depth={decoder_depth}", ("decoder depth",),
-             "table1a_decoder_depth"),
-    Ablation("1b", "Table 1b", "Table 1b: decoder width", "width={decoder_width}", ("decoder width",),
-             "table1b_decoder_width"),
-    Ablation("1c", "Table 1c", "Table 1c: mask token in the encoder", "{mask_token_in_encoder}", ("case",),
-             "table1c_mask_token", show_labels=True),
-    Ablation("1d", "Table 1d", "Table 1d: reconstruction target", "{target}", ("target",), "table1d_target"),
-    Ablation("1e", "Table 1e", "Table 1e: data augmentation", "{aug}", ("augmentation",), "table1e_augmentation"),
-    Ablation("1f", "Table 1f", "Table 1f: mask sampling", "{sampling} {mask_ratio}", ("sampling", "ratio %"),
-             "table1f_mask_sampling", show_labels=True),
-    Ablation("fig5", "Fig 5", "Masking ratio (paper Fig. 5)", "mask_ratio={mask_ratio}", ("masking ratio (%)",)),
-    Ablation("fig7", "Fig 7", "Training schedule (paper Fig. 7)", "epochs={epochs}", ("pretraining epochs",)),
-    Ablation("7", "Table 7", "Table 7: pixels vs tokens in transfer", "target={target}", ("target",),
-             "table7_pixels_vs_tokens", runs_of="1d",
-             metrics=(("finetune", "top1", "ft_top1", "ft top-1"), ("transfer_det", "ap_box", "ap_box", "AP box"),
-                      ("transfer_seg", "miou", "miou", "mIoU"))),
-)}
+ABLATIONS: dict[str, Ablation] = {
+    a.id: a
+    for a in (
+        Ablation(
+            "1a",
+            "Table 1a",
+            "Table 1a: decoder depth",
+            "depth={decoder_depth}",
+            ("decoder depth",),
+            "table1a_decoder_depth",
+        ),
+        Ablation(
+            "1b",
+            "Table 1b",
+            "Table 1b: decoder width",
+            "width={decoder_width}",
+            ("decoder width",),
+            "table1b_decoder_width",
+        ),
+        Ablation(
+            "1c",
+            "Table 1c",
+            "Table 1c: mask token in the encoder",
+            "{mask_token_in_encoder}",
+            ("case",),
+            "table1c_mask_token",
+            show_labels=True,
+        ),
+        Ablation("1d", "Table 1d", "Table 1d: reconstruction target", "{target}", ("target",), "table1d_target"),
+        Ablation("1e", "Table 1e", "Table 1e: data augmentation", "{aug}", ("augmentation",), "table1e_augmentation"),
+        Ablation(
+            "1f",
+            "Table 1f",
+            "Table 1f: mask sampling",
+            "{sampling} {mask_ratio}",
+            ("sampling", "ratio %"),
+            "table1f_mask_sampling",
+            show_labels=True,
+        ),
+        Ablation("fig5", "Fig 5", "Masking ratio (paper Fig. 5)", "mask_ratio={mask_ratio}", ("masking ratio (%)",)),
+        Ablation("fig7", "Fig 7", "Training schedule (paper Fig. 7)", "epochs={epochs}", ("pretraining epochs",)),
+        Ablation(
+            "7",
+            "Table 7",
+            "Table 7: pixels vs tokens in transfer",
+            "target={target}",
+            ("target",),
+            "table7_pixels_vs_tokens",
+            runs_of="1d",
+            metrics=(
+                ("finetune", "top1", "ft_top1", "ft top-1"),
+                ("transfer_det", "ap_box", "ap_box", "AP box"),
+                ("transfer_seg", "miou", "miou", "mIoU"),
+            ),
+        ),
+    )
+}
 #: ids a study config may list under `ablations:` (Table 7 has no runs of its own)
 STUDY_TABLES = tuple(a.id for a in ABLATIONS.values() if not a.runs_of)

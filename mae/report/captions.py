@@ -12,8 +12,9 @@ Kept free of pandas and torch, like :mod:`mae.report.ablations`: the Snakefile i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mae.report.ablations import ABLATIONS
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -147,8 +147,10 @@ def high_mask_ratio_best_for_linear(ev: Evidence) -> Test | str:
     low = [x for x in c if float(x.key[0]) < 0.6]
     if not base or not low or base_ratio < 0.6:
         return "needs linear probes at the base ratio (≥ 60%) and at a ratio below 60%"
-    return Test([_diff(f"lin {_pct(base_ratio)}−{_pct(x.key[0])}", base[0], x) for x in low],
-                "lin top-1 by ratio: " + _fmt(c, lambda k: _pct(k[0])))
+    return Test(
+        [_diff(f"lin {_pct(base_ratio)}−{_pct(x.key[0])}", base[0], x) for x in low],
+        "lin top-1 by ratio: " + _fmt(c, lambda k: _pct(k[0])),
+    )
 
 
 def ft_works_over_wide_ratio_range(ev: Evidence) -> Test | str:
@@ -158,13 +160,18 @@ def ft_works_over_wide_ratio_range(ev: Evidence) -> Test | str:
     ft = _by_key(ev.cells(["mask_ratio"], "ft"))
     base_ratio = ev.base_value("mask_ratio")
     base = next((c for r, c in ft.items() if _same(r, base_ratio)), None)
-    wide = [(r, c) for r, c in sorted(ft.items(), key=lambda kv: float(kv[0]))
-            if WIDE_RATIOS[0] - 1e-9 <= float(r) <= WIDE_RATIOS[1] + 1e-9 and c is not base]
+    wide = [
+        (r, c)
+        for r, c in sorted(ft.items(), key=lambda kv: float(kv[0]))
+        if WIDE_RATIOS[0] - 1e-9 <= float(r) <= WIDE_RATIOS[1] + 1e-9 and c is not base
+    ]
     if base is None or not wide:
         return "needs fine-tunes at the base ratio and at another ratio in 40–80%"
-    return Test([_diff(f"ft {_pct(r)}−{_pct(base_ratio)}", c, base) for r, c in wide],
-                "ft top-1 by ratio: " + _fmt([c for _, c in wide] + [base], lambda k: _pct(k[0])),
-                threshold=-TOLERANCE["ratio_ft_insensitive"])
+    return Test(
+        [_diff(f"ft {_pct(r)}−{_pct(base_ratio)}", c, base) for r, c in wide],
+        "ft top-1 by ratio: " + _fmt([c for _, c in wide] + [base], lambda k: _pct(k[0])),
+        threshold=-TOLERANCE["ratio_ft_insensitive"],
+    )
 
 
 def _helps_linear_more(ev: Evidence, knob: str, label: Callable, what: str) -> Test | str:
@@ -175,10 +182,15 @@ def _helps_linear_more(ev: Evidence, knob: str, label: Callable, what: str) -> T
     if len(keys) < 2:
         return f"needs fine-tune and linear probe at two or more {what}"
     lo, hi = keys[0], keys[-1]
-    con = Contrast(f"(lin {label(hi)}−{label(lo)}) − (ft {label(hi)}−{label(lo)})",
-                   ((1.0, lin[hi]), (-1.0, lin[lo]), (-1.0, ft[hi]), (1.0, ft[lo])))
-    return Test([con], f"{what} {label(lo)} → {label(hi)}: lin {lin[hi].point - lin[lo].point:+.2f}, "
-                       f"ft {ft[hi].point - ft[lo].point:+.2f}")
+    con = Contrast(
+        f"(lin {label(hi)}−{label(lo)}) − (ft {label(hi)}−{label(lo)})",
+        ((1.0, lin[hi]), (-1.0, lin[lo]), (-1.0, ft[hi]), (1.0, ft[lo])),
+    )
+    return Test(
+        [con],
+        f"{what} {label(lo)} → {label(hi)}: lin {lin[hi].point - lin[lo].point:+.2f}, "
+        f"ft {ft[hi].point - ft[lo].point:+.2f}",
+    )
 
 
 def decoder_depth_matters_more_for_linear(ev: Evidence) -> Test | str:
@@ -221,8 +233,12 @@ def tokens_no_better_than_pixels(ev: Evidence) -> Test | str:
     if "norm_pixel" not in ft or "token" not in ft:
         return "needs fine-tunes with target=norm_pixel and target=token"
     con = _diff("ft norm_pixel−token", ft["norm_pixel"], ft["token"])
-    return Test([con], f"ft norm_pixel {ft['norm_pixel'].point:.2f}, token {ft['token'].point:.2f}",
-                rule=WITHIN, threshold=TOLERANCE["token_target"])
+    return Test(
+        [con],
+        f"ft norm_pixel {ft['norm_pixel'].point:.2f}, token {ft['token'].point:.2f}",
+        rule=WITHIN,
+        threshold=TOLERANCE["token_target"],
+    )
 
 
 def random_sampling_best(ev: Evidence) -> Test | str:
@@ -234,8 +250,9 @@ def random_sampling_best(ev: Evidence) -> Test | str:
         c = ev.cells(["sampling", "mask_ratio"], kind)
         rnd = [x for x in c if x.key[0] == "random" and _same(x.key[1], base_ratio)]
         if rnd:
-            contrasts += [_diff(f"{kind} random−{x.key[0]} {_pct(x.key[1])}", rnd[0], x)
-                          for x in c if x.key[0] != "random"]
+            contrasts += [
+                _diff(f"{kind} random−{x.key[0]} {_pct(x.key[1])}", rnd[0], x) for x in c if x.key[0] != "random"
+            ]
     if not contrasts:
         return "needs random and block/grid sampling runs"
     return Test(contrasts, "; ".join(f"{c.label} {c.point():+.2f}" for c in contrasts))
@@ -262,14 +279,20 @@ def aug_robust_under_finetuning(ev: Evidence) -> Test | str:
     ft, lin = _by_key(ev.cells(["aug"], "ft")), _by_key(ev.cells(["aug"], "lin"))
     if not all(a in d for a in ("none", "crop_rand") for d in (ft, lin)):
         return "needs fine-tune and linear probe with aug=none and aug=crop_rand"
-    con = Contrast("(lin crop_rand−none) − (ft crop_rand−none)",
-                   ((1.0, lin["crop_rand"]), (-1.0, lin["none"]), (-1.0, ft["crop_rand"]), (1.0, ft["none"])))
-    return Test([con], f"without augmentation: lin {lin['none'].point - lin['crop_rand'].point:+.2f}, "
-                       f"ft {ft['none'].point - ft['crop_rand'].point:+.2f}")
+    con = Contrast(
+        "(lin crop_rand−none) − (ft crop_rand−none)",
+        ((1.0, lin["crop_rand"]), (-1.0, lin["none"]), (-1.0, ft["crop_rand"]), (1.0, ft["none"])),
+    )
+    return Test(
+        [con],
+        f"without augmentation: lin {lin['none'].point - lin['crop_rand'].point:+.2f}, "
+        f"ft {ft['none'].point - ft['crop_rand'].point:+.2f}",
+    )
 
 
-def _beats_baseline(ev: Evidence, evaluation: str, metric: str, setting: str | None = "",
-                    init: str = "scratch") -> tuple | None:
+def _beats_baseline(
+    ev: Evidence, evaluation: str, metric: str, setting: str | None = "", init: str = "scratch"
+) -> tuple | None:
     mae = ev.select(evaluation, metric, [], ev.base_rows, setting) if len(ev.frame) else []
     other = ev.baseline(init, evaluation, metric, setting)
     if not mae or other is None:
@@ -284,8 +307,9 @@ def _beats_scratch(ev: Evidence, kind: str) -> Test | str:
     if pair is None:
         return f"needs a {evaluation} of the base run and of a random init (scratch)"
     mae, scratch = pair
-    return Test([_diff(f"{kind} MAE−scratch", mae, scratch)],
-                f"{kind} MAE {mae.point:.2f} vs scratch {scratch.point:.2f}")
+    return Test(
+        [_diff(f"{kind} MAE−scratch", mae, scratch)], f"{kind} MAE {mae.point:.2f} vs scratch {scratch.point:.2f}"
+    )
 
 
 def mae_beats_scratch(ev: Evidence) -> Test | str:
@@ -306,8 +330,11 @@ def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER) -> Tes
     per dataset); holds when every one is above 0."""
     contrasts = []
     for evaluation, metric in transfers:
-        settings = sorted(set(ev.frame.loc[ev.frame["eval"] == evaluation, "eval_setting"].fillna(""))) \
-            if len(ev.frame) else []
+        settings = (
+            sorted(set(ev.frame.loc[ev.frame["eval"] == evaluation, "eval_setting"].fillna("")))
+            if len(ev.frame)
+            else []
+        )
         for setting in settings:
             pair = _beats_baseline(ev, evaluation, metric, setting, init)
             if pair is not None:
@@ -349,8 +376,9 @@ def one_block_far_above_linear(ev: Evidence) -> Test | str:
     con = Contrast("1 block − (lin + ft)/2", ((1.0, one), (-0.5, lin), (-0.5, ft[0])))
     # 1 block tunes the probe's features and starts from its head: below the probe, it did not converge
     check = Contrast("1 block − lin", ((1.0, one), (-1.0, lin)))
-    return Test([con], f"lin {lin.point:.2f} → 1 block {one.point:.2f} (full ft {ft[0].point:.2f}{frac})",
-                checks=(check,))
+    return Test(
+        [con], f"lin {lin.point:.2f} → 1 block {one.point:.2f} (full ft {ft[0].point:.2f}{frac})", checks=(check,)
+    )
 
 
 def longer_schedules_keep_improving(ev: Evidence) -> Test | str:
@@ -369,33 +397,53 @@ def longer_schedules_keep_improving(ev: Evidence) -> Test | str:
 
 
 CLAIMS: tuple[tuple[str, str, Callable[[Evidence], Test | str]], ...] = (
-    ("high_mask_ratio", "A high mask ratio is best for linear probing: 75% beats every ratio below 60% (Fig. 5)",
-     high_mask_ratio_best_for_linear),
-    ("ratio_ft_insensitive", "Fine-tuning works over a wide range of mask ratios: every ratio in 40–80% within 0.5 "
-                             "points of 75% (Fig. 5)",
-     ft_works_over_wide_ratio_range),
-    ("decoder_depth", "A deeper decoder helps linear probing more than fine-tuning (Table 1a)",
-     decoder_depth_matters_more_for_linear),
-    ("decoder_width", "A wider decoder helps linear probing more than fine-tuning (Table 1b)",
-     decoder_width_matters_more_for_linear),
+    (
+        "high_mask_ratio",
+        "A high mask ratio is best for linear probing: 75% beats every ratio below 60% (Fig. 5)",
+        high_mask_ratio_best_for_linear,
+    ),
+    (
+        "ratio_ft_insensitive",
+        "Fine-tuning works over a wide range of mask ratios: every ratio in 40–80% within 0.5 points of 75% (Fig. 5)",
+        ft_works_over_wide_ratio_range,
+    ),
+    (
+        "decoder_depth",
+        "A deeper decoder helps linear probing more than fine-tuning (Table 1a)",
+        decoder_depth_matters_more_for_linear,
+    ),
+    (
+        "decoder_width",
+        "A wider decoder helps linear probing more than fine-tuning (Table 1b)",
+        decoder_width_matters_more_for_linear,
+    ),
     ("mask_token", "A mask token in the encoder is worse for linear probing (Table 1c)", mask_token_worse_for_linear),
-    ("norm_pixels", "Normalized pixels are a better target than raw pixels (Table 1d)",
-     norm_pixels_at_least_pixels),
+    ("norm_pixels", "Normalized pixels are a better target than raw pixels (Table 1d)", norm_pixels_at_least_pixels),
     ("pca_target", "Normalized pixels are a better target than PCA coefficients (Table 1d)", norm_pixels_beat_pca),
-    ("token_target", "Normalized pixels and dVAE tokens fine-tune alike, within ±0.5 points (Table 1d)",
-     tokens_no_better_than_pixels),
-    ("aug_robust", "Without augmentation fine-tuning loses less than linear probing (Table 1e)",
-     aug_robust_under_finetuning),
+    (
+        "token_target",
+        "Normalized pixels and dVAE tokens fine-tune alike, within ±0.5 points (Table 1d)",
+        tokens_no_better_than_pixels,
+    ),
+    (
+        "aug_robust",
+        "Without augmentation fine-tuning loses less than linear probing (Table 1e)",
+        aug_robust_under_finetuning,
+    ),
     ("random_sampling", "Random sampling is better than block and grid sampling (Table 1f)", random_sampling_best),
     ("lin_vs_random", "MAE features beat a random-init encoder under a linear probe", features_beat_random_init),
     ("mae_vs_scratch", "MAE pretraining beats training from scratch (Table 3)", mae_beats_scratch),
-    ("transfer_vs_supervised", "MAE transfers better than supervised pretraining in detection and segmentation "
-                               "(Tables 4, 5)",
-     transfer_beats_supervised),
-    ("transfer_vs_scratch", "MAE transfers better than a random init (transfer, our baseline)",
-     transfer_beats_scratch),
-    ("one_block", "Fine-tuning one block recovers at least half of the linear-to-full gap (Fig. 9)",
-     one_block_far_above_linear),
+    (
+        "transfer_vs_supervised",
+        "MAE transfers better than supervised pretraining in detection and segmentation (Tables 4, 5)",
+        transfer_beats_supervised,
+    ),
+    ("transfer_vs_scratch", "MAE transfers better than a random init (transfer, our baseline)", transfer_beats_scratch),
+    (
+        "one_block",
+        "Fine-tuning one block recovers at least half of the linear-to-full gap (Fig. 9)",
+        one_block_far_above_linear,
+    ),
     ("longer_schedule", "Longer pretraining keeps improving accuracy (Fig. 7)", longer_schedules_keep_improving),
 )
 
@@ -434,11 +482,19 @@ def failed_check(test: Test, ev: Evidence) -> Verdict | None:
             test.evidence += f"; protocol check {check.label} not applied (no interval)"
         elif est.value < -CHECK_SE * est.se:
             (lo, hi), (seeds, seed_var) = est.interval(), _seed_summary(test.cells)
-            return Verdict(PROTOCOL_INVALID, margin=est.value, lo=lo, hi=hi, df=est.df, contrast=check.label,
-                           seeds=seeds, seed_var=seed_var,
-                           rule=f"check: {check.label} ≥ −{CHECK_SE:g} SE",
-                           evidence=f"{test.evidence}; {check.label} = {est.value:+.2f} (SE {est.se:.2f}): the "
-                                    f"protocol did not converge, so this is not evidence about the claim")
+            return Verdict(
+                PROTOCOL_INVALID,
+                margin=est.value,
+                lo=lo,
+                hi=hi,
+                df=est.df,
+                contrast=check.label,
+                seeds=seeds,
+                seed_var=seed_var,
+                rule=f"check: {check.label} ≥ −{CHECK_SE:g} SE",
+                evidence=f"{test.evidence}; {check.label} = {est.value:+.2f} (SE {est.se:.2f}): the "
+                f"protocol did not converge, so this is not evidence about the claim",
+            )
     return None
 
 
@@ -453,23 +509,26 @@ def decide(test: Test | str, ev: Evidence) -> Verdict:
     cells = test.cells
     seeds, seed_var = _seed_summary(cells)
     n_val = min((c.n_val for c in cells if math.isfinite(c.n_val)), default=math.nan)
-    out = Verdict(INCONCLUSIVE, seeds=seeds, seed_var=seed_var, n_val=n_val, rule=test.describe(),
-                  evidence=test.evidence)
+    out = Verdict(
+        INCONCLUSIVE, seeds=seeds, seed_var=seed_var, n_val=n_val, rule=test.describe(), evidence=test.evidence
+    )
     unknown = [(con.label, e.missing) for con, e in zip(test.contrasts, estimates) if not e.known]
     if len(unknown) == len(estimates):
         weakest = min(range(len(estimates)), key=lambda i: estimates[i].value)
         out.margin, out.contrast = estimates[weakest].value, test.contrasts[weakest].label
         if any(why == "seeds" for _, why in unknown):
             out.verdict = NO_TRAINING_NOISE
-            out.evidence += "; no training-noise estimate: a side has one seed and its evaluation no pooled seed " \
-                            "variance"
+            out.evidence += (
+                "; no training-noise estimate: a side has one seed and its evaluation no pooled seed variance"
+            )
         else:
             out.evidence += "; no interval: a value it needs has no per-image predictions"
         return out
     if unknown:
         out.evidence += "; no interval for " + ", ".join(
             f"{label} ({'no training-noise estimate' if why == 'seeds' else 'no per-image predictions'})"
-            for label, why in unknown)
+            for label, why in unknown
+        )
     out.p_holds, out.p_fails, weakest, failing = _one_sided(test, estimates)
     decisive = weakest if out.p_holds <= out.p_fails else failing
     est = estimates[decisive]
@@ -501,8 +560,13 @@ def fragility(fn: Callable[[Evidence], Test | str], test: Test | str, verdict: V
     return "yes: " + "; ".join(changed) if changed else "no"
 
 
-def check_claims(frame: pd.DataFrame, replicates: dict | None = None, with_paper: bool = True,
-                 n_boot: int | None = None, fragile: bool = True) -> pd.DataFrame:
+def check_claims(
+    frame: pd.DataFrame,
+    replicates: dict | None = None,
+    with_paper: bool = True,
+    n_boot: int | None = None,
+    fragile: bool = True,
+) -> pd.DataFrame:
     """One row per claim: the Holm-adjusted and the raw verdict, p-values, the deciding contrast with its 95 %
     interval and df, seeds and where their variance comes from, fragility (``fragile=False``: not checked), the
     evidence (+ the paper's margin)."""
@@ -512,31 +576,54 @@ def check_claims(frame: pd.DataFrame, replicates: dict | None = None, with_paper
     for cid, text, fn in CLAIMS:
         test = fn(ours_ev)
         ours = decide(test, ours_ev)
-        rec = {"id": cid, "claim": text, "verdict": ours.verdict, "p_value": ours.p_value, "rule": ours.rule,
-               "margin": ours.margin, "ci_lo": ours.lo, "ci_hi": ours.hi, "contrast": ours.contrast,
-               "df": ours.df, "seeds": ours.seeds, "seed_var": ours.seed_var, "n_val": ours.n_val,
-               "fragile": fragility(fn, test, ours, ours_ev) if fragile else "", "evidence": ours.evidence}
+        rec = {
+            "id": cid,
+            "claim": text,
+            "verdict": ours.verdict,
+            "p_value": ours.p_value,
+            "rule": ours.rule,
+            "margin": ours.margin,
+            "ci_lo": ours.lo,
+            "ci_hi": ours.hi,
+            "contrast": ours.contrast,
+            "df": ours.df,
+            "seeds": ours.seeds,
+            "seed_var": ours.seed_var,
+            "n_val": ours.n_val,
+            "fragile": fragility(fn, test, ours, ours_ev) if fragile else "",
+            "evidence": ours.evidence,
+        }
         if paper_ev is not None:
             theirs = fn(paper_ev)
             rec["paper_margin"] = theirs.point_margin if isinstance(theirs, Test) else math.nan
         records.append(rec)
     result = pd.DataFrame(records)
     result.insert(result.columns.get_loc("p_value") + 1, "p_holm", stats.holm(result["p_value"]))
-    result.insert(result.columns.get_loc("verdict"), "verdict_holm",
-                  [v if v not in (HOLDS, FAILS) or p < ALPHA else INCONCLUSIVE
-                   for v, p in zip(result["verdict"], result["p_holm"])])
+    result.insert(
+        result.columns.get_loc("verdict"),
+        "verdict_holm",
+        [
+            v if v not in (HOLDS, FAILS) or p < ALPHA else INCONCLUSIVE
+            for v, p in zip(result["verdict"], result["p_holm"])
+        ],
+    )
     return result
 
 
 # --------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", required=True, help="results/summary/runs.csv")
-    parser.add_argument("--replicates", default=None,
-                        help=f"bootstrap replicates (default: {REPLICATES} beside --summary; without it every "
-                             "verdict is inconclusive)")
-    parser.add_argument("--out", required=True,
-                        help="results/tables/claims.csv (or .md): writes claims.csv and claims.md there; "
-                             "a path without extension is a folder that receives claims.csv and claims.md")
+    parser.add_argument(
+        "--replicates",
+        default=None,
+        help=f"bootstrap replicates (default: {REPLICATES} beside --summary; without it every verdict is inconclusive)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="results/tables/claims.csv (or .md): writes claims.csv and claims.md there; "
+        "a path without extension is a folder that receives claims.csv and claims.md",
+    )
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -556,10 +643,12 @@ def headline(result: pd.DataFrame) -> str:
     holm, raw = result["verdict_holm"].value_counts(), result["verdict"].value_counts()
     tested = int(result["p_value"].notna().sum())
     undecided = holm.get(INCONCLUSIVE, 0) + holm.get(NO_TRAINING_NOISE, 0)
-    return (f"holds: {holm.get(HOLDS, 0)}, fails: {holm.get(FAILS, 0)}, inconclusive: {undecided} "
-            f"({holm.get(NO_TRAINING_NOISE, 0)} without a training-noise estimate), not run: "
-            f"{holm.get(NOT_RUN, 0)} (Holm-adjusted over the {tested} claims with a p-value; unadjusted: holds "
-            f"{raw.get(HOLDS, 0)}, fails {raw.get(FAILS, 0)})")
+    return (
+        f"holds: {holm.get(HOLDS, 0)}, fails: {holm.get(FAILS, 0)}, inconclusive: {undecided} "
+        f"({holm.get(NO_TRAINING_NOISE, 0)} without a training-noise estimate), not run: "
+        f"{holm.get(NOT_RUN, 0)} (Holm-adjusted over the {tested} claims with a p-value; unadjusted: holds "
+        f"{raw.get(HOLDS, 0)}, fails {raw.get(FAILS, 0)})"
+    )
 
 
 def write_claims(result: pd.DataFrame, out: str | Path) -> Path:
@@ -571,27 +660,57 @@ def write_claims(result: pd.DataFrame, out: str | Path) -> Path:
     shown = result.reindex(columns=[*result.columns, *(["paper_margin"] if "paper_margin" not in result else [])])
     shown = shown.assign(
         ci=[_interval(lo, hi) for lo, hi in zip(result["ci_lo"], result["ci_hi"])],
-        p=[_p(p) for p in result["p_value"]], p_adj=[_p(p) for p in result["p_holm"]],
-        margin=[_signed(m) for m in result["margin"]], paper_margin=[_signed(m) for m in shown["paper_margin"]],
+        p=[_p(p) for p in result["p_value"]],
+        p_adj=[_p(p) for p in result["p_holm"]],
+        margin=[_signed(m) for m in result["margin"]],
+        paper_margin=[_signed(m) for m in shown["paper_margin"]],
         noise=[f"{s} ({d:.0f} df)" if math.isfinite(d) else s for s, d in zip(result["seed_var"], result["df"])],
-        verdict_holm=[v + (" (fragile)" if str(f).startswith("yes") else "")
-                      for v, f in zip(result["verdict_holm"], result["fragile"])])
-    shown = shown[["claim", "verdict_holm", "verdict", "p", "p_adj", "rule", "contrast", "margin", "ci", "seeds",
-                   "noise", "fragile", "paper_margin", "evidence"]].rename(columns={
-                       "verdict_holm": "verdict (Holm)", "verdict": "raw verdict", "p_adj": "p (Holm)",
-                       "margin": "our margin", "ci": "95% CI", "noise": "seed variance",
-                       "paper_margin": "paper margin"})
-    head = (f"# Claims of the paper, checked on our runs\n\n{headline(result)}.\n\n"
-            "Every margin is a linear contrast of setting means (means over seeds), read with two levels of noise: "
-            "seeds of a setting (their own variance with ≥ 3 seeds, else pooled over the settings of the same "
-            "evaluation) and val images (paired bootstrap); a t interval with Satterthwaite df "
-            "(docs/statistics.md). A claim holds when every contrast is above its threshold (`all > 0`), fails "
-            "when one contrast is below it after adjusting over the claim's contrasts; `|·| < t` claims are "
-            "equivalence tests (two one-sided tests). `p` decides at 5% per claim; `verdict (Holm)` adjusts over "
-            "the claims of the study. The CI is the deciding contrast's. `fragile`: the verdict changes when one "
-            "seed is left out. No claim is decided without a training-noise estimate. Margins in accuracy points "
-            "(mIoU/AP points for transfer); the paper's margin is the same contrast on the paper's numbers "
-            "(ViT-L/16; the weakest one where there are several).\n\n")
+        verdict_holm=[
+            v + (" (fragile)" if str(f).startswith("yes") else "")
+            for v, f in zip(result["verdict_holm"], result["fragile"])
+        ],
+    )
+    shown = shown[
+        [
+            "claim",
+            "verdict_holm",
+            "verdict",
+            "p",
+            "p_adj",
+            "rule",
+            "contrast",
+            "margin",
+            "ci",
+            "seeds",
+            "noise",
+            "fragile",
+            "paper_margin",
+            "evidence",
+        ]
+    ].rename(
+        columns={
+            "verdict_holm": "verdict (Holm)",
+            "verdict": "raw verdict",
+            "p_adj": "p (Holm)",
+            "margin": "our margin",
+            "ci": "95% CI",
+            "noise": "seed variance",
+            "paper_margin": "paper margin",
+        }
+    )
+    head = (
+        f"# Claims of the paper, checked on our runs\n\n{headline(result)}.\n\n"
+        "Every margin is a linear contrast of setting means (means over seeds), read with two levels of noise: "
+        "seeds of a setting (their own variance with ≥ 3 seeds, else pooled over the settings of the same "
+        "evaluation) and val images (paired bootstrap); a t interval with Satterthwaite df "
+        "(docs/statistics.md). A claim holds when every contrast is above its threshold (`all > 0`), fails "
+        "when one contrast is below it after adjusting over the claim's contrasts; `|·| < t` claims are "
+        "equivalence tests (two one-sided tests). `p` decides at 5% per claim; `verdict (Holm)` adjusts over "
+        "the claims of the study. The CI is the deciding contrast's. `fragile`: the verdict changes when one "
+        "seed is left out. No claim is decided without a training-noise estimate. Margins in accuracy points "
+        "(mIoU/AP points for transfer); the paper's margin is the same contrast on the paper's numbers "
+        "(ViT-L/16; the weakest one where there are several).\n\n"
+    )
     md = stem.with_suffix(".md")
     atomic_write_text(md, head + to_markdown(shown) + "\n")
     return md
@@ -604,6 +723,13 @@ def main(args: argparse.Namespace) -> int:
     result = check_claims(frame, replicates)
     write_claims(result, args.out)
     for r in result.itertuples():
-        log.info("%-22s %-12s p=%s %+.2f %s %s", r.id, r.verdict_holm, _p(r.p_value), r.margin,
-                 _interval(r.ci_lo, r.ci_hi), r.evidence)
+        log.info(
+            "%-22s %-12s p=%s %+.2f %s %s",
+            r.id,
+            r.verdict_holm,
+            _p(r.p_value),
+            r.margin,
+            _interval(r.ci_lo, r.ci_hi),
+            r.evidence,
+        )
     return 0

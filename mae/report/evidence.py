@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -88,8 +88,11 @@ class Evidence:
     def matrix(self, metric: str) -> np.ndarray:
         """``(rows, 1 + n_boot)``: the point value, then the replicates (NaN without per-image predictions)."""
         if metric not in self._matrix:
-            point = pd.to_numeric(self.frame[metric], errors="coerce").to_numpy(float) if metric in self.frame \
+            point = (
+                pd.to_numeric(self.frame[metric], errors="coerce").to_numpy(float)
+                if metric in self.frame
                 else np.full(len(self.frame), np.nan)
+            )
             out = np.full((len(self.frame), 1 + self.n_boot), np.nan)
             out[:, 0] = point
             if self.n_boot:
@@ -110,8 +113,11 @@ class Evidence:
     def _columns(self) -> tuple[np.ndarray, np.ndarray]:
         """The seed and the val-image count of every row, as arrays (cells read them often)."""
         seeds = self.frame["seed"].to_numpy(object) if "seed" in self.frame else np.full(len(self.frame), None)
-        n_val = pd.to_numeric(self.frame["n_val"], errors="coerce").to_numpy(float) if "n_val" in self.frame \
+        n_val = (
+            pd.to_numeric(self.frame["n_val"], errors="coerce").to_numpy(float)
+            if "n_val" in self.frame
             else np.full(len(self.frame), np.nan)
+        )
         return seeds, n_val
 
     @functools.cached_property
@@ -124,8 +130,9 @@ class Evidence:
         seeds (``partial_ft-0`` rows are copies of linear probes and are left out)."""
         if metric not in self._pools:
             values = self.matrix(metric)
-            finite = np.isfinite(values[:, 0]) & ~(self.frame["eval"].eq("partial_ft")
-                                                   & self.frame["eval_setting"].eq("0")).to_numpy(bool)
+            finite = np.isfinite(values[:, 0]) & ~(
+                self.frame["eval"].eq("partial_ft") & self.frame["eval_setting"].eq("0")
+            ).to_numpy(bool)
             parts: dict[tuple, list] = {}
             codes = pd.factorize(self.setting_of)[0]
             for code in np.unique(codes[finite]):
@@ -136,8 +143,7 @@ class Evidence:
             self._pools[metric] = {kind: stats.pooled_variance(p, ("pooled", kind)) for kind, p in parts.items()}
         return self._pools[metric]
 
-    def _noise(self, kind: tuple, values: np.ndarray, reps: np.ndarray | None, rows: np.ndarray) -> \
-            stats.SeedVariance:
+    def _noise(self, kind: tuple, values: np.ndarray, reps: np.ndarray | None, rows: np.ndarray) -> stats.SeedVariance:
         if len(values) >= stats.MIN_OWN_SEEDS:
             ss, df, image_ss = stats.within_variance(values, reps)
             return stats.SeedVariance(ss / df, df, image_ss / df, stats.OWN, ("own", kind, tuple(rows)))
@@ -154,8 +160,9 @@ class Evidence:
         noise = self._noise(kind, values[:, 0], reps if self.n_boot else None, rows)
         seeds, n_val = self._columns
         counts = n_val[rows][np.isfinite(n_val[rows])]
-        return Cell(key, values[:, 0], reps, noise, rows, tuple(seeds[rows]),
-                    float(counts.min()) if len(counts) else math.nan)
+        return Cell(
+            key, values[:, 0], reps, noise, rows, tuple(seeds[rows]), float(counts.min()) if len(counts) else math.nan
+        )
 
     # ---- estimates
     def estimate(self, terms: Sequence[Term]) -> stats.Estimate:
@@ -167,8 +174,9 @@ class Evidence:
         weights = [w for w, _ in merged.values()]
         cells = [c for _, c in merged.values()]
         reps = np.stack([c.mean_replicates for c in cells]) if self.n_boot else np.empty((len(cells), 0))
-        return stats.contrast(weights, [c.point for c in cells], reps, [c.seeds for c in cells],
-                              [c.noise for c in cells])
+        return stats.contrast(
+            weights, [c.point for c in cells], reps, [c.seeds for c in cells], [c.noise for c in cells]
+        )
 
     def interval(self, cell: Cell, level: float = stats.LEVEL) -> tuple[float, float]:
         """The ``level`` interval of one cell's mean (NaN without a training-noise estimate or replicates)."""
@@ -184,8 +192,9 @@ class Evidence:
         mask = ablation_mask(self.frame, ids, knobs, self.base) if len(self.frame) else None
         return self.select(ev, metric, knobs, mask, eval_setting)
 
-    def select(self, ev: str, metric: str, knobs: list[str], mask: pd.Series | None = None,
-               eval_setting: str | None = "") -> list[Cell]:
+    def select(
+        self, ev: str, metric: str, knobs: list[str], mask: pd.Series | None = None, eval_setting: str | None = ""
+    ) -> list[Cell]:
         frame = self.frame
         if not len(frame):
             return []
@@ -209,8 +218,11 @@ class Evidence:
 
     def baseline(self, init: str, ev: str, metric: str, eval_setting: str | None = "") -> Cell | None:
         """The cell of a baseline init (scratch, supervised) on evaluation ``ev``."""
-        cells = self.select(ev, metric, [], self.frame["init"].eq(init).fillna(False), eval_setting) \
-            if len(self.frame) else []
+        cells = (
+            self.select(ev, metric, [], self.frame["init"].eq(init).fillna(False), eval_setting)
+            if len(self.frame)
+            else []
+        )
         return cells[0] if cells else None
 
     def base_value(self, knob: str) -> float:

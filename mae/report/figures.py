@@ -54,15 +54,23 @@ from mae.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with 
     patch_mask_image,
     reconstruct,
     reconstruction_figure,
-    save_figure as save,
     show_masked,
     to_display,
+)
+from mae.visualize import (
+    save_figure as save,
 )
 
 log = logging.getLogger("mae.report.figures")
 
-FIGURES = ("fig5_masking_ratio", "fig7_schedule", "fig9_partial_ft", "fig_mask_sampling", "fig_reconstructions",
-           "fig_loss_curves")
+FIGURES = (
+    "fig5_masking_ratio",
+    "fig7_schedule",
+    "fig9_partial_ft",
+    "fig_mask_sampling",
+    "fig_reconstructions",
+    "fig_loss_curves",
+)
 PANEL = {"finetune": "fine-tuning", "linprobe": "linear probing"}
 PAPER_PANEL = {"ft_top1": "fine-tuning", "lin_top1": "linear probing"}
 
@@ -72,15 +80,25 @@ class Skip(Exception):
 
 
 # --------------------------------------------------------------------------------------------- curves
-def _ours_long(evidence: Evidence, rows: pd.DataFrame, x: str,
-               evals: tuple[str, ...] = ("finetune", "linprobe")) -> pd.DataFrame:
+def _ours_long(
+    evidence: Evidence, rows: pd.DataFrame, x: str, evals: tuple[str, ...] = ("finetune", "linprobe")
+) -> pd.DataFrame:
     """Our points (mean over seeds) with the half-width of their 95 % interval (``ci``, NaN if unknown)."""
     parts = []
     for ev in evals:
         cells = evidence.table(ev, "top1", [x], rows.index)
-        parts.append(pd.DataFrame({"x": pd.to_numeric(cells[x], errors="coerce").astype(float),
-                                   "value": cells["mean"].astype(float), "ci": cells["ci"].astype(float),
-                                   "panel": PANEL[ev], "series": "ours", "source": "ours"}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "x": pd.to_numeric(cells[x], errors="coerce").astype(float),
+                    "value": cells["mean"].astype(float),
+                    "ci": cells["ci"].astype(float),
+                    "panel": PANEL[ev],
+                    "series": "ours",
+                    "source": "ours",
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -91,20 +109,37 @@ def _paper_long(table: str, model: str, x_of, series_of=None) -> pd.DataFrame:
     else:  # Fig. 9: one curve per pretraining method
         rows = rows[rows["model"].str.startswith(("MAE ", "MoCo"))]
     rows = rows[rows["setting"].str.contains("=")]
-    return pd.DataFrame({"x": [x_of(s) for s in rows["setting"]], "value": rows["value"].astype(float),
-                         "panel": rows["metric"].map(lambda m: PAPER_PANEL.get(m, "top-1")),
-                         "series": [series_of(m) for m in rows["model"]] if series_of else "MAE",
-                         "source": f"paper ({model})"})
+    return pd.DataFrame(
+        {
+            "x": [x_of(s) for s in rows["setting"]],
+            "value": rows["value"].astype(float),
+            "panel": rows["metric"].map(lambda m: PAPER_PANEL.get(m, "top-1")),
+            "series": [series_of(m) for m in rows["model"]] if series_of else "MAE",
+            "source": f"paper ({model})",
+        }
+    )
 
 
-def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: str,
-                  logx: bool = False) -> plt.Figure:
+def _curve_figure(ours: pd.DataFrame, paper: pd.DataFrame, xlabel: str, title: str, logx: bool = False) -> plt.Figure:
     data = pd.concat([ours, paper], ignore_index=True)
     data["x"] = data["x"].astype(float)
-    grid = sns.relplot(data=data, x="x", y="value", hue="series", style="series", row="source", col="panel",
-                       kind="line", markers=True, dashes=False, errorbar=None, height=2.6, aspect=1.3,
-                       facet_kws={"sharex": False, "sharey": False})
-    for (panel, series), pts in ours.dropna(subset=["ci"]).groupby(["panel", "series"]):
+    grid = sns.relplot(
+        data=data,
+        x="x",
+        y="value",
+        hue="series",
+        style="series",
+        row="source",
+        col="panel",
+        kind="line",
+        markers=True,
+        dashes=False,
+        errorbar=None,
+        height=2.6,
+        aspect=1.3,
+        facet_kws={"sharex": False, "sharey": False},
+    )
+    for (panel, _series), pts in ours.dropna(subset=["ci"]).groupby(["panel", "series"]):
         ax = grid.axes_dict.get(("ours", panel))
         if ax is not None:  # 95 % intervals of our points (seeds and val images; none without a seed variance)
             ax.errorbar(pts["x"], pts["value"], yerr=pts["ci"], fmt="none", ecolor="0.3", capsize=3, lw=1)
@@ -149,17 +184,41 @@ def fig9(evidence: Evidence) -> plt.Figure:
     part = evidence.table("partial_ft", "top1", ["eval_setting"], rows.index, eval_setting=None)
     if len(part) < 2:
         raise Skip("needs partial fine-tuning of the base run at two or more block counts")
-    ours = pd.DataFrame({"x": pd.to_numeric(part["eval_setting"], errors="coerce").astype(float),
-                         "value": part["mean"].astype(float), "ci": part["ci"].astype(float), "panel": "top-1",
-                         "series": "MAE (ours)", "source": "ours"})
+    ours = pd.DataFrame(
+        {
+            "x": pd.to_numeric(part["eval_setting"], errors="coerce").astype(float),
+            "value": part["mean"].astype(float),
+            "ci": part["ci"].astype(float),
+            "panel": "top-1",
+            "series": "MAE (ours)",
+            "source": "ours",
+        }
+    )
     depth = _encoder_depth(str(base_knobs(frame).get("model")))
     full = evidence.table("finetune", "top1", [], rows.index)
     if depth and len(full) and float(depth) not in set(ours["x"]):
-        ours = pd.concat([ours, pd.DataFrame({"x": [float(depth)], "value": full["mean"].astype(float).tolist(),
-                                              "ci": full["ci"].astype(float).tolist(), "panel": "top-1",
-                                              "series": "MAE (ours)", "source": "ours"})], ignore_index=True)
-    paper = _paper_long("Fig 9", "ViT-L/16", lambda s: float(s.split("=")[1]),
-                        series_of=lambda m: "MAE" if m.startswith("MAE") else "MoCo v3")
+        ours = pd.concat(
+            [
+                ours,
+                pd.DataFrame(
+                    {
+                        "x": [float(depth)],
+                        "value": full["mean"].astype(float).tolist(),
+                        "ci": full["ci"].astype(float).tolist(),
+                        "panel": "top-1",
+                        "series": "MAE (ours)",
+                        "source": "ours",
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
+    paper = _paper_long(
+        "Fig 9",
+        "ViT-L/16",
+        lambda s: float(s.split("=")[1]),
+        series_of=lambda m: "MAE" if m.startswith("MAE") else "MoCo v3",
+    )
     paper["source"] = "paper (ViT-L/16)"
     return _curve_figure(ours, paper, "# blocks fine-tuned (last ones)", "Partial fine-tuning (paper Fig. 9)")
 
@@ -254,8 +313,9 @@ def load_pretrained(run_dir: Path, knobs: dict[str, Any]):
     return model
 
 
-def fig_reconstructions(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None,
-                        count: int = 4, seed: int = 0) -> plt.Figure:
+def fig_reconstructions(
+    frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None, count: int = 4, seed: int = 0
+) -> plt.Figure:
     if data_dir is None:
         raise Skip("no --data folder given")
     run = base_run(frame) if len(frame) else None
@@ -270,9 +330,15 @@ def fig_reconstructions(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str
 
 
 # --------------------------------------------------------------------------------------------- all
-def make_figures(frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
-                 paper_model: str = P.DEFAULT_PAPER_MODEL, only: list[str] | None = None,
-                 replicates: dict | None = None) -> dict[str, Any]:
+def make_figures(
+    frame: pd.DataFrame,
+    runs_dir: str | Path,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    paper_model: str = P.DEFAULT_PAPER_MODEL,
+    only: list[str] | None = None,
+    replicates: dict | None = None,
+) -> dict[str, Any]:
     """Draw every figure (or those in ``only``) that has data; returns ``{"written": {stem: [files]},
     "skipped": {stem: why}}``, also written to ``out_dir/figures.json``. Error bars: 95 % intervals from
     ``replicates`` (:mod:`mae.report.evidence`)."""
@@ -314,12 +380,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", required=True, help="results/runs (pretraining logs and checkpoints)")
     parser.add_argument("--data", default=None, help="prepared pretraining dataset (validation images)")
     parser.add_argument("--out", required=True, help="output folder (results/figures)")
-    parser.add_argument("--replicates", default=None,
-                        help=f"bootstrap replicates for the error bars (default: {REPLICATES} beside --summary)")
-    parser.add_argument("--paper-model", default=P.DEFAULT_PAPER_MODEL,
-                        help="paper model whose curves are drawn (Figs. 5 and 7 exist for ViT-L/16 only)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="FIGURE",
-                        help=f"draw only these figures (of: {', '.join(FIGURES)})")
+    parser.add_argument(
+        "--replicates",
+        default=None,
+        help=f"bootstrap replicates for the error bars (default: {REPLICATES} beside --summary)",
+    )
+    parser.add_argument(
+        "--paper-model",
+        default=P.DEFAULT_PAPER_MODEL,
+        help="paper model whose curves are drawn (Figs. 5 and 7 exist for ViT-L/16 only)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="FIGURE", help=f"draw only these figures (of: {', '.join(FIGURES)})"
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ PAPER_MODEL_OF = {
 }
 DEFAULT_PAPER_MODEL = "ViT-L/16"
 
+
 def paper_model_for(model: str | None) -> str:
     """The paper's model row that our model is compared with."""
     return PAPER_MODEL_OF.get(str(model), DEFAULT_PAPER_MODEL)
@@ -70,9 +71,20 @@ def _after_eq(setting: str) -> str:
 
 
 #: the paper's default setting (Table 1 baselines: pixels w/o norm, decoder 8 x 512, 800 epochs)
-PAPER_BASE = dict(dataset="IN1K", img_size=224, patch_size=16, mask_ratio=0.75, decoder_depth=8, decoder_width=512,
-                  mask_token_in_encoder=False, target="pixel", aug="crop_rand", sampling="random",
-                  pretrain_epochs=800, seed=0)
+PAPER_BASE = dict(
+    dataset="IN1K",
+    img_size=224,
+    patch_size=16,
+    mask_ratio=0.75,
+    decoder_depth=8,
+    decoder_width=512,
+    mask_token_in_encoder=False,
+    target="pixel",
+    aug="crop_rand",
+    sampling="random",
+    pretrain_epochs=800,
+    seed=0,
+)
 _EVAL_OF = {"ft_top1": "finetune", "lin_top1": "linprobe"}
 #: paper table -> the ablation with runs of its own (Table 7 shows Table 1d's runs: not a row set of its own)
 _ABLATION_OF = {a.paper_table: a for a in ABLATIONS.values() if not a.runs_of}
@@ -85,16 +97,28 @@ def _ablation_row(r: Any, row: dict) -> dict | None:
     if values is None:
         return None
     knobs = {KNOBS[k].column: v for k, v in values.items()}
-    return {**row, **knobs, "run": "_".join(f"{k}-{v}" for k, v in knobs.items()), "eval": _EVAL_OF[r.metric],
-            "tables": spec.id, "top1": r.value}
+    return {
+        **row,
+        **knobs,
+        "run": "_".join(f"{k}-{v}" for k, v in knobs.items()),
+        "eval": _EVAL_OF[r.metric],
+        "tables": spec.id,
+        "top1": r.value,
+    }
 
 
 def _fig9_row(r: Any, row: dict) -> dict | None:
     """Fig. 9: the MAE curve's block counts as partial fine-tuning of the base run."""
     if not (r.setting.startswith("blocks=") and r.model.startswith("MAE ")):
         return None
-    return {**row, "run": "base", "eval": "partial_ft", "eval_setting": _after_eq(r.setting), "tables": "fig9",
-            "top1": r.value}
+    return {
+        **row,
+        "run": "base",
+        "eval": "partial_ft",
+        "eval_setting": _after_eq(r.setting),
+        "tables": "fig9",
+        "top1": r.value,
+    }
 
 
 def _table3_row(r: Any, row: dict) -> dict | None:
@@ -104,8 +128,15 @@ def _table3_row(r: Any, row: dict) -> dict | None:
     if r.setting.startswith("method=scratch"):
         return {**row, "run": "scratch", "eval": "finetune", "init": "scratch", "tables": "3", "top1": r.value}
     if r.setting.startswith("method=MAE;"):
-        return {**row, "run": "table3-mae", "eval": "finetune", "target": "norm_pixel", "pretrain_epochs": 1600,
-                "tables": "3", "top1": r.value}
+        return {
+            **row,
+            "run": "table3-mae",
+            "eval": "finetune",
+            "target": "norm_pixel",
+            "pretrain_epochs": 1600,
+            "tables": "3",
+            "top1": r.value,
+        }
     return None
 
 
@@ -114,13 +145,24 @@ def _transfer_row(r: Any, row: dict) -> dict | None:
     if r.metric not in ("ap_box", "miou") or not r.setting.startswith(("method=MAE;", "method=supervised;")):
         return None
     init = "mae" if r.setting.startswith("method=MAE;") else "supervised"
-    return {**row, "run": "base" if init == "mae" else init, "init": init, "tables": r.table[-1],
-            "eval": "transfer_det" if r.table == "Table 4" else "transfer_seg", r.metric: r.value}
+    return {
+        **row,
+        "run": "base" if init == "mae" else init,
+        "init": init,
+        "tables": r.table[-1],
+        "eval": "transfer_det" if r.table == "Table 4" else "transfer_seg",
+        r.metric: r.value,
+    }
 
 
 #: the paper's table -> how one of its numbers becomes a runs.csv row (each table owns its label mapping)
-_ROW_OF = {**{table: _ablation_row for table in _ABLATION_OF}, "Fig 9": _fig9_row, "Table 3": _table3_row,
-           "Table 4": _transfer_row, "Table 5": _transfer_row}
+_ROW_OF = {
+    **{table: _ablation_row for table in _ABLATION_OF},
+    "Fig 9": _fig9_row,
+    "Table 3": _table3_row,
+    "Table 4": _transfer_row,
+    "Table 5": _transfer_row,
+}
 
 
 def _paper_row(r: Any, base: dict) -> dict | None:
@@ -156,7 +198,16 @@ def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
         if h is None:
             continue
         epochs = 800
-        rows_ = dict(run=run, eval="pretrain", eval_setting="", init="mae", **{**base, **knobs}, tables="2",
-                     wall_s=h * 3600.0, img_s=1_281_167 * epochs / (h * 3600.0), epochs=epochs)
+        rows_ = dict(
+            run=run,
+            eval="pretrain",
+            eval_setting="",
+            init="mae",
+            **{**base, **knobs},
+            tables="2",
+            wall_s=h * 3600.0,
+            img_s=1_281_167 * epochs / (h * 3600.0),
+            epochs=epochs,
+        )
         frame = pd.concat([frame, pd.DataFrame([rows_])], ignore_index=True)
     return frame

@@ -14,8 +14,8 @@ resample ``b`` is). ``partial_ft-0`` rows copy their run's linear probe, as ``ma
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -85,8 +85,13 @@ def with_seeds(frame: pd.DataFrame, seeds: tuple[int, ...]) -> pd.DataFrame:
     return pd.concat([frame, *extra], ignore_index=True) if extra else frame
 
 
-def simulate(template: pd.DataFrame, truth: Callable[[pd.Series], float], noise: dict[tuple, Noise],
-             rng: np.random.Generator, n_boot: int = 200) -> tuple[pd.DataFrame, dict]:
+def simulate(
+    template: pd.DataFrame,
+    truth: Callable[[pd.Series], float],
+    noise: dict[tuple, Noise],
+    rng: np.random.Generator,
+    n_boot: int = 200,
+) -> tuple[pd.DataFrame, dict]:
     """One synthetic study in ``template``'s layout: ``(frame, replicates)`` as ``read_summary`` and
     ``read_replicates`` give them, with ``truth(row)`` the true value of each row's metric."""
     frame = template.copy().reset_index(drop=True)
@@ -119,8 +124,14 @@ def simulate(template: pd.DataFrame, truth: Callable[[pd.Series], float], noise:
     return frame, replicates
 
 
-def false_decision_rates(template: pd.DataFrame, truth: Callable[[pd.Series], float], noise: dict[tuple, Noise],
-                         draws: int, seed: int = 0, n_boot: int = 200) -> pd.DataFrame:
+def false_decision_rates(
+    template: pd.DataFrame,
+    truth: Callable[[pd.Series], float],
+    noise: dict[tuple, Noise],
+    draws: int,
+    seed: int = 0,
+    n_boot: int = 200,
+) -> pd.DataFrame:
     """Per claim, how often each verdict (raw and Holm-adjusted) comes out over ``draws`` synthetic studies, and
     how often the claim had a p-value at all (``tested``: a rule never tested cannot make a false decision)."""
     from mae.report.claims import check_claims
@@ -139,8 +150,14 @@ def false_decision_rates(template: pd.DataFrame, truth: Callable[[pd.Series], fl
 
 
 #: a plausible level of each evaluation (points); no claim depends on the levels, only on their differences
-LEVEL = {"finetune": 20.0, "linprobe": 18.0, "knn": 13.0, "transfer_det": 1.0, "transfer_seg": 9.0,
-         "transfer_cls": 12.0}
+LEVEL = {
+    "finetune": 20.0,
+    "linprobe": 18.0,
+    "knn": 13.0,
+    "transfer_det": 1.0,
+    "transfer_seg": 9.0,
+    "transfer_cls": 12.0,
+}
 
 
 def no_effect(row: pd.Series) -> float:
@@ -153,8 +170,11 @@ def no_effect(row: pd.Series) -> float:
         return LEVEL["linprobe"] if row["eval_setting"] == "0" else (LEVEL["linprobe"] + LEVEL["finetune"]) / 2
     value = LEVEL[ev]
     if ev == "finetune" and row["init"] == "mae":
-        if "fig5" in str(row["tables"]).split(";") and 0.4 <= float(row["mask_ratio"]) <= 0.8 \
-                and abs(float(row["mask_ratio"]) - 0.75) > 1e-9:
+        if (
+            "fig5" in str(row["tables"]).split(";")
+            and 0.4 <= float(row["mask_ratio"]) <= 0.8
+            and abs(float(row["mask_ratio"]) - 0.75) > 1e-9
+        ):
             value -= 0.5
         if row["target"] == "token":
             value += 0.5

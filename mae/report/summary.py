@@ -23,8 +23,9 @@ import argparse
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,8 +62,13 @@ METRICS = (
 CI_METRICS = ("top1", "miou", "ap_box", "ap_mask")
 CI_COLUMNS = (*(f"{m}_{s}" for m in CI_METRICS for s in ("lo", "hi", "seed_mean", "seed_sd")), "seeds", "n_val")
 #: what describes a run in runs.csv: the model and data, then every pretraining knob (by its runs.csv column)
-KNOBS = ("model", "dataset", "img_size", "patch_size",
-         *(k.column for k in PRETRAIN_KNOBS.values() if k.name != "model"))
+KNOBS = (
+    "model",
+    "dataset",
+    "img_size",
+    "patch_size",
+    *(k.column for k in PRETRAIN_KNOBS.values() if k.name != "model"),
+)
 COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS, *CI_COLUMNS)
 #: an evaluation the study planned that its data cannot give: ``not run (no labels)`` (study.json ``not_run``,
 #: :func:`mae.study.not_run`); a column of runs.csv, after ``tables``, only when some row has one
@@ -121,7 +127,7 @@ def parse_eval_dir(name: str) -> tuple[str, str] | None:
         if name == ev:
             return ev, ""
         if name.startswith(ev + "-") and len(name) > len(ev) + 1:
-            return ev, name[len(ev) + 1:]
+            return ev, name[len(ev) + 1 :]
     return None
 
 
@@ -163,8 +169,9 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
             ev, setting = parsed
             values = _metric_values(metrics)
             values.setdefault("n_val", values.get("eval_images", math.nan))  # detection/segmentation
-            rows.append({"run": name, "eval": ev, "eval_setting": setting, "init": init, **knobs,
-                         "tables": tables, **values})
+            rows.append(
+                {"run": name, "eval": ev, "eval_setting": setting, "init": init, **knobs, "tables": tables, **values}
+            )
             found = True
         if not found:
             log.info("run %s: no evaluation with metrics.json yet", name)
@@ -177,13 +184,18 @@ def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.Dat
     frame = normalise(frame)
     order = {ev: i for i, ev in enumerate(EVALS)}
     if len(frame):
-        frame = frame.assign(_o=frame["eval"].map(order)).sort_values(
-            ["run", "_o", "eval_setting"], kind="stable").drop(columns="_o").reset_index(drop=True)
+        frame = (
+            frame.assign(_o=frame["eval"].map(order))
+            .sort_values(["run", "_o", "eval_setting"], kind="stable")
+            .drop(columns="_o")
+            .reset_index(drop=True)
+        )
     return frame
 
 
-def _run_columns(name: str, run_dir: Path, study: dict[str, Any], base: dict[str, Any]
-                 ) -> tuple[str, dict[str, Any], str]:
+def _run_columns(
+    name: str, run_dir: Path, study: dict[str, Any], base: dict[str, Any]
+) -> tuple[str, dict[str, Any], str]:
     """A run's init, knobs and tables: from its settings.json (written by pretraining) and its study entry; a
     baseline (scratch, supervised) has the base's architecture and data, and its own seed."""
     entry = study.get("runs", {}).get(name, {}) or {}
@@ -202,8 +214,9 @@ def _run_columns(name: str, run_dir: Path, study: dict[str, Any], base: dict[str
     return init, knobs, ";".join(str(t) for t in entry.get("tables", []) or [])
 
 
-def _not_run_rows(runs_dir: Path, study: dict[str, Any], base: dict[str, Any], have: set[tuple[str, str, str]]
-                  ) -> list[dict[str, Any]]:
+def _not_run_rows(
+    runs_dir: Path, study: dict[str, Any], base: dict[str, Any], have: set[tuple[str, str, str]]
+) -> list[dict[str, Any]]:
     """One row per evaluation the study planned that its data cannot give (study.json ``not_run``), with the
     run's knobs, no metrics and ``status`` = ``not run (<why>)`` (none where a metrics.json exists after all)."""
     rows = []
@@ -213,8 +226,17 @@ def _not_run_rows(runs_dir: Path, study: dict[str, Any], base: dict[str, Any], h
             continue
         name = str(item["run"])
         init, knobs, tables = _run_columns(name, runs_dir / name, study, base)
-        rows.append({"run": name, "eval": parsed[0], "eval_setting": parsed[1], "init": init, **knobs,
-                     "tables": tables, STATUS: f"not run ({item['why']})" if item.get("why") else "not run"})
+        rows.append(
+            {
+                "run": name,
+                "eval": parsed[0],
+                "eval_setting": parsed[1],
+                "init": init,
+                **knobs,
+                "tables": tables,
+                STATUS: f"not run ({item['why']})" if item.get("why") else "not run",
+            }
+        )
     return rows
 
 
@@ -278,11 +300,16 @@ def _matches_metrics(path: Path, per_image: dict[str, Any], metrics: Any) -> boo
         return True
     pred, target = np.asarray(per_image["pred"]), np.asarray(per_image["target"])
     top1 = metrics.get("top1")
-    if pred.shape == target.shape and not (isinstance(top1, (int, float)) and len(target)
-                                           and abs(100.0 * float(np.mean(pred == target)) - top1) > 1e-6):
+    if pred.shape == target.shape and not (
+        isinstance(top1, (int, float)) and len(target) and abs(100.0 * float(np.mean(pred == target)) - top1) > 1e-6
+    ):
         return True
-    log.warning("%s: predictions do not give top1=%s of metrics.json beside it; no interval for this row "
-                "(rerun the evaluation)", path, top1)
+    log.warning(
+        "%s: predictions do not give top1=%s of metrics.json beside it; no interval for this row "
+        "(rerun the evaluation)",
+        path,
+        top1,
+    )
     return False
 
 
@@ -411,8 +438,15 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Float64")
         elif kind is bool:
             frame[col] = frame[col].map(_to_bool).astype("boolean")
-    for col in (*(c for c, t in KNOB_TYPES.items() if t is str), "run", "eval", "eval_setting", "init", "tables",
-                STATUS):
+    for col in (
+        *(c for c, t in KNOB_TYPES.items() if t is str),
+        "run",
+        "eval",
+        "eval_setting",
+        "init",
+        "tables",
+        STATUS,
+    ):
         if col in frame:
             frame[col] = frame[col].map(lambda v: None if _missing(v) else str(v)).astype("string")
     frame["eval_setting"] = frame["eval_setting"].fillna("")
@@ -481,8 +515,9 @@ def _check_values(frame: pd.DataFrame, path: Path) -> None:
             i = int(bad.to_numpy().argmax())
             shown = f"{values.iloc[i]!r}" if pd.isna(parsed.iloc[i]) else f"{float(parsed.iloc[i])}"
             what = "is not a number" if pd.isna(parsed.iloc[i]) else "is not finite (a metric is a finite number)"
-            raise UserError(f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): "
-                            f"{col}={shown} {what}")
+            raise UserError(
+                f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): {col}={shown} {what}"
+            )
     key = frame[list(ROW_KEY)].astype("string").fillna("")
     repeated = key.duplicated(keep=False)
     if repeated.any():
@@ -490,15 +525,18 @@ def _check_values(frame: pd.DataFrame, path: Path) -> None:
         first = key[repeated].iloc[0]
         rows = [r for r, same in zip(rows, (key[repeated] == first).all(axis=1)) if same]
         shown = ", ".join(f"{c}={first[c]!r}" for c in ROW_KEY)
-        raise UserError(f"{path}: rows {' and '.join(map(str, rows))} repeat the key ({shown}): one row per run, "
-                        "evaluation, setting and seed")
+        raise UserError(
+            f"{path}: rows {' and '.join(map(str, rows))} repeat the key ({shown}): one row per run, "
+            "evaluation, setting and seed"
+        )
     mae = frame["init"].fillna("mae") == "mae"
     for col in (c for c in KNOBS if c in frame and c not in ("dataset", "img_size", "patch_size")):
         bad = mae & frame[col].isna() & frame["eval"].notna()
         if bad.any() and frame.loc[mae, col].notna().any():
             i = int(bad.to_numpy().argmax())
-            raise UserError(f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): "
-                            f"the knob {col} is empty")
+            raise UserError(
+                f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): the knob {col} is empty"
+            )
 
 
 def pretraining_knobs() -> tuple[str, ...]:
@@ -568,8 +606,9 @@ def differs_only_in(frame: pd.DataFrame, knobs: Iterable[str], base: dict[str, A
     return mask
 
 
-def ablation_mask(frame: pd.DataFrame, table_ids: Iterable[str], knobs: Iterable[str],
-                  base: dict[str, Any] | None = None) -> pd.Series:
+def ablation_mask(
+    frame: pd.DataFrame, table_ids: Iterable[str], knobs: Iterable[str], base: dict[str, Any] | None = None
+) -> pd.Series:
     """Boolean mask: the MAE rows of the runs planned for the ablations ``table_ids`` (``1a``, ``fig5`` …).
 
     Those are the runs tagged with one of the ids in the ``tables`` column: the planner tags every row of a
@@ -610,13 +649,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", required=True, help="results/runs folder (one sub-folder per run)")
     parser.add_argument("--study", default=None, help="STUDY.json written by the Snakefile (base, runs, scale)")
     parser.add_argument("--out", required=True, help="output runs.csv")
-    parser.add_argument("--metrics", default=None,
-                        help="headline metrics JSON for `dvc metrics` (default: metrics.json beside --out)")
-    parser.add_argument("--replicates", default=None,
-                        help="bootstrap replicates of every metric for paired comparisons (default: "
-                             f"{REPLICATES} beside --out)")
-    parser.add_argument("--loss-curves", default=None,
-                        help="pretraining loss curves CSV for `dvc plots` (default: loss_curves.csv beside --out)")
+    parser.add_argument(
+        "--metrics", default=None, help="headline metrics JSON for `dvc metrics` (default: metrics.json beside --out)"
+    )
+    parser.add_argument(
+        "--replicates",
+        default=None,
+        help=f"bootstrap replicates of every metric for paired comparisons (default: {REPLICATES} beside --out)",
+    )
+    parser.add_argument(
+        "--loss-curves",
+        default=None,
+        help="pretraining loss curves CSV for `dvc plots` (default: loss_curves.csv beside --out)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

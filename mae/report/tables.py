@@ -29,8 +29,19 @@ from mae.knobs import KNOBS
 from mae.report import paper as P
 from mae.report.ablations import ABLATIONS, Ablation
 from mae.report.evidence import Evidence
-from mae.report.summary import (REPLICATES, STATUS, ablation_mask, base_knobs, base_run, differs_only_in,
-                                read_replicates, read_summary, seed_mean, status_of, table_runs)
+from mae.report.summary import (
+    REPLICATES,
+    STATUS,
+    ablation_mask,
+    base_knobs,
+    base_run,
+    differs_only_in,
+    read_replicates,
+    read_summary,
+    seed_mean,
+    status_of,
+    table_runs,
+)
 from mae.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("mae.report.tables")
@@ -38,9 +49,11 @@ log = logging.getLogger("mae.report.tables")
 PAPER_SCALE = "ImageNet-1K, {epochs} pretraining epochs"
 #: column suffix of a 95 % interval half-width beside our value (``lin top-1 ±``)
 CI_SUFFIX = " ±"
-CI_NOTE = (" Ours: mean over seeds ± half-width of its 95% interval (training noise between seeds, pooled over "
-           "the settings of the same evaluation where a setting has fewer than 3, plus val-image noise by the paired "
-           "bootstrap; t interval, docs/statistics.md); no ± where no seed-variance estimate exists.")
+CI_NOTE = (
+    " Ours: mean over seeds ± half-width of its 95% interval (training noise between seeds, pooled over "
+    "the settings of the same evaluation where a setting has fewer than 3, plus val-image noise by the paired "
+    "bootstrap; t interval, docs/statistics.md); no ± where no seed-variance estimate exists."
+)
 
 
 @dataclass
@@ -60,8 +73,10 @@ class Table:
         for col in [c for c in out.columns if c.endswith(CI_SUFFIX)]:
             ours = col[: -len(CI_SUFFIX)] + " ours"
             if ours in out:
-                out[ours] = [_fmt_cell(v) + (f" ± {_fmt_cell(ci)}" if pd.notna(ci) and pd.notna(v) else "")
-                             for v, ci in zip(out[ours], out[col])]
+                out[ours] = [
+                    _fmt_cell(v) + (f" ± {_fmt_cell(ci)}" if pd.notna(ci) and pd.notna(v) else "")
+                    for v, ci in zip(out[ours], out[col])
+                ]
             out = out.drop(columns=col)
         return out
 
@@ -70,9 +85,15 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def latex(self) -> str:
-        return self.display().to_latex(index=False, na_rep="--", escape=True,
-                                  float_format=_latex_float, caption=_tex_escape(f"{self.title}. {self.caption}"),
-                                  label=f"tab:{self.stem}", position="t")
+        return self.display().to_latex(
+            index=False,
+            na_rep="--",
+            escape=True,
+            float_format=_latex_float,
+            caption=_tex_escape(f"{self.title}. {self.caption}"),
+            label=f"tab:{self.stem}",
+            position="t",
+        )
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -91,8 +112,18 @@ def _latex_float(value: float) -> str:
 
 
 def _tex_escape(text: str) -> str:
-    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    repl = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(repl.get(ch, ch) for ch in text)
 
 
@@ -100,10 +131,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
     """GitHub Markdown table (numbers with one decimal, missing as an en dash)."""
     header = [str(c) for c in frame.columns]
     rows = [[_fmt_cell(v).replace("|", "\\|") for v in row] for row in frame.itertuples(index=False)]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-               for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -112,8 +143,12 @@ def to_markdown(frame: pd.DataFrame) -> str:
 def our_scale(frame: pd.DataFrame) -> dict[str, Any]:
     knobs = base_knobs(frame)
     seeds = frame.loc[differs_only_in(frame, []), "seed"].dropna().nunique() if len(frame) else 0
-    return {"model": knobs.get("model", "?"), "dataset": knobs.get("dataset", "?"),
-            "epochs": knobs.get("pretrain_epochs", "?"), "seeds": int(seeds)}
+    return {
+        "model": knobs.get("model", "?"),
+        "dataset": knobs.get("dataset", "?"),
+        "epochs": knobs.get("pretrain_epochs", "?"),
+        "seeds": int(seeds),
+    }
 
 
 def scale_text(scale: dict[str, Any], paper_model: str, paper_epochs: int | str = 800) -> str:
@@ -121,8 +156,10 @@ def scale_text(scale: dict[str, Any], paper_model: str, paper_epochs: int | str 
         return "?" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
 
     seeds = f", {scale['seeds']} seed(s)" if scale.get("seeds") else ""
-    return (f"Ours: {show(scale['model'])}, data {show(scale['dataset'])}, {show(scale['epochs'])} pretraining "
-            f"epochs{seeds}. Paper: {paper_model}, {PAPER_SCALE.format(epochs=paper_epochs)}.")
+    return (
+        f"Ours: {show(scale['model'])}, data {show(scale['dataset'])}, {show(scale['epochs'])} pretraining "
+        f"epochs{seeds}. Paper: {paper_model}, {PAPER_SCALE.format(epochs=paper_epochs)}."
+    )
 
 
 # --------------------------------------------------------------------------------------------- ablations
@@ -148,8 +185,11 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     rows = table_runs(frame, spec.runs_of or spec.id, knobs) if len(frame) else frame
     ours: pd.DataFrame | None = None
     for ev, metric, _, label in spec.metrics:
-        m = evidence.table(ev, metric, knobs, rows.index) if len(rows) else \
-            pd.DataFrame(columns=[*knobs, "mean", "ci", "n"])
+        m = (
+            evidence.table(ev, metric, knobs, rows.index)
+            if len(rows)
+            else pd.DataFrame(columns=[*knobs, "mean", "ci", "n"])
+        )
         m = m.rename(columns={"mean": f"{label} ours", "ci": f"{label}{CI_SUFFIX}", "n": f"_n_{label}"})
         ours = m if ours is None else ours.merge(m, on=knobs, how="outer")
     assert ours is not None
@@ -160,14 +200,19 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     ncols = [c for c in ours.columns if c.startswith("_n_")]
     ours["seeds"] = ours[ncols].max(axis=1) if ncols and len(ours) else pd.Series(dtype="float64")
     ours = ours.drop(columns=ncols)
-    ours["paper setting"] = [spec.to_paper(*vals) for vals in ours[knobs].itertuples(index=False)] if len(ours) \
+    ours["paper setting"] = (
+        [spec.to_paper(*vals) for vals in ours[knobs].itertuples(index=False)]
+        if len(ours)
         else pd.Series(dtype="object")
+    )
     paper_metrics = [pm for _, _, pm, _ in spec.metrics]
     pp = _paper_pivot(spec.paper_table, paper_model, paper_metrics)
     pp = pp.rename(columns={pm: f"{label} paper" for _, _, pm, label in spec.metrics}).rename(
-        columns={"setting": "paper setting"})
-    merged = ours.merge(pp, on="paper setting", how="outer", indicator=True) if len(ours) else \
-        pp.assign(_merge="right_only")
+        columns={"setting": "paper setting"}
+    )
+    merged = (
+        ours.merge(pp, on="paper setting", how="outer", indicator=True) if len(ours) else pp.assign(_merge="right_only")
+    )
     # order: paper order first (our rows at the paper's position), then ours that are not in the paper
     paper_order = {s: i for i, s in enumerate(pp["paper setting"])}
     merged["_order"] = merged["paper setting"].map(lambda s: paper_order.get(s, len(paper_order)))
@@ -176,8 +221,9 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     merged["note"] = merged["_merge"].map({"both": "", "left_only": "not in paper", "right_only": "paper only"})
     why = "; ".join(dict.fromkeys(v for v in status.values() if v))
     if why:
-        empty = merged[[f"{label} ours" for *_, label in spec.metrics]].isna().all(axis=1) & \
-            merged["_merge"].ne("right_only")
+        empty = merged[[f"{label} ours" for *_, label in spec.metrics]].isna().all(axis=1) & merged["_merge"].ne(
+            "right_only"
+        )
         merged["note"] = [f"{n}; {why}" if n and e else why if e else n for n, e in zip(merged["note"], empty)]
     # display columns for our setting
     display = []
@@ -186,8 +232,11 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
             display.append(tuple("" for _ in knobs))
         else:
             display.append(spec.show(*vals))
-    out = pd.DataFrame(display, columns=list(spec.headers), index=merged.index) if display else \
-        pd.DataFrame({h: [""] * len(merged) for h in spec.headers}, index=merged.index)
+    out = (
+        pd.DataFrame(display, columns=list(spec.headers), index=merged.index)
+        if display
+        else pd.DataFrame({h: [""] * len(merged) for h in spec.headers}, index=merged.index)
+    )
     out["paper setting"] = merged["paper setting"]
     for _, _, _, label in spec.metrics:
         for col in (f"{label} ours", f"{label}{CI_SUFFIX}", f"{label} paper"):
@@ -198,8 +247,9 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     if spec.id == "1c":
         out = _add_time_rel(out, frame, rows)
     missing = [s for s in out.loc[out["note"] == "paper only", "paper setting"].astype(str)]
-    no_values = [f"{label} ({ev})" for ev, _, _, label in spec.metrics
-                 if out[f"{label} ours"].isna().all() and not status[label]]
+    no_values = [
+        f"{label} ({ev})" for ev, _, _, label in spec.metrics if out[f"{label} ours"].isna().all() and not status[label]
+    ]
     caption = scale_text(scale, paper_model) + CI_NOTE
     if missing:
         caption += " Paper settings not run: " + ", ".join(missing) + "."
@@ -229,13 +279,16 @@ def _add_time_rel(out: pd.DataFrame, frame: pd.DataFrame, rows: pd.DataFrame) ->
         ref = sp.loc[sp["mask_token_in_encoder"] == False, "mean"]  # noqa: E712
         if len(ref) and ref.iloc[0] > 0:
             for flag, speed in zip(sp["mask_token_in_encoder"], sp["mean"]):
-                ours[KNOBS["mask_token_in_encoder"].label(bool(flag))] = float(ref.iloc[0]) / float(speed) if speed > 0 else math.nan
+                ours[KNOBS["mask_token_in_encoder"].label(bool(flag))] = (
+                    float(ref.iloc[0]) / float(speed) if speed > 0 else math.nan
+                )
     pp = _paper_pivot("Table 1c", P.DEFAULT_PAPER_MODEL, ["flops_rel"])
     paper_flops = dict(zip(pp["paper setting"] if "paper setting" in pp else pp["setting"], pp["flops_rel"]))
     pos = out.columns.get_loc("seeds")
     out.insert(pos, "time rel. ours", out["paper setting"].map(lambda s: ours.get(s, math.nan)).astype(float))
-    out.insert(pos + 1, "FLOPs rel. paper",
-               out["paper setting"].map(lambda s: paper_flops.get(s, math.nan)).astype(float))
+    out.insert(
+        pos + 1, "FLOPs rel. paper", out["paper setting"].map(lambda s: paper_flops.get(s, math.nan)).astype(float)
+    )
     return out
 
 
@@ -245,8 +298,11 @@ def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
     wall_s and img_s; speedup = img/s relative to the encoder with mask tokens)."""
     base = base_knobs(frame)
     enc = paper_model.split("/")[0]
-    labels = {"wM": f"encoder={enc}, w/ [M]; dec_depth=8", "base": f"encoder={enc}; dec_depth=8",
-              "d1": f"encoder={enc}; dec_depth=1"}
+    labels = {
+        "wM": f"encoder={enc}, w/ [M]; dec_depth=8",
+        "base": f"encoder={enc}; dec_depth=8",
+        "d1": f"encoder={enc}; dec_depth=1",
+    }
     cases = []
     if len(frame) and base:
         rel = ablation_mask(frame, ["1c", "1a"], ["mask_token_in_encoder", "decoder_depth"], base)
@@ -267,35 +323,63 @@ def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
         speed = pre["img_s"].mean() if len(pre) else math.nan
         if key == "wM":
             ref_speed = speed
-        records.append({"case": ("w/ [M]" if flag else "w/o [M]") + f", decoder depth {int(depth)}",
-                        "paper setting": labels[key],
-                        "ft top-1 ours": ft["top1"].mean() if len(ft) else math.nan,
-                        "ft top-1 paper": pmap.get(labels[key], {}).get("ft_top1", math.nan),
-                        "pretrain wall-clock ours [s]": pre["wall_s"].mean() if len(pre) else math.nan,
-                        "pretrain wall-clock paper [h]": pmap.get(labels[key], {}).get("hours", math.nan),
-                        "img/s ours": speed, "_speed": speed,
-                        "speedup paper": pmap.get(labels[key], {}).get("speedup", math.nan),
-                        "seeds": float(pre["seed"].nunique()) if len(pre) else math.nan})
+        records.append(
+            {
+                "case": ("w/ [M]" if flag else "w/o [M]") + f", decoder depth {int(depth)}",
+                "paper setting": labels[key],
+                "ft top-1 ours": ft["top1"].mean() if len(ft) else math.nan,
+                "ft top-1 paper": pmap.get(labels[key], {}).get("ft_top1", math.nan),
+                "pretrain wall-clock ours [s]": pre["wall_s"].mean() if len(pre) else math.nan,
+                "pretrain wall-clock paper [h]": pmap.get(labels[key], {}).get("hours", math.nan),
+                "img/s ours": speed,
+                "_speed": speed,
+                "speedup paper": pmap.get(labels[key], {}).get("speedup", math.nan),
+                "seeds": float(pre["seed"].nunique()) if len(pre) else math.nan,
+            }
+        )
     for r in records:
         r["speedup ours"] = (r.pop("_speed") / ref_speed) if ref_speed and ref_speed > 0 else math.nan
     done = {r["paper setting"] for r in records if not math.isnan(r["pretrain wall-clock ours [s]"])}
     for s in paper["setting"]:
         if s not in {r["paper setting"] for r in records}:
             rec = pmap[s]
-            records.append({"case": "", "paper setting": s, "ft top-1 paper": rec.get("ft_top1"),
-                            "pretrain wall-clock paper [h]": rec.get("hours"), "speedup paper": rec.get("speedup")})
-    cols = ["case", "paper setting", "ft top-1 ours", "ft top-1 paper", "pretrain wall-clock ours [s]",
-            "pretrain wall-clock paper [h]", "img/s ours", "speedup ours", "speedup paper", "seeds"]
+            records.append(
+                {
+                    "case": "",
+                    "paper setting": s,
+                    "ft top-1 paper": rec.get("ft_top1"),
+                    "pretrain wall-clock paper [h]": rec.get("hours"),
+                    "speedup paper": rec.get("speedup"),
+                }
+            )
+    cols = [
+        "case",
+        "paper setting",
+        "ft top-1 ours",
+        "ft top-1 paper",
+        "pretrain wall-clock ours [s]",
+        "pretrain wall-clock paper [h]",
+        "img/s ours",
+        "speedup ours",
+        "speedup paper",
+        "seeds",
+    ]
     data = pd.DataFrame(records).reindex(columns=cols)
     for c in cols[2:]:
         data[c] = pd.to_numeric(data[c], errors="coerce")
-    data["note"] = ["" if s in done else ("paper only" if not c else "not run")
-                    for s, c in zip(data["paper setting"], data["case"])]
+    data["note"] = [
+        "" if s in done else ("paper only" if not c else "not run") for s, c in zip(data["paper setting"], data["case"])
+    ]
     missing = [s for s in labels.values() if s not in done]
-    caption = scale_text(scale, paper_model) + _not_run_text({"ft top-1": status_of(frame, "finetune", "mae")}) + (
-        " Paper: 128 TPU-v3 cores; ours: wall-clock of our pretraining run, speedup from images/s relative to "
-        "the encoder with mask tokens. The paper's dec_depth=8 is our base decoder depth "
-        f"({base.get('decoder_depth', '?')}).")
+    caption = (
+        scale_text(scale, paper_model)
+        + _not_run_text({"ft top-1": status_of(frame, "finetune", "mae")})
+        + (
+            " Paper: 128 TPU-v3 cores; ours: wall-clock of our pretraining run, speedup from images/s relative to "
+            "the encoder with mask tokens. The paper's dec_depth=8 is our base decoder depth "
+            f"({base.get('decoder_depth', '?')})."
+        )
+    )
     if missing:
         caption += " Not run: " + ", ".join(missing) + "."
     return Table("2", "table2_wall_clock", "Table 2: pretraining wall-clock", data, caption, missing)
@@ -306,9 +390,20 @@ INIT_LABELS = {"mae": "MAE (ours, base run)", "scratch": "scratch", "supervised"
 PAPER_METHOD = {"mae": "method=MAE", "scratch": "method=scratch", "supervised": "method=supervised"}
 
 
-def init_table(evidence: Evidence, *, id_: str, stem: str, title: str, paper_table: str, ev: str,
-               metrics: list[tuple[str, str, str]], inits: tuple[str, ...], paper_model: str,
-               scale: dict[str, Any], paper_epochs: int | str = 1600) -> Table:
+def init_table(
+    evidence: Evidence,
+    *,
+    id_: str,
+    stem: str,
+    title: str,
+    paper_table: str,
+    ev: str,
+    metrics: list[tuple[str, str, str]],
+    inits: tuple[str, ...],
+    paper_model: str,
+    scale: dict[str, Any],
+    paper_epochs: int | str = 1600,
+) -> Table:
     """MAE (base run) vs other inits on one evaluation; the paper's methods beside ours."""
     frame = evidence.frame
     base = base_run(frame)
@@ -355,8 +450,13 @@ def init_table(evidence: Evidence, *, id_: str, stem: str, title: str, paper_tab
             rec[f"{label} ours"] = math.nan
             rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
         records.append(rec)
-    cols = ["init", "paper setting",
-            *[f"{label}{side}" for _, _, label in metrics for side in (" ours", CI_SUFFIX, " paper")], "seeds", "note"]
+    cols = [
+        "init",
+        "paper setting",
+        *[f"{label}{side}" for _, _, label in metrics for side in (" ours", CI_SUFFIX, " paper")],
+        "seeds",
+        "note",
+    ]
     data = pd.DataFrame(records).reindex(columns=cols)
     for c in cols[2:-1]:
         data[c] = pd.to_numeric(data[c], errors="coerce")
@@ -378,23 +478,44 @@ def table6(evidence: Evidence, paper_model: str, scale: dict[str, Any]) -> Table
         for part in (mae_rows, other):
             for (init, ds), g in part.groupby(["init", "eval_setting"], sort=True):
                 cell = evidence.table("transfer_cls", "top1", [], g.index, ds)
-                records.append({"dataset": ds, "init": INIT_LABELS.get(init, init), "paper setting": "",
-                                "top-1 ours": g["top1"].mean(),
-                                f"top-1{CI_SUFFIX}": float(cell["ci"].iloc[0]) if len(cell) else math.nan,
-                                "top-1 paper": math.nan,
-                                "seeds": float(g["seed"].nunique()), "note": "not in paper"})
+                records.append(
+                    {
+                        "dataset": ds,
+                        "init": INIT_LABELS.get(init, init),
+                        "paper setting": "",
+                        "top-1 ours": g["top1"].mean(),
+                        f"top-1{CI_SUFFIX}": float(cell["ci"].iloc[0]) if len(cell) else math.nan,
+                        "top-1 paper": math.nan,
+                        "seeds": float(g["seed"].nunique()),
+                        "note": "not in paper",
+                    }
+                )
     paper = P.paper_rows("Table 6", model=paper_model, metric="top1")
     for s, v in zip(paper["setting"], paper["value"]):
-        records.append({"dataset": "", "init": "", "paper setting": s, "top-1 ours": math.nan,
-                        "top-1 paper": v, "seeds": math.nan, "note": "paper only"})
+        records.append(
+            {
+                "dataset": "",
+                "init": "",
+                "paper setting": s,
+                "top-1 ours": math.nan,
+                "top-1 paper": v,
+                "seeds": math.nan,
+                "note": "paper only",
+            }
+        )
     cols = ["dataset", "init", "paper setting", "top-1 ours", f"top-1{CI_SUFFIX}", "top-1 paper", "seeds", "note"]
     data = pd.DataFrame(records).reindex(columns=cols)
     for c in ("top-1 ours", f"top-1{CI_SUFFIX}", "top-1 paper", "seeds"):
         data[c] = pd.to_numeric(data[c], errors="coerce")
     missing = [] if len(sub) else ["classification transfer (transfer_cls)"]
-    caption = scale_text(scale, paper_model, 1600) + CI_NOTE + (
-        " Our transfer datasets differ from the paper's (iNaturalist, Places), so the two sides are listed "
-        "separately.")
+    caption = (
+        scale_text(scale, paper_model, 1600)
+        + CI_NOTE
+        + (
+            " Our transfer datasets differ from the paper's (iNaturalist, Places), so the two sides are listed "
+            "separately."
+        )
+    )
     if missing:
         caption += " Missing from our summary: " + ", ".join(missing) + "."
     return Table("6", "table6_classification", "Table 6: classification transfer", data, caption, missing)
@@ -411,17 +532,48 @@ def build_tables(frame: pd.DataFrame, paper_model: str | None = None, replicates
     tables = [ablation_table(evidence, spec, abl_model, scale) for spec in TABLE1]
     t2_model = paper_model if len(P.paper_rows("Table 2", model=paper_model)) else P.DEFAULT_PAPER_MODEL
     tables.append(table2(frame, t2_model, scale))
-    tables.append(init_table(evidence, id_="3", stem="table3_scratch_vs_mae", title="Table 3: MAE vs scratch fine-tuning",
-                             paper_table="Table 3", ev="finetune", metrics=[("top1", "ft_top1", "ft top-1")],
-                             inits=("scratch", "mae"), paper_model=paper_model, scale=scale))
-    tables.append(init_table(evidence, id_="4", stem="table4_detection", title="Table 4: detection transfer (Mask R-CNN)",
-                             paper_table="Table 4", ev="transfer_det",
-                             metrics=[("ap_box", "ap_box", "AP box"), ("ap_mask", "ap_mask", "AP mask")],
-                             inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
-    tables.append(init_table(evidence, id_="5", stem="table5_segmentation",
-                             title="Table 5: semantic segmentation transfer",
-                             paper_table="Table 5", ev="transfer_seg", metrics=[("miou", "miou", "mIoU")],
-                             inits=("mae", "scratch", "supervised"), paper_model=paper_model, scale=scale))
+    tables.append(
+        init_table(
+            evidence,
+            id_="3",
+            stem="table3_scratch_vs_mae",
+            title="Table 3: MAE vs scratch fine-tuning",
+            paper_table="Table 3",
+            ev="finetune",
+            metrics=[("top1", "ft_top1", "ft top-1")],
+            inits=("scratch", "mae"),
+            paper_model=paper_model,
+            scale=scale,
+        )
+    )
+    tables.append(
+        init_table(
+            evidence,
+            id_="4",
+            stem="table4_detection",
+            title="Table 4: detection transfer (Mask R-CNN)",
+            paper_table="Table 4",
+            ev="transfer_det",
+            metrics=[("ap_box", "ap_box", "AP box"), ("ap_mask", "ap_mask", "AP mask")],
+            inits=("mae", "scratch", "supervised"),
+            paper_model=paper_model,
+            scale=scale,
+        )
+    )
+    tables.append(
+        init_table(
+            evidence,
+            id_="5",
+            stem="table5_segmentation",
+            title="Table 5: semantic segmentation transfer",
+            paper_table="Table 5",
+            ev="transfer_seg",
+            metrics=[("miou", "miou", "mIoU")],
+            inits=("mae", "scratch", "supervised"),
+            paper_model=paper_model,
+            scale=scale,
+        )
+    )
     tables.append(table6(evidence, paper_model, scale))
     t7_model = paper_model if len(P.paper_rows("Table 7", model=paper_model)) else P.DEFAULT_PAPER_MODEL
     tables.append(ablation_table(evidence, ABLATIONS["7"], t7_model, scale))
@@ -447,18 +599,32 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
     return written
 
 
-TABLE_STEMS = tuple([s.stem for s in TABLE1] + ["table2_wall_clock", "table3_scratch_vs_mae", "table4_detection",
-                                                  "table5_segmentation", "table6_classification",
-                                                  ABLATIONS["7"].stem])
+TABLE_STEMS = tuple(
+    [s.stem for s in TABLE1]
+    + [
+        "table2_wall_clock",
+        "table3_scratch_vs_mae",
+        "table4_detection",
+        "table5_segmentation",
+        "table6_classification",
+        ABLATIONS["7"].stem,
+    ]
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", required=True, help="results/summary/runs.csv")
     parser.add_argument("--out", required=True, help="output folder (results/tables)")
-    parser.add_argument("--replicates", default=None,
-                        help=f"bootstrap replicates for the ± intervals (default: {REPLICATES} beside --summary)")
-    parser.add_argument("--paper-model", default=None,
-                        help="paper model row to compare with (default: from our model; ViT-L/16 for small models)")
+    parser.add_argument(
+        "--replicates",
+        default=None,
+        help=f"bootstrap replicates for the ± intervals (default: {REPLICATES} beside --summary)",
+    )
+    parser.add_argument(
+        "--paper-model",
+        default=None,
+        help="paper model row to compare with (default: from our model; ViT-L/16 for small models)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -71,7 +71,9 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         factors = [float(s) for s in scale_factors]
         if not factors or sorted(factors, reverse=True) != factors or len(set(factors)) != len(factors):
-            raise UserError(f"scale_factors: {list(scale_factors)!r} must be distinct and decreasing (e.g. [4, 2, 1, 0.5])")
+            raise UserError(
+                f"scale_factors: {list(scale_factors)!r} must be distinct and decreasing (e.g. [4, 2, 1, 0.5])"
+            )
         self.scale_factors = factors
         self.out_channels = out_channels
         self.top_pool = top_pool
@@ -93,7 +95,7 @@ class SimpleFeaturePyramid(nn.Module):
             self.strides.append(self.strides[-1] * 2)
         self.names = [str(i) for i in range(len(factors))] + (["pool"] if top_pool else [])
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         for i, stage in enumerate(self.stages):
             out[str(i)] = stage(x)
@@ -155,7 +157,7 @@ class ViTPyramidBackbone(nn.Module):
     def names(self) -> list[str]:
         return self.pyramid.names
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.pyramid(self.body(x))
 
 
@@ -173,7 +175,9 @@ def build_vit(
     from mae.eval.common import build_encoder, resolve_model_name
 
     name = resolve_model_name(model_name, init)
-    vit, report = build_encoder(name, num_classes=0, global_pool="token", drop_path=drop_path, img_size=img_size, init=init)
+    vit, report = build_encoder(
+        name, num_classes=0, global_pool="token", drop_path=drop_path, img_size=img_size, init=init
+    )
     return vit, name, report
 
 
@@ -224,9 +228,18 @@ def run_transfer(args, config_cls, task_cls, evaluation: str, metric_keys: Seque
     torch.manual_seed(cfg.seed)
     init = None if args.scratch else args.init
     task = task_cls(cfg, args.data, init)
-    metrics = run_task(task, cfg, args.out, evaluation=evaluation, init=init_label(args), init_path=init,
-                       data=args.data, model_name=task.model_name, extra={"dataset": task.dataset_name},
-                       started=started)
+    metrics = run_task(
+        task,
+        cfg,
+        args.out,
+        evaluation=evaluation,
+        init=init_label(args),
+        init_path=init,
+        data=args.data,
+        model_name=task.model_name,
+        extra={"dataset": task.dataset_name},
+        started=started,
+    )
     missing = [k for k in metric_keys if k not in metrics]
     if missing:
         raise UserError(f"{evaluation}: evaluation produced no {missing[0]}")

@@ -22,9 +22,10 @@ import argparse
 import contextlib
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,8 @@ from torch.utils.data import DataLoader
 from mae.data import detection_collate
 from mae.engine import Task
 from mae.errors import UserError
-from mae.stats import BOOTSTRAP_SEED, N_BOOT, bootstrap_counts, percentile_interval
 from mae.stage_configs import DetConfig
+from mae.stats import BOOTSTRAP_SEED, N_BOOT, bootstrap_counts, percentile_interval
 
 METRIC_KEYS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
 
@@ -160,8 +161,11 @@ def _load_results(coco_gt: Any, results: list[dict]) -> Any:
     if results:
         return coco_gt.loadRes([dict(r) for r in results])
     empty = COCO()
-    empty.dataset = {"images": list(coco_gt.dataset["images"]),
-                     "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    empty.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": list(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
     empty.createIndex()
     return empty
 
@@ -222,14 +226,14 @@ class _CategoryPool:
     n_gt: np.ndarray  # (I,) non-ignored ground truths per image
 
     @classmethod
-    def from_eval(cls, ev: Any, k: int) -> "_CategoryPool":
+    def from_eval(cls, ev: Any, k: int) -> _CategoryPool:
         p = ev.params
         n_img, n_thr, max_det = len(p.imgIds), len(p.iouThrs), p.maxDets[-1]
         first = (k * len(p.areaRng) + p.areaRngLbl.index("all")) * n_img
         no_det = np.zeros((n_thr, 0), bool)
         scores, tp, fp, image = [np.zeros(0)], [no_det], [no_det], [np.zeros(0, np.int64)]
         n_gt = np.zeros(n_img, np.int64)
-        for i, e in enumerate(ev.evalImgs[first:first + n_img]):
+        for i, e in enumerate(ev.evalImgs[first : first + n_img]):
             if e is None:  # no ground truth and no detection of this category
                 continue
             n_gt[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
@@ -245,8 +249,14 @@ class _CategoryPool:
         new_run = np.ones(len(score), bool)
         new_run[1:] = (score[1:] != score[:-1]) | (image[1:] != image[:-1])
         start = np.flatnonzero(new_run)
-        return cls(np.concatenate(tp, axis=1)[:, order], np.concatenate(fp, axis=1)[:, order], image[start], start,
-                   np.diff(np.append(start, len(score))), n_gt)
+        return cls(
+            np.concatenate(tp, axis=1)[:, order],
+            np.concatenate(fp, axis=1)[:, order],
+            image[start],
+            start,
+            np.diff(np.append(start, len(score))),
+            n_gt,
+        )
 
     def ranked(self, counts: np.ndarray) -> np.ndarray:
         """Detection indices of the multiset ``counts`` (per image) in rank order."""
@@ -336,8 +346,12 @@ class DetectionTask(Task):
 
     def train_loader(self) -> DataLoader:
         return DataLoader(
-            self.train_set, batch_size=self.cfg.batch_size, shuffle=True, drop_last=len(self.train_set) > self.cfg.batch_size,
-            num_workers=self.cfg.num_workers, collate_fn=detection_collate,
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) > self.cfg.batch_size,
+            num_workers=self.cfg.num_workers,
+            collate_fn=detection_collate,
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 

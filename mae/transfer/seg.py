@@ -32,7 +32,9 @@ from mae.stage_configs import SegConfig
 IGNORE_INDEX = 255
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = ground truth, columns = prediction; ignored pixels skipped."""
     pred = pred.reshape(-1).long()
     target = target.reshape(-1).long()
@@ -44,8 +46,9 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
 
 
-def per_image_iou_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                         ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def per_image_iou_counts(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and class: intersection and union pixel counts ``(N, C)`` int32 (ignored pixels skipped).
 
     Summed over images they give the confusion matrix's IoU terms, so any resample of images has an exact mIoU
@@ -164,8 +167,11 @@ class SegmentationTask(Task):
 
     def train_loader(self) -> DataLoader:
         return DataLoader(
-            self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
-            drop_last=len(self.train_set) > self.cfg.batch_size, num_workers=self.cfg.num_workers,
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) > self.cfg.batch_size,
+            num_workers=self.cfg.num_workers,
         )
 
     def train_step(self, batch) -> tuple[torch.Tensor, int, dict]:
@@ -197,8 +203,10 @@ class SegmentationTask(Task):
         self._per_image = {"inter": torch.cat(inter).numpy(), "union": torch.cat(union).numpy()} if inter else {}
         metrics = segmentation_metrics(cm)
         metrics.update(
-            eval_images=len(self.val_set), eval_s=time.perf_counter() - t0,
-            params=sum(p.numel() for p in self.model.parameters()), img_size=self.img_size,
+            eval_images=len(self.val_set),
+            eval_s=time.perf_counter() - t0,
+            params=sum(p.numel() for p in self.model.parameters()),
+            img_size=self.img_size,
         )
         return metrics
 

@@ -2,7 +2,8 @@
 
 Snakemake's own lock lives in the checkout's ``.snakemake/``, so two checkouts (or two configs of one) can
 run jobs into the same results folder at once. ``<results>/.study.lock`` records who holds the folder (host,
-pid, checkout, start time and the study's ``scale``). A second run refuses with a message naming the holder; a lock whose
+pid, checkout, start time and the study's ``scale``). A second run refuses with a message naming the holder;
+a lock whose
 holder process is gone on this host (a crash, a ``kill -9``) is reported and replaced; a lock from another
 host cannot be checked and is reported with the file to delete. Dry runs and Snakemake's remote jobs
 take no lock (the Snakefile's ``onstart`` hook, which Snakemake runs only for real runs in the main process).
@@ -47,8 +48,13 @@ def acquire(results: str | os.PathLike, info: dict | None = None) -> Path:
     folder = Path(results)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "checkout": os.getcwd(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(info or {})}
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "checkout": os.getcwd(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(info or {}),
+    }
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -58,14 +64,18 @@ def acquire(results: str | os.PathLike, info: dict | None = None) -> Path:
             if host == me["host"] and isinstance(pid, int) and pid == me["pid"]:
                 return path  # ours already (a second onstart in one process)
             if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-                print(f"{path}: removing the stale lock of pid {pid} (not running on {host}; "
-                      f"started {holder.get('started', '?')} from {holder.get('checkout', '?')})", file=sys.stderr)
+                print(
+                    f"{path}: removing the stale lock of pid {pid} (not running on {host}; "
+                    f"started {holder.get('started', '?')} from {holder.get('checkout', '?')})",
+                    file=sys.stderr,
+                )
                 path.unlink(missing_ok=True)
                 continue
             raise UserError(
                 f"results folder {folder} is in use by another study run: pid {pid} on {host} from "
                 f"{holder.get('checkout', '?')} since {holder.get('started', '?')}; wait for it, or if that run is "
-                f"gone (e.g. killed on another machine) delete {path}")
+                f"gone (e.g. killed on another machine) delete {path}"
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(me, fh)
         return path
@@ -98,8 +108,10 @@ def run_lock(folder: str | os.PathLike):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{folder} is being written by another process on this machine: wait for it to "
-                            "finish, or use another --out") from None
+            raise UserError(
+                f"{folder} is being written by another process on this machine: wait for it to "
+                "finish, or use another --out"
+            ) from None
         except OSError:  # the file system cannot lock folders: go on unlocked
             pass
         yield

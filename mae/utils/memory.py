@@ -23,6 +23,7 @@ MMAP_THRESHOLD = 32 << 20
 #: free memory at the top of the heap is returned to the system only beyond this
 TRIM_THRESHOLD = 1 << 30
 
+
 def keep_freed_memory() -> bool:
     """Apply the allocator setting (Linux with glibc; idempotent); returns whether it is in effect."""
     if os.environ.get("MAE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):

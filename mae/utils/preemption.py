@@ -34,8 +34,10 @@ def _handler(signum, frame) -> None:
     if _State.depth:
         _State.pending.append(signum)
         return
-    raise Preempted(f"stopped by signal {signum} ({signal.Signals(signum).name}); rerun the same command to resume "
-                    "from the last checkpoint")
+    raise Preempted(
+        f"stopped by signal {signum} ({signal.Signals(signum).name}); rerun the same command to resume "
+        "from the last checkpoint"
+    )
 
 
 @contextlib.contextmanager
