@@ -1,7 +1,8 @@
 """The calibration table and plot of docs/calibration.md from `docs/bench/calibrate.sh` outputs.
 
 usage: python docs/bench/calibration_table.py OUTDIR [--plot docs/img/calibration.png]
-Reads OUTDIR/<difficulty>/calibration.json; prints a Markdown table (one row per learner, top-1 % and the
+Reads OUTDIR/<difficulty>/calibration.json (or OUTDIR/*.json, as docs/calibration/);
+prints a Markdown table (one row per learner, top-1 % and the
 images it saw per difficulty) and draws top-1 per learner and difficulty, the chance level dashed.
 """
 
@@ -16,7 +17,7 @@ import pandas as pd
 
 def load(out: Path) -> pd.DataFrame:
     rows = []
-    for path in sorted(out.glob("*/calibration.json")):
+    for path in sorted([*out.glob("*/calibration.json"), *out.glob("*.json")]):  # a run folder, or copies
         cal = json.loads(path.read_text())
         for row in cal["rows"]:
             rows.append({"difficulty": cal["difficulty"], "chance": cal["chance"], **row})
