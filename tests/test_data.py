@@ -162,6 +162,27 @@ def test_difficulty_knobs(tmp_path):
     assert cli(["prepare-data", "--kind", "shapes", "--out", str(tmp_path / "f"), "--max-objects", "0"]) == 2
 
 
+@pytest.mark.parametrize("kind", ["shapes", "shapes2"])
+def test_named_difficulties(tmp_path, kind):
+    """clean: one object, solid or striped, no distractors; hard is the domain's style; an unknown name is one line."""
+    metas = {}
+    for d in ("clean", "easy", "hard"):
+        metas[d] = prepare.prepare_builtin(tmp_path / d, kind, n_train=64, n_val=8, difficulty=d)
+        assert metas[d]["difficulty"] == d
+    assert metas["hard"]["style"] == synthetic.STYLES[kind].__dict__
+    for d in ("clean", "easy"):
+        style = metas[d]["style"]
+        assert style["max_objects"] == 1 and list(style["n_clutter"]) == [0, 0]
+        gt = quiet_coco(tmp_path / d / "train_instances.json")
+        assert {len(v) for v in gt.imgToAnns.values()} == {1}
+    assert set(metas["clean"]["style"]["textures"]) <= {0, 1} < set(metas["easy"]["style"]["textures"])
+    assert metas["clean"]["style"]["background_gain"] < metas["easy"]["style"]["background_gain"]
+    imgs = {d: np.load(tmp_path / d / "train_images.npy") for d in metas}
+    assert not np.array_equal(imgs["clean"], imgs["hard"])
+    assert cli(["prepare-data", "--kind", kind, "--out", str(tmp_path / "x"), "--difficulty", "medium"]) == 2
+    assert not (tmp_path / "x").exists()
+
+
 def test_shape_families_render_distinct_masks():
     u, v = np.meshgrid(np.linspace(-1.2, 1.2, 48), np.linspace(-1.2, 1.2, 48))
     for kind, fams in synthetic.FAMILIES.items():

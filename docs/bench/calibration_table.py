@@ -2,8 +2,8 @@
 
 usage: python docs/bench/calibration_table.py OUTDIR [--plot docs/img/calibration.png]
 Reads OUTDIR/<difficulty>/calibration.json (or OUTDIR/*.json, as docs/calibration/);
-prints a Markdown table (one row per learner, top-1 % and the
-images it saw per difficulty) and draws top-1 per learner and difficulty, the chance level dashed.
+prints a Markdown table (one row per learner, top-1 % and the images it saw per dataset: difficulty and image
+size) and draws top-1 per learner and dataset, the chance level dashed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def load(out: Path) -> pd.DataFrame:
     for path in sorted([*out.glob("*/calibration.json"), *out.glob("*.json")]):  # a run folder, or copies
         cal = json.loads(path.read_text())
         for row in cal["rows"]:
-            rows.append({"difficulty": cal["difficulty"], "chance": cal["chance"], **row})
+            data = f"{cal['difficulty']} {cal.get('img_size', 32)} px"
+            rows.append({"data": data, "difficulty": cal["difficulty"], "chance": cal["chance"], **row})
     if not rows:
         raise SystemExit(f"error: no */calibration.json under {out}")
     return pd.DataFrame(rows)
@@ -29,12 +30,12 @@ def load(out: Path) -> pd.DataFrame:
 def table(frame: pd.DataFrame) -> str:
     order = list(dict.fromkeys(frame["learner"]))
     cols = []
-    for diff, part in frame.groupby("difficulty", sort=False):
+    for diff, part in frame.groupby("data", sort=False):
         part = part.set_index("learner").reindex(order)
         cols.append(part["top1"].map("{:.1f}".format).rename(f"{diff}: top-1 %"))
         cols.append((part["images"] / 1000).map("{:.0f}k".format).rename(f"{diff}: images seen"))
         cols.append(part["wall_s"].map("{:.0f}".format).rename(f"{diff}: CPU s (1 thread)"))
-    shown = pd.concat(cols, axis=1).reset_index()
+    shown = pd.concat(cols, axis=1).reset_index().replace("nan", "–")
     head = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False))
 
@@ -47,7 +48,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    sns.barplot(data=frame, y="learner", x="top1", hue="difficulty", ax=ax, orient="h")
+    sns.barplot(data=frame, y="learner", x="top1", hue="data", ax=ax, orient="h")
     ax.axvline(float(frame["chance"].iloc[0]), color="grey", ls="--", lw=1, label="chance")
     ax.set_xlabel("val top-1 (%)")
     ax.set_ylabel("")

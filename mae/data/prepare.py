@@ -172,13 +172,16 @@ def prepare_builtin(
     name: str | None = None,
     max_objects: int | None = None,
     max_clutter: int | None = None,
+    difficulty: str = "hard",
 ) -> dict:
-    """Generate the built-in dataset ``kind`` into ``out``; returns its meta."""
+    """Generate the built-in dataset ``kind`` into ``out`` at a named difficulty; returns its meta."""
     if max_objects is not None and not 1 <= max_objects <= 8:
         raise UserError(f"--max-objects must be in [1, 8], got {max_objects}")
     if max_clutter is not None and not 0 <= max_clutter <= 16:
         raise UserError(f"--max-clutter must be in [0, 16], got {max_clutter}")
-    style = synthetic.make_style(kind, max_objects, max_clutter)
+    if difficulty not in synthetic.DIFFICULTIES:
+        raise UserError(f"--difficulty must be one of {', '.join(synthetic.DIFFICULTIES)}, got '{difficulty}'")
+    style = synthetic.make_style(kind, max_objects, max_clutter, difficulty)
     n_fam = len(synthetic.FAMILIES[kind])
     num_classes = n_fam if num_classes is None else num_classes
     if not 2 <= num_classes <= n_fam:
@@ -208,6 +211,7 @@ def prepare_builtin(
             "seg_classes": ["background"] + classes,
             "ignore_index": 255,
             "class_counts": counts,
+            "difficulty": difficulty,
             "style": style.__dict__,
             "format_version": FORMAT_VERSION,
         }
@@ -334,6 +338,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-clutter", type=int, default=None, help="built-in: at most N background distractors")
     parser.add_argument(
+        "--difficulty",
+        default="hard",
+        help="built-in: clean (one object, plain or striped, no distractors: the studies' data), easy (one textured "
+        "object, no distractors) or hard (up to 4 occluding objects in clutter); docs/calibration.md",
+    )
+    parser.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
@@ -385,6 +395,7 @@ def main(args: argparse.Namespace) -> int:
                 args.name,
                 args.max_objects,
                 args.max_clutter,
+                args.difficulty,
             )
     classes = f"{meta['num_classes']} classes" if meta.get("labelled", True) else "no labels"
     print(f"wrote {out} (kind {meta['kind']}, {classes}, splits {meta['splits']})")

@@ -259,11 +259,25 @@ class Batch:
     instances: list[list[dict]] = field(default_factory=list)  # per image: {category_id, rle, bbox, area}
 
 
-def make_style(kind: str, max_objects: int | None = None, max_clutter: int | None = None) -> Style:
-    """The domain's style, optionally with fewer/more objects or distractors per image (difficulty knobs)."""
+# Named difficulties of a built-in domain (docs/calibration.md measures each): ``hard`` is the domain's style as
+# defined above (up to 4-5 occluding objects in clutter: the committed studies before the calibration), ``easy``
+# one object without distractors, ``clean`` also plain or striped fills on a dimmer background (the studies' data:
+# a small CNN learns it, logistic regression on pixels does not, a ViT from scratch is far behind the CNN).
+DIFFICULTIES = ("clean", "easy", "hard")
+
+
+def make_style(
+    kind: str, max_objects: int | None = None, max_clutter: int | None = None, difficulty: str = "hard"
+) -> Style:
+    """The domain's style at a named difficulty, optionally with fewer/more objects or distractors per image."""
     import dataclasses
 
     style = STYLES[kind]
+    if difficulty in ("easy", "clean"):
+        style = dataclasses.replace(style, max_objects=1, n_clutter=(0, 0))
+    if difficulty == "clean":
+        solid_or_stripes = tuple(t for t in style.textures if t in (0, 1))
+        style = dataclasses.replace(style, textures=solid_or_stripes, background_gain=0.6 * style.background_gain)
     if max_objects is not None:
         style = dataclasses.replace(style, max_objects=int(max_objects))
     if max_clutter is not None:
