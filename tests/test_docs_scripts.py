@@ -1,0 +1,57 @@
+"""The scripts behind docs/calibration.md and docs/learning-curves.md read what the stages write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "docs" / "bench"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_table_reads_the_committed_records():
+    cal = _module("calibration_table")
+    frame = cal.load(BENCH.parent / "calibration")
+    assert {"clean 24 px", "hard 32 px"} <= set(frame["data"])
+    text = cal.table(frame)
+    assert "| logistic regression on pixels |" in text and "clean 24 px: top-1 %" in text
+
+
+def _log(path: Path, records: list[dict]) -> None:
+    path.mkdir(parents=True)
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_learning_curves_summary_and_plot(tmp_path):
+    curves = _module("learning_curves")
+    runs = tmp_path / "runs"
+    _log(runs / "base" / "finetune", [{"kind": "eval", "epoch": e, "top1": 20.0 + 10 * e} for e in range(4)])
+    _log(
+        runs / "scratch" / "finetune",
+        [{"kind": "step", "epoch": 0, "loss": 2.0}, {"kind": "eval", "epoch": 0, "top1": 15.0}],
+    )
+    _log(
+        runs / "base" / "transfer_seg",
+        [{"kind": "eval", "epoch": 0, "miou": 30.0}, {"kind": "eval", "epoch": 1, "miou": 31.0}],
+    )
+    _log(runs / "base" / "pretrain", [{"kind": "eval", "epoch": 0, "top1": 1.0}])  # pretraining is not an evaluation
+    _log(runs / "decoder_depth-1" / "finetune", [{"kind": "eval", "epoch": 0, "top1": 1.0}])  # not a default run
+    frame = curves.load(tmp_path)
+    assert set(frame["evaluation"]) == {"finetune", "transfer_seg"} and set(frame["run"]) == {"base", "scratch"}
+    table = curves.summary(frame).set_index(["evaluation", "run"])
+    base = table.loc[("finetune", "base")]
+    assert (base["epochs"], base["first"], base["last"], base["best"], base["last_quarter_gain"]) == (4, 20, 50, 50, 10)
+    assert table.loc[("transfer_seg", "base"), "metric"] == "miou"
+    curves.plot(frame, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="no eval records"):
+        curves.load(tmp_path / "nothing")
