@@ -265,7 +265,7 @@ def study_config(data_root: Path, *overlays: str) -> dict:
 
 
 def test_the_plan_of_a_folder_without_labels(labelled, unlabelled):
-    from mae.study import evaluation_folders, not_run, study_plan, unrunnable_evaluations
+    from mae.study import baseline_runs, evaluation_folders, not_run, study_plan, unrunnable_evaluations
 
     config = study_config(unlabelled, "custom.yaml")
     assert config["datasets"]["custom"]["root"] == str(unlabelled)
@@ -275,7 +275,7 @@ def test_the_plan_of_a_folder_without_labels(labelled, unlabelled):
     missing = not_run(config)
     assert ("base", "knn", "no labels") in missing and ("base", "partial_ft-0", "no labels") in missing
     assert ("scratch", "finetune", "no labels") in missing
-    assert {run for run, _, _ in missing} == {*study_plan(config)["runs"], "scratch"}
+    assert {run for run, _, _ in missing} == {*study_plan(config)["runs"], *baseline_runs(config)}
     assert study_plan(config)["not_run"][0] == {"run": "base", "folder": "linprobe", "why": "no labels"}
     # with the smoke study's transfers: they run (on their own data), but not the supervised baseline's, which
     # transfers a fine-tune on the pretraining data's labels

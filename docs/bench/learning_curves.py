@@ -83,7 +83,18 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), squeeze=False)
     for ax, evaluation in zip(axes.flat, evaluations):
         part = frame[frame["evaluation"] == evaluation]
-        sns.lineplot(data=part, x="epoch", y="value", hue="init", units="run", estimator=None, ax=ax, lw=1)
+        sns.lineplot(
+            data=part,
+            x="epoch",
+            y="value",
+            hue="init",
+            units="run",
+            estimator=None,
+            ax=ax,
+            lw=1,
+            marker="o",
+            markersize=3,
+        )
         ax.set_title(evaluation, fontsize=9)
         ax.set_ylabel(part["metric"].iloc[0], fontsize=8)
         ax.legend(fontsize=7)
