@@ -56,27 +56,27 @@ def test_smoke_dag_shape(repo_root):
 
 def test_default_and_paper_dag_shapes(repo_root):
     default = job_counts((p := dry_run(repo_root)).stdout + p.stderr)
-    assert default["pretrain"] == 10, p.stderr
-    assert default["transfer_cls"] == 3  # MAE, scratch, supervised x digits (config/cpu.yaml adds shapes2)
+    assert default["pretrain"] == 10 + 2, p.stderr  # 10 settings; the base setting's seeds 1 and 2
+    assert default["transfer_cls"] == 3 * 3  # (MAE, scratch, supervised) x 3 seeds x digits (cpu.yaml adds shapes2)
     cpu = job_counts((p := dry_run(repo_root, "--configfile", "config/cpu.yaml")).stdout + p.stderr)
-    assert cpu["pretrain"] == 2 * 22, p.stderr  # 22 settings x 2 seeds
-    # every compared setting has both seeds: scratch and supervised (scratch_seed-1, supervised_seed-1) and the
-    # base run's k-NN, partial fine-tuning and transfer (seed-1) too -- 195 jobs (177 before the baselines had seeds)
-    assert cpu["finetune"] == cpu["linprobe"] == 2 * 22 + 2  # every run + scratch, scratch_seed-1
-    assert cpu["knn"] == 2 and cpu["partial_ft"] == 2 * 4 and cpu["partial_ft_linear"] == 2
-    assert cpu["transfer_cls"] == 3 * 2 * 2  # (MAE, scratch, supervised) x 2 seeds x (shapes2, digits)
-    assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 2 + 2 * 3  # inits x seeds + Table 7's other targets
-    assert cpu["total"] == 195
+    assert cpu["pretrain"] == 2 * 22 + 1, p.stderr  # 22 settings x 2 seeds, and the base setting's seed 2
+    # every setting has two seeds; the base setting, its evaluations (k-NN, partial fine-tuning, transfer) and the
+    # baselines (scratch, supervised) three (seeds_per of config/config.yaml) -- 218 jobs
+    assert cpu["finetune"] == cpu["linprobe"] == 2 * 22 + 1 + 3  # every run + scratch, scratch_seed-1, -2
+    assert cpu["knn"] == 3 and cpu["partial_ft"] == 3 * 4 and cpu["partial_ft_linear"] == 3
+    assert cpu["transfer_cls"] == 3 * 3 * 2  # (MAE, scratch, supervised) x 3 seeds x (shapes2, digits)
+    assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 3 + 2 * 3  # inits x seeds + Table 7's other targets
+    assert cpu["total"] == 218
 
 
 def test_study_parts_are_targets(repo_root):
     """A long study runs in parts: `part_<table>` builds that table's runs and evaluations only."""
     fig5 = job_counts((p := dry_run(repo_root, "part_fig5", "--configfile", "config/cpu.yaml")).stdout + p.stderr)
     assert p.returncode == 0, p.stderr
-    assert fig5["pretrain"] == fig5["linprobe"] == fig5["finetune"] == 2 * 6  # 6 ratios x 2 seeds
+    assert fig5["pretrain"] == fig5["linprobe"] == fig5["finetune"] == 2 * 6  # 6 ratios x the table's 2 seeds
     assert "transfer_det" not in fig5 and "summary" not in fig5
     part = job_counts((p := dry_run(repo_root, "part_transfer")).stdout + p.stderr)
-    assert part["transfer_det"] == 3 and part["pretrain"] == 1 and "linprobe" not in part
+    assert part["transfer_det"] == 3 * 3 and part["pretrain"] == 3 and "linprobe" not in part  # 3 seeds
     partial = dry_run(repo_root, "claims", "--forcerun", "summary", config=["partial=true"])
     assert job_counts(partial.stdout + partial.stderr).get("pretrain") is None, partial.stderr
     paper = job_counts((p := dry_run(repo_root, "--configfile", "config/paper.yaml")).stdout + p.stderr)
@@ -126,9 +126,9 @@ def test_paper_scratch_baselines_use_the_base_architecture(repo_root, tmp_path):
 def test_mae_vs_scratch_dag_shape(repo_root):
     counts = job_counts((p := dry_run(repo_root, "--configfile", "config/mae_vs_scratch.yaml")).stdout + p.stderr)
     assert p.returncode == 0, p.stderr
-    assert counts["pretrain"] == 1  # every ablation switched off: the base run only
-    assert counts["finetune"] == counts["linprobe"] == 2  # base run + random init
-    assert counts["knn"] == 1 and "transfer_det" not in counts
+    assert counts["pretrain"] == 3  # every ablation switched off: the base run only, 3 seeds
+    assert counts["finetune"] == counts["linprobe"] == 2 * 3  # base run + random init, 3 seeds each
+    assert counts["knn"] == 3 and "transfer_det" not in counts
 
 
 def _merged(repo_root, overlay: str) -> dict:
