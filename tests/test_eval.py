@@ -755,3 +755,19 @@ def test_attention_kernel_follows_autocast():
     assert all(not b.attn.fused_attn for b in model.blocks)
     model.forward_features(x)
     assert all(b.attn.fused_attn for b in model.blocks)
+
+
+def test_changed_inputs_compares_files_not_spellings(tmp_path, monkeypatch):
+    """A probe recorded with a relative init path is the same init as its absolute spelling (the study runs
+    rules from the repo root; a user calls `mae partial-ft --head-from` with absolute paths)."""
+    from mae.eval import common
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.pt").write_bytes(b"x")
+    (tmp_path / "other.pt").write_bytes(b"y")
+    (tmp_path / "data").mkdir()
+    old = {"init_path": "ck.pt", "data": "data"}
+    assert common.changed_inputs(old, tmp_path / "m.json", str(tmp_path / "ck.pt"), tmp_path / "data") is None
+    assert "init_path='ck.pt'" in common.changed_inputs(old, tmp_path / "m.json", str(tmp_path / "other.pt"), "data")
+    assert "init_path" in common.changed_inputs(old, tmp_path / "m.json", None, "data")
+    assert "data=" in common.changed_inputs({**old, "data": "gone"}, tmp_path / "m.json", "ck.pt", "data")

@@ -479,6 +479,24 @@ def run_task(
     return metrics
 
 
+def _same_path(recorded: str | None, given: str | None) -> bool:
+    """The recorded and the given path name one file (``a/b`` and ``/abs/a/b`` are the same when both exist)."""
+    if recorded is None or given is None:
+        return recorded == given
+    try:
+        return recorded == given or os.path.samefile(recorded, given)
+    except OSError:
+        return False
+
+
+def changed_inputs(old: dict, path: Path, init_path: str | None, data: str | os.PathLike) -> str | None:
+    """Why the result ``old`` (read from ``path``) was not computed from this init and data; None if it was."""
+    for key, value in (("init_path", str(init_path) if init_path else None), ("data", str(data))):
+        if not _same_path(old.get(key), value):
+            return f"{path} was computed with {key}={old.get(key)!r}, now {key}={value!r}"
+    return None
+
+
 def reuse_result(
     source: str | Path,
     out_dir: str | Path,
@@ -503,10 +521,7 @@ def reuse_result(
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"--reuse: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
-    problem = changed_setting(old, cfg, path)
-    for key, value in (("init_path", str(init_path) if init_path else None), ("data", str(data))):
-        if problem is None and old.get(key) != value:
-            problem = f"{path} was computed with {key}={old.get(key)!r}, now {key}={value!r}"
+    problem = changed_setting(old, cfg, path) or changed_inputs(old, path, init_path, data)
     if problem is not None:
         raise UserError(f"--reuse: {problem}")
     metrics = {**old, **(extra or {}), "eval": evaluation, "reused_from": str(source)}

@@ -61,9 +61,9 @@ def probe_of(probe_dir: str, init: str | None, data: str) -> dict:
         probe = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"--head-from: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
-    for key, value in (("init_path", str(init) if init else None), ("data", str(data))):
-        if probe.get(key) != value:
-            raise UserError(f"--head-from: {path} was computed with {key}={probe.get(key)!r}, now {key}={value!r}")
+    problem = common.changed_inputs(probe, path, init, data)
+    if problem is not None:
+        raise UserError(f"--head-from: {problem}")
     return {"dir": str(probe_dir), "top1": probe.get("top1")}
 
 
