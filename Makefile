@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Rules call the `mae` console script: put the environment first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run smoke test test-fast venv lint bench report dvc-repro clean
+.PHONY: run smoke test test-fast venv lint bench report dvc-repro docs clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -39,10 +39,14 @@ lint: venv
 report: venv
 	$(BIN)/snakemake --report results/report.html
 
-# DVC: the study stage (Snakemake) if config/config.yaml or the rules changed, then tables/claims/figures (README,
-# "Versioning results and data with DVC"); PATH above puts .venv's snakemake and mae first for the stage commands.
+# DVC: the study stage (Snakemake) if config/config.yaml or the rules changed, then tables/claims/figures
+# (docs/dvc.md); PATH above puts .venv's snakemake and mae first for the stage commands.
 dvc-repro: venv
 	$(BIN)/dvc repro
+
+# The docs site (mkdocs.yml) into site/; --strict: a broken link, a missing anchor or a stale reference fails.
+docs: venv
+	$(BIN)/mkdocs build --strict
 
 bench: venv
 	$(BIN)/mae bench pretrain --preset cpu-tiny

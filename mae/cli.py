@@ -92,12 +92,9 @@ def settings_help(spec: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the console script: a study job runs in the study's warm-start server, if there is one
-        code = warmstart.delegate(sys.argv)
-        if code is not None:
-            return code
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level ``mae`` parser: ``--version`` and one sub-command per entry of :data:`COMMANDS` (whose own
+    options :func:`command_parser` builds)."""
     parser = argparse.ArgumentParser(
         prog="mae",
         description="Masked Autoencoders study pipeline",
@@ -107,17 +104,35 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv or ["--help"])
-        return 2
-    name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
+    return parser
+
+
+def command_parser(name: str, module: Any = None) -> argparse.ArgumentParser:
+    """The parser of ``mae NAME``: the command module's ``add_arguments``, and the ``--set`` keys of its settings
+    class (:data:`SETTINGS`) in the epilog. ``module`` is the imported command module (imported here if not given)."""
+    if module is None:
+        module = importlib.import_module(COMMANDS[name][0])
     extra = {}
     if name in SETTINGS:
         extra = {"epilog": settings_help(SETTINGS[name]), "formatter_class": argparse.RawDescriptionHelpFormatter}
     cmd_parser = argparse.ArgumentParser(prog=f"mae {name}", description=COMMANDS[name][1], **extra)
     module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(rest)
+    return cmd_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script: a study job runs in the study's warm-start server, if there is one
+        code = warmstart.delegate(sys.argv)
+        if code is not None:
+            return code
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    args = command_parser(name, module).parse_args(rest)
     keep_freed_memory()  # reuse freed activation buffers instead of page-faulting fresh ones (mae.utils.memory)
     from mae.utils.preemption import stop_on_signals
 

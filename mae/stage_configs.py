@@ -97,7 +97,7 @@ class LinprobeConfig(TrainConfig):
     img_size: Optional[int] = None  # None: the dataset's image size
     global_pool: Literal["token", "avg"] = "token"
     head_init_std: float = 0.01
-    cached_features: bool = False  # fast mode: features once, no augmentation (see the README, "Evaluations")
+    cached_features: bool = False  # fast mode: features once, no augmentation (docs/evaluations.md)
 
     def check(self) -> None:
         super().check()

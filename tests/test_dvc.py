@@ -1,4 +1,4 @@
-"""DVC versions the study (dvc.yaml, dvc.lock, README "Versioning results and data with DVC").
+"""DVC versions the study (dvc.yaml, dvc.lock, docs/dvc.md).
 
 The structure test reads dvc.yaml/dvc.lock; the round trip runs DVC in a temporary git repository made of this
 checkout's files: push -> fresh clone -> pull -> `dvc repro` has nothing to do, and the tables rebuilt there are

@@ -496,7 +496,7 @@ def test_linprobe_cached_features(data, ckpt, tmp_path):
     m = _metrics(out)
     assert m["cached_features"] is True and m["params"] == 258 and m["epochs"] == 3
     # two colour classes are linearly separable in any encoder's features (SGD: LARS's steps of
-    # lr * 0.001 * |w| barely move the head in 9 steps, see the README, "Evaluations")
+    # lr * 0.001 * |w| barely move the head in 9 steps, see docs/evaluations.md)
     assert m["top1"] >= 90.0
     assert set(torch.load(out / "checkpoint.pt", weights_only=False)["model"]) == {
         "0.running_mean",

@@ -101,7 +101,7 @@ def _plan_of(command: str) -> tuple[int, dict]:
             ),
             32,
             128,
-        ),  # 4 nodes x 8 GPUs, as the README shows
+        ),  # 4 nodes x 8 GPUs, as docs/cluster.md shows
     ],
 )
 def test_paper_dry_run_global_batch_and_lr(resources, world, per_process):

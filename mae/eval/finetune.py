@@ -6,7 +6,7 @@ average pooling + ``fc_norm`` (``global_pool=token``: cls token), head initialis
 path, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, RandAugment m9-mstd0.5, random erasing 0.25, warmup +
 half-cycle cosine (the engine). Top-1/top-5 on val every ``eval_every`` epochs and at the end; ``metrics.json``
 holds the last (``top1``) and the best (``best_top1``). The trained model is saved as ``out/model.pt`` =
-``{'model': VisionTransformer state dict}``, loadable by ``timm.create_model`` (see the README, "Evaluations").
+``{'model': VisionTransformer state dict}``, loadable by ``timm.create_model`` (see docs/evaluations.md).
 With ``ema_decay`` (the from-scratch recipe, App. A.2) the evaluated and saved weights are an EMA of the trained
 ones (:class:`FinetuneTask`).
 """

@@ -10,7 +10,7 @@ to biases), as in the reference.
 
 ``cached_features=true`` (fast mode) runs the encoder once over train and val *without augmentation* and trains
 the head on the stored features — a deterministic approximation of the protocol (no new crop per epoch), much
-cheaper on a CPU. See the README, "Evaluations".
+cheaper on a CPU. See docs/evaluations.md.
 
 The trained probe is also written as ``head.safetensors``: its BatchNorm folded into the Linear, one
 ``nn.Linear`` on the pooled features (:func:`write_probe_head`). Partial fine-tuning with K >= 1 starts its

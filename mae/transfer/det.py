@@ -13,7 +13,7 @@ large-scale-jitter canvas without the jitter. ``img_size`` defaults to the datas
 token grid into 200x200 tokens for no extra information); for COCO set ``img_size: 1024``.
 
 Defaults are sized for the study's scale (32 px images, a 128-d x 6 ViT, one CPU core); the ViTDet/paper
-values are listed in the README, "Transfer learning".
+values are listed in docs/transfer.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A training step frees and reallocates the same activation buffers every step. Wi
 above the (dynamic) mmap threshold are mapped and unmapped each time and the top of the heap is trimmed, so the
 next step touches fresh pages: ≈ 25 000 minor page faults (≈ 100 MB) per step of the study's micro model on one
 CPU thread, ≈ 17 % of its step time. :func:`keep_freed_memory` raises both thresholds (``mallopt``), so freed
-buffers are reused: +15–24 % img/s for that step, 0 page faults per step after the first (README, "Speed").
+buffers are reused: +15–24 % img/s for that step, 0 page faults per step after the first (docs/measurements.md).
 The process keeps up to :data:`TRIM_THRESHOLD` of freed memory at the top of its heap: its peak memory (what
 a SLURM memory limit sees) does not grow, only the memory between two peaks stays mapped.
 
