@@ -167,9 +167,12 @@ def test_allowed_objects_load(tmp_path):
         read_checkpoint(tmp_path / "junk.pt")
 
 
-def test_release_checkpoint_resumes_bit_identically(tmp_path):
+def test_release_checkpoint_resumes_to_the_same_weights(tmp_path):
     """A checkpoint written by the landed release (commit 408f98b: numpy RNG states inside) resumes with today's
-    code, and the result equals an uninterrupted run; today's checkpoints hold tensors and plain values only."""
+    code, and the result equals an uninterrupted run; today's checkpoints hold tensors and plain values only.
+    Equal up to fp32 rounding: the fixture's first epoch was computed on another CPU, whose kernels round
+    differently (bit-identical on the AMD EPYC that wrote it, 1 ulp apart on an Intel Xeon with AMX); a wrong data
+    order, lr or optimizer state after the resume moves the weights by orders of magnitude more."""
     from mae.engine import fit
     from tests.test_engine import RegressionTask, cfg_for, weights
 
@@ -184,7 +187,8 @@ def test_release_checkpoint_resumes_bit_identically(tmp_path):
     fit(resumed, cfg, run)
     assert resumed.calls == 6  # the second epoch only
     a, b = weights(straight), weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     new = torch.load(run / "checkpoint.pt", weights_only=True)  # no allow-list needed any more
     assert new["finished"] and isinstance(new["rng"]["numpy"]["keys"], torch.Tensor)
     fit(RegressionTask(cfg), replace(cfg, epochs=2), tmp_path / "again")  # and they resume as well
