@@ -22,10 +22,12 @@ run: venv
 smoke: venv
 	$(BIN)/snakemake --cores all --configfile config/smoke.yaml
 
-# Everything but GPU tests: the fast suite, the real smoke study (+ resume after a kill) and, as root, the smoke
+# Everything but GPU tests: the fast suite, the real smoke study (+ resume after a kill) and, as root, parts of the smoke
 # study on a real single-node SLURM (tests/slurm/start_cluster.sh installs and starts it; skipped otherwise).
+# Two pytest workers (pytest-xdist): most tests use one torch thread, so one worker leaves a core idle; the SLURM
+# tests share their cluster and stay on one worker (--dist loadgroup).
 test: venv
-	$(BIN)/python -m pytest -q -m "not cuda" --durations=15
+	$(BIN)/python -m pytest -q -m "not cuda" -n 2 --dist loadgroup --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q

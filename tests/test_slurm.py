@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800), pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "tests" / "slurm"
@@ -141,8 +141,15 @@ def test_failing_job_is_reported(slurm_cluster, tmp_path):
     assert not (tmp_path / "never.txt").exists()
 
 
+# Every kind of cluster job of the study (data, pretraining, each evaluation and transfer) but not every setting:
+# the whole smoke DAG runs locally in tests/test_workflow.py, and each SLURM job costs ~14 s of submission and
+# start-up on the test cluster whatever it computes (the 51-job smoke study took 816 s here, these 20 jobs ~1/3).
+SLURM_PARTS = ("part_fig9", "part_transfer")
+
+
 def test_smoke_study_runs_on_slurm(slurm_cluster, tmp_path):
-    """The real smoke study, every job a SLURM job, in a copy of the repository."""
+    """The real smoke study's parts (Fig. 9 and the transfers), every job a SLURM job, then its report from what
+    exists (`partial=true`), in a copy of the repository."""
     if not (REPO / "config" / "smoke.yaml").exists() or not (REPO / "Snakefile").exists():
         pytest.skip("config/smoke.yaml or Snakefile does not exist yet")
     work = tmp_path / "repo"
@@ -162,14 +169,20 @@ def test_smoke_study_runs_on_slurm(slurm_cluster, tmp_path):
             ".pytest_cache",
         ),
     )
+    smk = [_snakemake_bin(), "--workflow-profile", "profiles/slurm-test"]
     t0 = time.monotonic()
-    proc = _run(
-        [_snakemake_bin(), "--workflow-profile", "profiles/slurm-test", "--configfile", "config/smoke.yaml"],
-        work,
-        SMOKE_TIMEOUT_S,
-    )
+    proc = _run([*smk, *SLURM_PARTS, "--configfile", "config/smoke.yaml"], work, SMOKE_TIMEOUT_S)
     elapsed = time.monotonic() - t0
-    print(f"[slurm] smoke study on SLURM took {elapsed:.1f} s")
+    print(f"[slurm] smoke study parts {SLURM_PARTS} on SLURM took {elapsed:.1f} s")
     assert proc.returncode == 0, f"snakemake rc={proc.returncode} after {elapsed:.0f}s:\n{proc.stdout[-6000:]}"
+    submitted = proc.stdout.count("has been submitted with SLURM jobid")
+    for rule in ("prepare_data", "pretrain", "finetune", "linprobe", "partial_ft", "transfer_det", "transfer_seg"):
+        assert f"rule {rule}:" in proc.stdout, f"no {rule} job ran:\n{proc.stdout[-3000:]}"
+    assert submitted >= 15, f"{submitted} SLURM submissions:\n{proc.stdout[-3000:]}"
+    for run in ("base", "scratch"):  # the parts' runs finished on the cluster
+        assert list((work / "results" / "runs").glob(f"{run}*/transfer_det/metrics.json")), run
+    report_cmd = [*smk, "claims", "--configfile", "config/smoke.yaml", "--config", "partial=true"]
+    report = _run(report_cmd, work, TOY_TIMEOUT_S)
+    assert report.returncode == 0, report.stdout[-4000:]
     assert (work / "results" / "summary" / "runs.csv").exists()
-    assert "has been submitted with SLURM jobid" in proc.stdout
+    assert "rule pretrain:" not in report.stdout  # the report reads what the cluster made; it trains nothing
