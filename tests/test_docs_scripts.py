@@ -55,3 +55,18 @@ def test_learning_curves_summary_and_plot(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no eval records"):
         curves.load(tmp_path / "nothing")
+
+
+def test_lever_table_reads_the_sweep_records(tmp_path):
+    levers = _module("levers")
+    cpu = {"pretrain": 100.0, "linprobe": 8.0, "finetune": 150.0}
+    for name, probe, ft, scratch in (("base", 23.9, 39.0, None), ("depth3", 26.5, 45.6, 47.0)):
+        (tmp_path / name).mkdir()
+        c = dict(cpu, scratch_finetune=300.0) if scratch else cpu
+        record = dict(lever=name, what=levers.LEVERS[name][0], params=1.2e6, probe_top1=probe, finetune_top1=ft)
+        (tmp_path / name / "lever.json").write_text(json.dumps(dict(record, scratch_top1=scratch, cpu_s=c)))
+    rows = levers.table(tmp_path).splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| `base` |") and "| 23.9 | 39.0 |  | 100 | 150 | 1.20 M |" in rows[2]
+    assert "| 26.5 | 45.6 | 47.0 (300 s) |" in rows[3]
+    committed = json.loads((BENCH.parent / "calibration" / "sweeps" / "levers.json").read_text())
+    assert {r["lever"] for r in committed} <= set(levers.LEVERS)  # every committed record names a lever of the script

@@ -5,9 +5,11 @@ One lever = one change from the default study's base setting (config/config.yaml
 and then runs the study's linear probe and fine-tune on the checkpoint, all through ``mae.cli.main`` in this
 process (so the extra architectures below exist only here: they are registered for the sweep, not shipped).
 
-usage: python docs/bench/levers.py OUTDIR [LEVER ...]      (default: every lever; run two processes side by side
-       python docs/bench/levers.py OUTDIR --table           on 2 cores, one thread each; --table prints the table)
-Writes OUTDIR/LEVER/{pretrain,linprobe,finetune}/metrics.json and OUTDIR/LEVER/lever.json.
+usage: python docs/bench/levers.py OUTDIR [--with-scratch] [LEVER ...]   (default: every lever; run two processes
+       python docs/bench/levers.py OUTDIR --table       side by side on 2 cores, one thread each; --table prints it)
+--with-scratch adds the compute-matched from-scratch fine-tune of the lever's architecture (the study's
+scratch_finetune recipe, pretraining + fine-tuning epochs). Writes OUTDIR/LEVER/{pretrain,linprobe,finetune,
+scratch_finetune}/metrics.json and OUTDIR/LEVER/lever.json.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ LEVERS: dict[str, tuple[str, dict, dict, tuple[int, int]]] = {
     "width64": ("width 64, 4 heads", {"embed_dim": 64, "num_heads": 4}, {}, (10000, 24)),
     "depth3": ("depth 3", {"depth": 3}, {}, (10000, 24)),
     "depth12": ("depth 12", {"depth": 12}, {}, (10000, 24)),
+    "depth3_patch3": ("depth 3 and patch 3", {"depth": 3, "patch_size": 3}, {}, (10000, 24)),
+    "depth3_width192": ("depth 3 and width 192", {"depth": 3, "embed_dim": 192, "num_heads": 6}, {}, (10000, 24)),
     "lr4e-3": ("pretraining base lr 4e-3 (default 1.5e-3)", {}, {"base_lr": 4.0e-3}, (10000, 24)),
     "lr5e-4": ("pretraining base lr 5e-4", {}, {"base_lr": 5.0e-4}, (10000, 24)),
     "batch64": ("pretraining batch 64 (lr scales with it)", {}, {"batch_size": 64}, (10000, 24)),
@@ -59,14 +63,17 @@ def _data(root: Path, n_train: int, img: int) -> Path:
     return path
 
 
-def run_lever(root: Path, name: str) -> dict:
+def run_lever(root: Path, name: str, scratch: bool = False) -> dict:
     import mae.models
     from mae.cli import main
+    from mae.knobs import KNOBS
 
     what, arch, pre_over, (n_train, img) = LEVERS[name]
     study = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     model = BASE_ARCH if not arch else f"lever_{name}"
     mae.models.MODEL_SPECS[model] = {**mae.models.MODEL_SPECS[BASE_ARCH], **arch}
+    if model not in KNOBS["model"].choices:
+        KNOBS["model"].choices.append(model)
     data, out = _data(root, n_train, img), root / name
     common = ["--data", str(data), "--device", "cpu", "--set", f"model={model}"]
     walls = {}
@@ -84,6 +91,10 @@ def run_lever(root: Path, name: str) -> dict:
             ["finetune", *common, "--init", str(out / "pretrain" / "checkpoint.pt"), *_sets(study["finetune"])],
         ),
     )
+    if scratch:  # the compute-matched from-scratch fine-tune of the same architecture (pretraining + FT epochs)
+        matched = {**study["finetune"], **study["scratch_finetune"]}
+        matched["epochs"] = pre["epochs"] + study["finetune"]["epochs"]
+        stages += (("scratch_finetune", ["finetune", *common, "--scratch", *_sets(matched)]),)
     for stage, argv in stages:
         if not (out / stage / "metrics.json").exists():
             t0 = time.monotonic()
@@ -99,6 +110,7 @@ def run_lever(root: Path, name: str) -> dict:
         pretrain_loss=metrics["pretrain"].get("train_loss"),
         probe_top1=metrics["linprobe"]["top1"],
         finetune_top1=metrics["finetune"]["top1"],
+        scratch_top1=metrics["scratch_finetune"]["top1"] if scratch else None,
         cpu_s={s: round(metrics[s].get("wall_s", 0.0), 1) for s, _ in stages},
         process_s={s: round(w, 1) for s, w in walls.items()},
     )
@@ -109,17 +121,21 @@ def run_lever(root: Path, name: str) -> dict:
 
 def table(root: Path) -> str:
     rows = [
-        "| lever | change | probe top-1 % | fine-tune top-1 % | pretrain s | fine-tune s | params |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| lever | change | probe top-1 % | fine-tune top-1 % | scratch FT top-1 % | pretrain s | fine-tune s "
+        "| params |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in LEVERS:
         path = root / name / "lever.json"
         if path.exists():
             r = json.loads(path.read_text())
             c = r["cpu_s"]
+            scratch = (
+                "" if r.get("scratch_top1") is None else f"{r['scratch_top1']:.1f} ({c['scratch_finetune']:.0f} s)"
+            )
             rows.append(
-                f"| `{name}` | {r['what']} | {r['probe_top1']:.1f} | {r['finetune_top1']:.1f} | {c['pretrain']:.0f} "
-                f"| {c['finetune']:.0f} | {r['params'] / 1e6:.2f} M |"
+                f"| `{name}` | {r['what']} | {r['probe_top1']:.1f} | {r['finetune_top1']:.1f} | {scratch} "
+                f"| {c['pretrain']:.0f} | {c['finetune']:.0f} | {r['params'] / 1e6:.2f} M |"
             )
     return "\n".join(rows)
 
@@ -127,6 +143,8 @@ def table(root: Path) -> str:
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     root, rest = Path(sys.argv[1]), sys.argv[2:]
+    with_scratch = "--with-scratch" in rest
+    rest = [a for a in rest if a != "--with-scratch"]
     if rest == ["--table"]:
         print(table(root))
         sys.exit(0)
@@ -135,4 +153,4 @@ if __name__ == "__main__":
         print(f"error: unknown lever(s) {unknown} (valid: {', '.join(LEVERS)})", file=sys.stderr)
         sys.exit(2)
     for lever in rest or list(LEVERS):
-        run_lever(root, lever)
+        run_lever(root, lever, scratch=with_scratch)
