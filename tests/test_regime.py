@@ -32,6 +32,18 @@ def test_scratch_is_compute_matched(name):
     assert config["scratch_finetune"]["epochs"] == config["base"]["epochs"] + config["finetune"]["epochs"], name
 
 
+@pytest.mark.parametrize("name", ("config", "cpu", "mae_vs_scratch"))
+def test_dense_transfers_get_the_budget_they_converge_in(name):
+    """Detection and segmentation train at least the image-steps in which they converged on the default study's
+    data (docs/calibration.md, "Transfer budgets": 8 epochs of 600 images, 20 of 1 000); 1 and 2 learnt nothing."""
+    config = study_config(name)
+    n_train = config["datasets"][config["pretrain_dataset"]]["n_train"]
+    for stage, needed in (("transfer_det", 8 * 600), ("transfer_seg", 20 * 1000)):
+        section = config[stage]
+        images = section["epochs"] * min(section.get("train_images") or n_train, n_train)
+        assert images >= needed, (name, stage, images)
+
+
 def _dry_run_commands(configfile: str) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", configfile],
