@@ -24,10 +24,12 @@ smoke: venv
 
 # Everything but GPU tests: the fast suite, the real smoke study (+ resume after a kill) and, as root, parts of the smoke
 # study on a real single-node SLURM (tests/slurm/start_cluster.sh installs and starts it; skipped otherwise).
-# Two pytest workers (pytest-xdist): most tests use one torch thread, so one worker leaves a core idle; the SLURM
-# tests share their cluster and stay on one worker (--dist loadgroup).
+# Two pytest workers (pytest-xdist): most tests use one torch thread, so one worker leaves a core idle. The SLURM
+# tests run after them in one process: they share one cluster, which a module fixture starts and stops, and
+# xdist's loadgroup did not always keep them on one worker (a worker's teardown stopped the other's cluster).
 test: venv
-	$(BIN)/python -m pytest -q -m "not cuda" -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -m "not cuda and not slurm" -n 2 --durations=15
+	$(BIN)/python -m pytest -q -m slurm --durations=5
 
 test-fast: venv
 	$(BIN)/python -m pytest -q
