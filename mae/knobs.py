@@ -99,6 +99,7 @@ KNOBS: dict[str, Knob] = {
                 "mae_vit_huge_patch14",
                 "mae_vit_tiny_patch4",
                 "mae_vit_micro_patch4",
+                "mae_vit_shallow_patch4",
             ],
         ),
         Knob(

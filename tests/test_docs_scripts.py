@@ -70,3 +70,32 @@ def test_lever_table_reads_the_sweep_records(tmp_path):
     assert "| 26.5 | 45.6 | 47.0 (300 s) |" in rows[3]
     committed = json.loads((BENCH.parent / "calibration" / "sweeps" / "levers.json").read_text())
     assert {r["lever"] for r in committed} <= set(levers.LEVERS)  # every committed record names a lever of the script
+
+
+def test_recipe_script_runs_the_study_recipe_with_overrides(tmp_path):
+    """docs/bench/recipe.sh runs a stage with the default study's recipe and a variant's overrides."""
+    import os
+    import subprocess
+
+    import torch
+
+    from mae.models import create_mae
+    from tests.test_eval import _write_dataset
+
+    data = _write_dataset(tmp_path / "data")
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.manual_seed(0)
+    model = create_mae("mae_vit_micro_patch4", decoder_depth=1)
+    torch.save({"model": model.state_dict(), "config": {"model": "mae_vit_micro_patch4"}, "epoch": 0}, ckpt)
+    script = [str(BENCH / "recipe.sh"), str(tmp_path / "out"), str(ckpt), str(data)]
+    env = {**os.environ, "MODEL": "mae_vit_micro_patch4"}
+    done = subprocess.run(
+        [*script, "linprobe:short:epochs=2,batch_size=16"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    name, top1, _ = done.stdout.split()
+    assert name == "linprobe-short" and 0 <= float(top1) <= 100
+    used = json.loads((tmp_path / "out" / "linprobe-short" / "metrics.json").read_text())
+    assert used["epochs"] == 2 and used["config"]["optimizer"] == "sgd"  # the override and the study's recipe
+    bad = subprocess.run([*script, "pretrain:x"], env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "bad VARIANT 'pretrain:x'" in bad.stderr
