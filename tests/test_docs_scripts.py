@@ -99,3 +99,38 @@ def test_recipe_script_runs_the_study_recipe_with_overrides(tmp_path):
     assert used["epochs"] == 2 and used["config"]["optimizer"] == "sgd"  # the override and the study's recipe
     bad = subprocess.run([*script, "pretrain:x"], env=env, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "bad VARIANT 'pretrain:x'" in bad.stderr
+
+
+def test_study_cost_reads_the_jobs_of_a_dry_run():
+    """docs/bench/study_cost.py prices the jobs that `snakemake -n -p` lists: rule, benchmark, epochs, data."""
+    import subprocess
+    import sys
+
+    root = BENCH.parents[1]
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "-F",
+            "--nolock",
+            "--cores",
+            "2",
+            "--configfile",
+            "config/smoke.yaml",
+            "--config",
+            "results=/tmp/study-cost-test",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    jobs = _module("study_cost").parse(listing.stdout + listing.stderr)
+    finetunes = [j for j in jobs if j["rule"] == "finetune"]
+    assert len(finetunes) == 10 and all(j["bench"].startswith("benchmarks/finetune/") for j in finetunes)
+    assert {j["data"] for j in finetunes} == {"/tmp/study-cost-test/data/shapes"}
+    assert all(j["epochs"] >= 1 for j in jobs)

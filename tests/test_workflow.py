@@ -56,24 +56,23 @@ def test_smoke_dag_shape(repo_root):
 
 def test_default_and_paper_dag_shapes(repo_root):
     default = job_counts((p := dry_run(repo_root)).stdout + p.stderr)
-    assert default["pretrain"] == 10 + 2, p.stderr  # 10 settings; the base setting's seeds 1 and 2
+    assert default["pretrain"] == 10 * 3, p.stderr  # 10 settings x 3 seeds
     assert default["transfer_cls"] == 3 * 3  # (MAE, scratch, supervised) x 3 seeds x digits (cpu.yaml adds shapes2)
     cpu = job_counts((p := dry_run(repo_root, "--configfile", "config/cpu.yaml")).stdout + p.stderr)
-    assert cpu["pretrain"] == 2 * 22 + 1, p.stderr  # 22 settings x 2 seeds, and the base setting's seed 2
-    # every setting has two seeds; the base setting, its evaluations (k-NN, partial fine-tuning, transfer) and the
-    # baselines (scratch, supervised) three (seeds_per of config/config.yaml) -- 218 jobs
-    assert cpu["finetune"] == cpu["linprobe"] == 2 * 22 + 1 + 3  # every run + scratch, scratch_seed-1, -2
-    assert cpu["knn"] == 3 and cpu["partial_ft"] == 3 * 4 and cpu["partial_ft_linear"] == 3
+    assert cpu["pretrain"] == 21 * 3, p.stderr  # 21 settings x 3 seeds, the base setting's evaluations and the
+    # baselines (scratch, supervised) three as well -- 272 jobs
+    assert cpu["finetune"] == cpu["linprobe"] == 21 * 3 + 3  # every run + scratch, scratch_seed-1, -2
+    assert cpu["knn"] == 3 and cpu["partial_ft"] == 3 * 2 and cpu["partial_ft_linear"] == 3  # K = 1, 2 of 3 blocks
     assert cpu["transfer_cls"] == 3 * 3 * 2  # (MAE, scratch, supervised) x 3 seeds x (shapes2, digits)
-    assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 3 + 2 * 3  # inits x seeds + Table 7's other targets
-    assert cpu["total"] == 218
+    assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 3 + 3 * 3  # inits x seeds + Table 7's other targets
+    assert cpu["total"] == 272
 
 
 def test_study_parts_are_targets(repo_root):
     """A long study runs in parts: `part_<table>` builds that table's runs and evaluations only."""
     fig5 = job_counts((p := dry_run(repo_root, "part_fig5", "--configfile", "config/cpu.yaml")).stdout + p.stderr)
     assert p.returncode == 0, p.stderr
-    assert fig5["pretrain"] == fig5["linprobe"] == fig5["finetune"] == 2 * 6  # 6 ratios x the table's 2 seeds
+    assert fig5["pretrain"] == fig5["linprobe"] == fig5["finetune"] == 3 * 5  # 5 ratios x the table's 3 seeds
     assert "transfer_det" not in fig5 and "summary" not in fig5
     part = job_counts((p := dry_run(repo_root, "part_transfer")).stdout + p.stderr)
     assert part["transfer_det"] == 3 * 3 and part["pretrain"] == 3 and "linprobe" not in part  # 3 seeds
