@@ -103,33 +103,9 @@ def test_recipe_script_runs_the_study_recipe_with_overrides(tmp_path):
 
 def test_study_cost_reads_the_jobs_of_a_dry_run():
     """docs/bench/study_cost.py prices the jobs that `snakemake -n -p` lists: rule, benchmark, epochs, data."""
-    import subprocess
-    import sys
-
     root = BENCH.parents[1]
-    listing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "-p",
-            "-F",
-            "--nolock",
-            "--cores",
-            "2",
-            "--configfile",
-            "config/smoke.yaml",
-            "--config",
-            "results=/tmp/study-cost-test",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert listing.returncode == 0, listing.stderr[-2000:]
-    jobs = _module("study_cost").parse(listing.stdout + listing.stderr)
+    args = ["--configfile", "config/smoke.yaml", "--config", "results=/tmp/study-cost-test"]
+    jobs = _module("study_cost").plan(root, args)
     finetunes = [j for j in jobs if j["rule"] == "finetune"]
     assert len(finetunes) == 10 and all(j["bench"].startswith("benchmarks/finetune/") for j in finetunes)
     assert {j["data"] for j in finetunes} == {"/tmp/study-cost-test/data/shapes"}

@@ -25,7 +25,7 @@ JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:[ S].*\n?)*)", re.M)  # the rule 
 
 
 def plan(cwd: Path, args: list[str]) -> list[dict]:
-    cmd = ["snakemake", "-n", "-p", "-F", "--nolock", "--cores", "2", *args]
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "-F", "--nolock", "--cores", "2", *args]
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed in {cwd}:\n{out.stderr[-2000:]}")
@@ -72,18 +72,24 @@ def main(argv: list[str]) -> int:
         sys.exit(f"error: {measured}/benchmarks: no such folder (a study that ran)")
     import yaml
 
-    sizes = {}
-    for arg in [str(measured / "config" / "config.yaml"), *argv[2:]]:
-        if arg.endswith(".yaml") and Path(arg).is_file():
-            for name, spec in (yaml.safe_load(Path(arg).read_text()).get("datasets") or {}).items():
-                if isinstance(spec, dict) and "n_train" in spec:
-                    sizes[name] = int(spec["n_train"])
+    def sizes(configs: list[str]) -> dict[str, int]:
+        """Training images per dataset name, from the configs in their merge order."""
+        found = {}
+        for arg in configs:
+            if arg.endswith(".yaml") and Path(arg).is_file():
+                for name, spec in (yaml.safe_load(Path(arg).read_text()).get("datasets") or {}).items():
+                    if isinstance(spec, dict) and "n_train" in spec:
+                        found[name] = int(spec["n_train"])
+        return found
+
+    measured_sizes = sizes([str(measured / "config" / "config.yaml")])
+    planned_sizes = sizes(["config/config.yaml", *argv[2:]])
     rates: dict[tuple[str, str], list[float]] = defaultdict(list)
     for job in plan(measured, []):
         tsv = measured / job["bench"]
         if tsv.is_file():
             seconds = float(tsv.read_text().splitlines()[-1].split("\t")[0])
-            work = job["epochs"] * images(measured, job["data"], sizes)
+            work = job["epochs"] * images(measured, job["data"], measured_sizes)
             rates[(job["rule"], job["bench"])].append(seconds / work)
             rates[(job["rule"], "")].append(seconds / work)
     total: dict[str, list[float]] = defaultdict(list)
@@ -92,7 +98,7 @@ def main(argv: list[str]) -> int:
         if not rate:
             print(f"unpriced (no measured {job['rule']} job): {job['bench']}")
             continue
-        work = job["epochs"] * images(measured, job["data"], sizes)
+        work = job["epochs"] * images(Path.cwd(), job["data"], planned_sizes)
         total[job["rule"]].append(sum(rate) / len(rate) * work)
     print(f"{'rule':<20}{'jobs':>6}{'CPU-s':>10}")
     for rule, costs in sorted(total.items(), key=lambda kv: -sum(kv[1])):
