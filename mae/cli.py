@@ -14,24 +14,24 @@ import sys
 import typing
 from typing import Any
 
-from mae import warmstart
 from mae.errors import PREEMPTED_EXIT, Preempted, UserError
 from mae.evaluations import EVALUATIONS
+from mae.tools import warmstart
 from mae.utils.memory import keep_freed_memory
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("mae.data.prepare", "generate the built-in datasets or describe a real one"),
-    "fit-pca": ("mae.targets", "fit the PCA target on training patches"),
-    "train-tokenizer": ("mae.tokenizer", "train the discrete-token (dVAE stand-in) tokenizer"),
-    "pretrain": ("mae.pretrain", "MAE pretraining"),
+    "fit-pca": ("mae.models.targets", "fit the PCA target on training patches"),
+    "train-tokenizer": ("mae.models.tokenizer", "train the discrete-token (dVAE stand-in) tokenizer"),
+    "pretrain": ("mae.stages.pretrain", "MAE pretraining"),
     **{ev.command: (ev.module, ev.help) for ev in EVALUATIONS.values()},
     "summarize": ("mae.report.summary", "collect metrics into results/summary/runs.csv"),
     "tables": ("mae.report.tables", "paper tables beside our numbers"),
     "figures": ("mae.report.figures", "paper figures"),
     "claims": ("mae.report.claims", "check the paper's claims against our runs"),
-    "visualize": ("mae.visualize", "original / masked / reconstruction grid of your images (paper Figs. 2-4)"),
-    "bench": ("mae.bench", "pretraining-step throughput benchmark (img/s and share of the roofline)"),
-    "export": ("mae.export", "weights as safetensors, for timm or for Hugging Face transformers"),
+    "visualize": ("mae.tools.visualize", "original / masked / reconstruction grid of your images (paper Figs. 2-4)"),
+    "bench": ("mae.tools.bench", "pretraining-step throughput benchmark (img/s and share of the roofline)"),
+    "export": ("mae.tools.export", "weights as safetensors, for timm or for Hugging Face transformers"),
 }
 #: the settings class ("module:Class") of each command that takes --config/--set
 SETTINGS: dict[str, str] = {
@@ -122,7 +122,7 @@ def command_parser(name: str, module: Any = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script: a study job runs in the study's warm-start server, if there is one
-        code = warmstart.delegate(sys.argv)
+        code = warmstart.delegate(sys.argv, "mae.cli:main")
         if code is not None:
             return code
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -41,22 +41,22 @@ SC = "mae.stage_configs:"
 EVALUATIONS: dict[str, Evaluation] = {
     e.name: e
     for e in (
-        Evaluation("finetune", "mae.eval.finetune", "end-to-end fine-tuning (or --scratch)", SC + "FinetuneConfig"),
-        Evaluation("linprobe", "mae.eval.linprobe", "linear probing of the frozen encoder", SC + "LinprobeConfig"),
+        Evaluation("finetune", "mae.stages.finetune", "end-to-end fine-tuning (or --scratch)", SC + "FinetuneConfig"),
+        Evaluation("linprobe", "mae.stages.linprobe", "linear probing of the frozen encoder", SC + "LinprobeConfig"),
         # K > 0 blocks: the fine-tuning settings with the partial_ft section over them; K = 0: the linprobe settings
         # head: probe (K > 0 starts from the run's trained linear probe, `--head-from`) or new (a fresh head)
         Evaluation(
             "partial_ft",
-            "mae.eval.partial_ft",
+            "mae.stages.partial_ft",
             "fine-tune the last K blocks",
             SC + "FinetuneConfig",
             per="blocks",
             dag_keys=("head",),
         ),
-        Evaluation("knn", "mae.eval.knn", "weighted k-NN monitor on frozen features", SC + "KnnConfig"),
+        Evaluation("knn", "mae.stages.knn", "weighted k-NN monitor on frozen features", SC + "KnnConfig"),
         Evaluation(
             "transfer_det",
-            "mae.transfer.det",
+            "mae.stages.transfer_det",
             "ViTDet-style Mask R-CNN detection transfer",
             SC + "DetConfig",
             transfer=True,
@@ -64,7 +64,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         ),
         Evaluation(
             "transfer_seg",
-            "mae.transfer.seg",
+            "mae.stages.transfer_seg",
             "semantic segmentation transfer",
             SC + "SegConfig",
             transfer=True,
@@ -72,7 +72,7 @@ EVALUATIONS: dict[str, Evaluation] = {
         ),
         Evaluation(
             "transfer_cls",
-            "mae.transfer.cls",
+            "mae.stages.transfer_cls",
             "classification transfer",
             SC + "TransferClsConfig",
             per="datasets",

@@ -6,10 +6,10 @@ choices or range, its default and its paper label. Everything else reads this mo
 (:mod:`mae.study`), the stage config (:class:`mae.config.PretrainConfig`), the summary's column types, the
 mapping between the paper's setting labels and our values (:mod:`mae.report.paper`, :mod:`mae.report.tables`).
 
-Choices of the string knobs are the names of the code's registries (``mae.masking.SAMPLERS``,
-``mae.targets.TARGETS``, ``mae.data.transforms.AUGS``, ``mae.models.MODEL_SPECS``); they are listed here, not
+Choices of the string knobs are the names of the code's registries (``mae.models.masking.SAMPLERS``,
+``mae.models.targets.TARGETS``, ``mae.data.transforms.AUGS``, ``mae.models.MODEL_SPECS``); they are listed here, not
 imported, so that planning a study does not import torch, and ``tests/test_registries.py`` checks the two agree. A
-plug-in adds a choice at run time with :func:`add_choice` (``mae.masking.register_sampler`` does).
+plug-in adds a choice at run time with :func:`add_choice` (``mae.models.masking.register_sampler`` does).
 
 Two names differ on purpose, and only here: ``epochs`` is the runs.csv column ``pretrain_epochs`` (the
 evaluation's own ``epochs`` is a column too), and two model constructor keywords keep the reference code's

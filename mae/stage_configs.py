@@ -250,6 +250,6 @@ class SegConfig(TrainConfig):
 
 @dataclass
 class TransferClsConfig(FinetuneConfig):
-    """The fine-tuning recipe (:class:`mae.eval.finetune.FinetuneConfig`), recorded as stage transfer_cls."""
+    """The fine-tuning recipe (:class:`mae.stages.finetune.FinetuneConfig`), recorded as stage transfer_cls."""
 
     stage: ClassVar[str] = "transfer_cls"

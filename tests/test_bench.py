@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 import torch
 
-from mae import roofline
-from mae.bench import (
+from mae.tools import roofline
+from mae.tools.bench import (
     PRESETS,
     StepRunner,
     Variant,
@@ -123,7 +123,7 @@ def test_bench_hand_tuned_variant_compiles():
 
 def test_stage_table_from_a_study(tmp_path, capsys):
     """mae bench stages: step rate, end-to-end rate, shares and overhead from metrics.json + benchmark files."""
-    from mae import stage_rates
+    from mae.tools import stage_rates
 
     def job(run, folder, metrics, wall=None):
         (tmp_path / "runs" / run / folder).mkdir(parents=True)

@@ -146,7 +146,7 @@ def test_url_download_is_checked_before_it_is_cached(tmp_path, capsys, shapes, m
 def test_allowed_objects_load(tmp_path):
     """The official MAE training files keep their arguments as an argparse.Namespace: loaded, and its model name
     read; our new checkpoints need no allow-list at all."""
-    from mae.eval.common import checkpoint_model_name
+    from mae.stages.classification import checkpoint_model_name
 
     official = tmp_path / "checkpoint-799.pth"
     torch.save(

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from scipy.stats import t as student_t
 
-from mae import stats
 from mae.report import claims as C
 from mae.report import simulate as M
+from mae.report import stats
 from mae.report import summary as S
 from mae.report.evidence import Evidence
 

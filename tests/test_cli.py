@@ -88,7 +88,7 @@ def test_bench_is_a_subcommand(capsys):
     assert cli.main(["bench", "pretrain", "--windows", "2"]) == 2  # the bench's own checks, one line
     assert "error: --windows must be >= 5, got 2" in capsys.readouterr().err
     run = subprocess.run(
-        [sys.executable, "-m", "mae.bench", "pretrain", "--windows", "2"],
+        [sys.executable, "-m", "mae.tools.bench", "pretrain", "--windows", "2"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Bootstrap of COCO AP over val images (mae.transfer.det): the multiset accumulation against pycocotools.
+"""Bootstrap of COCO AP over val images (mae.stages.transfer_det): the multiset accumulation against pycocotools.
 
 A small in-memory GT/DT set exercises what COCOeval's accumulate has to get right: several categories (one
 with detections but no ground truth), images without ground truth, crowd regions (ignored matches),
@@ -136,7 +136,7 @@ def data():
 
 @pytest.mark.parametrize("iou_type", IOU_TYPES)
 def test_identity_multiset_is_cocoeval_ap(data, iou_type):
-    from mae.transfer.det import multiset_ap
+    from mae.stages.transfer_det import multiset_ap
 
     gt, dets = data
     ev = _cocoeval(gt, dets, iou_type)
@@ -147,8 +147,8 @@ def test_identity_multiset_is_cocoeval_ap(data, iou_type):
 
 @pytest.mark.parametrize("iou_type", IOU_TYPES)
 def test_multiset_is_cocoeval_on_the_copied_images(data, iou_type):
-    from mae.stats import bootstrap_counts
-    from mae.transfer.det import multiset_ap
+    from mae.report.stats import bootstrap_counts
+    from mae.stages.transfer_det import multiset_ap
 
     gt, dets = data
     ev = _cocoeval(gt, dets, iou_type)
@@ -166,8 +166,8 @@ def test_multiset_is_cocoeval_on_the_copied_images(data, iou_type):
 
 
 def test_replicates_are_the_canonical_resamples_of_image_ids(data):
-    from mae.stats import N_BOOT, bootstrap_indices, percentile_interval
-    from mae.transfer.det import coco_evaluate, multiset_ap
+    from mae.report.stats import N_BOOT, bootstrap_indices, percentile_interval
+    from mae.stages.transfer_det import coco_evaluate, multiset_ap
 
     gt, dets = data
     image_ids = [im["id"] for im in gt["images"]][::-1]  # evaluation order != COCO's sorted order
@@ -185,7 +185,7 @@ def test_replicates_are_the_canonical_resamples_of_image_ids(data):
 
 
 def test_identical_detections_in_two_runs_give_identical_replicates(data):
-    from mae.transfer.det import coco_evaluate
+    from mae.stages.transfer_det import coco_evaluate
 
     gt, dets = data
     ids = [im["id"] for im in gt["images"]]
@@ -200,8 +200,8 @@ def test_identical_detections_in_two_runs_give_identical_replicates(data):
 def test_evaluate_reports_intervals_and_per_image_replicates(data):
     import torch
 
-    from mae.stats import N_BOOT
-    from mae.transfer.det import DetectionTask
+    from mae.report.stats import N_BOOT
+    from mae.stages.transfer_det import DetectionTask
 
     gt, dets = data
     ids = [im["id"] for im in gt["images"]]

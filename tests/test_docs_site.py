@@ -95,8 +95,8 @@ def test_table_checks_catch_drift():
     assert command_table_problems(text.replace(row + "\n", "")) == ["missing from the table: visualize"]
     extra = row.replace("`visualize`", "`render`")
     assert command_table_problems(text.replace(row, row + "\n" + extra)) == ["not a command: render"]
-    wrong = text.replace("| `bench` | `mae.bench` |", "| `bench` | `mae.benchmark` |")
-    assert command_table_problems(wrong) == ["bench: module mae.benchmark, the code says mae.bench"]
+    wrong = text.replace("| `bench` | `mae.tools.bench` |", "| `bench` | `mae.benchmark` |")
+    assert command_table_problems(wrong) == ["bench: module mae.benchmark, the code says mae.tools.bench"]
     knn = next(line for line in text.splitlines() if line.startswith("| `knn` | `mae knn` |"))
     assert stage_table_problems(text.replace(knn + "\n", ""))[0].startswith("stages ")
     moved = text.replace("| `partial_ft-<blocks>` |", "| `partial_ft` |")

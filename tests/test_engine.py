@@ -341,7 +341,7 @@ def test_preempted_cli_exit_code(monkeypatch, capsys):
     def preempted(args):
         raise Preempted("stopped by signal 15 at epoch 1, iteration 3")
 
-    monkeypatch.setattr("mae.eval.knn.main", preempted)
+    monkeypatch.setattr("mae.stages.knn.main", preempted)
     assert cli.main(["knn", "--data", "x", "--out", "y", "--scratch"]) == PREEMPTED_EXIT == 75
     assert capsys.readouterr().err.strip() == "preempted: stopped by signal 15 at epoch 1, iteration 3"
 

@@ -11,7 +11,7 @@ import torch
 
 from mae.cli import main as cli
 from mae.errors import UserError
-from mae.eval import common, finetune, knn, linprobe, partial_ft
+from mae.stages import classification, finetune, knn, linprobe, partial_ft
 
 MODEL = "mae_vit_micro_patch4"  # 32 px, patch 4, 128 x 6 blocks; the fixture images are 16 px (pos_embed resampled)
 DEPTH = 6
@@ -86,14 +86,14 @@ def test_knn_scores_weighted_votes():
     bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     labels = torch.tensor([0, 0, 1, 1])
     query = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
-    scores = common.knn_scores(bank, labels, query, 2, k=2, temperature=0.07)
+    scores = knn.knn_scores(bank, labels, query, 2, k=2, temperature=0.07)
     assert scores.argmax(1).tolist() == [0, 1]
     # k covering the whole bank: the weight exp(sim/T) decides; a near neighbour outvotes two far ones
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     labels = torch.tensor([0, 1, 1])
     q = torch.tensor([[1.0, 0.3]])  # sims: 0.958 (class 0), 0.287 twice (class 1)
-    sharp = common.knn_scores(bank, labels, q, 2, k=3, temperature=0.07)
-    flat = common.knn_scores(bank, labels, q, 2, k=3, temperature=100.0)
+    sharp = knn.knn_scores(bank, labels, q, 2, k=3, temperature=0.07)
+    flat = knn.knn_scores(bank, labels, q, 2, k=3, temperature=100.0)
     assert sharp.argmax(1).item() == 0 and flat.argmax(1).item() == 1
     sims = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
     expected = torch.tensor([(sims[0, 0] / 0.07).exp(), (sims[0, 1] / 0.07).exp() * 2])
@@ -117,7 +117,7 @@ def test_knn_metrics_separable_clusters():
 def test_topk_correct_caps_k_at_num_classes():
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     target = torch.tensor([1, 1, 0])
-    assert common.topk_correct(scores, target) == {1: 1, 5: 3}
+    assert classification.topk_correct(scores, target) == {1: 1, 5: 3}
 
 
 def test_knn_cli_separable(data, ckpt, tmp_path):
@@ -210,7 +210,7 @@ def test_finetune_from_mae_checkpoint(data, ckpt, tmp_path):
     vit.eval(), ours.eval()
     torch.testing.assert_close(vit(x), ours(x))
     # the fine-tuned model.pt is itself a valid --init (the 'supervised' encoder of the study); name from config
-    assert common.resolve_model_name(None, str(out / "model.pt")) == MODEL
+    assert classification.resolve_model_name(None, str(out / "model.pt")) == MODEL
 
 
 def test_finetune_head_init_and_encoder_loaded(ckpt, mae_model):
@@ -254,7 +254,7 @@ def test_finetune_scratch_and_reference_checkpoint(data, ref_ckpt, tmp_path):
     # a reference {'model': full MAE incl. decoder} file has no model name: --set model=..., then it loads
     out2 = tmp_path / "ref"
     with pytest.raises(UserError, match="model"):
-        common.resolve_model_name(None, str(ref_ckpt))
+        classification.resolve_model_name(None, str(ref_ckpt))
     assert (
         cli(
             [
@@ -740,7 +740,7 @@ def test_partial_ft_reuse_refuses_other_settings(data, ckpt, tmp_path, capsys, c
 
 
 def test_attention_kernel_follows_autocast():
-    model, _ = common.build_encoder(MODEL, 2, img_size=16)
+    model, _ = classification.build_encoder(MODEL, 2, img_size=16)
     model.eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -751,7 +751,7 @@ def test_attention_kernel_follows_autocast():
     torch.testing.assert_close(fast, exact, atol=0.05, rtol=0.05)
     # paths that skip model.forward (feature extraction, transfer backbones) follow the same rule
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        common.features(model, x)
+        classification.features(model, x)
     assert all(not b.attn.fused_attn for b in model.blocks)
     model.forward_features(x)
     assert all(b.attn.fused_attn for b in model.blocks)
@@ -760,14 +760,14 @@ def test_attention_kernel_follows_autocast():
 def test_changed_inputs_compares_files_not_spellings(tmp_path, monkeypatch):
     """A probe recorded with a relative init path is the same init as its absolute spelling (the study runs
     rules from the repo root; a user calls `mae partial-ft --head-from` with absolute paths)."""
-    from mae.eval import common
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck.pt").write_bytes(b"x")
     (tmp_path / "other.pt").write_bytes(b"y")
     (tmp_path / "data").mkdir()
     old = {"init_path": "ck.pt", "data": "data"}
-    assert common.changed_inputs(old, tmp_path / "m.json", str(tmp_path / "ck.pt"), tmp_path / "data") is None
-    assert "init_path='ck.pt'" in common.changed_inputs(old, tmp_path / "m.json", str(tmp_path / "other.pt"), "data")
-    assert "init_path" in common.changed_inputs(old, tmp_path / "m.json", None, "data")
-    assert "data=" in common.changed_inputs({**old, "data": "gone"}, tmp_path / "m.json", "ck.pt", "data")
+    assert partial_ft.changed_inputs(old, tmp_path / "m.json", str(tmp_path / "ck.pt"), tmp_path / "data") is None
+    assert "init_path='ck.pt'" in partial_ft.changed_inputs(
+        old, tmp_path / "m.json", str(tmp_path / "other.pt"), "data"
+    )
+    assert "init_path" in partial_ft.changed_inputs(old, tmp_path / "m.json", None, "data")
+    assert "data=" in partial_ft.changed_inputs({**old, "data": "gone"}, tmp_path / "m.json", "ck.pt", "data")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
-from mae import stats
+from mae.report import stats
 from mae.report import summary as S
 from mae.report.evidence import Evidence
 

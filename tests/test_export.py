@@ -12,12 +12,12 @@ import torch
 
 from mae.cli import main as cli
 from mae.errors import UserError
-from mae.eval import common
-from mae.export import export, timm_call
-from mae.masking import sample_from_mask
 from mae.models import create_encoder, create_mae, load_mae_checkpoint
 from mae.models.checkpoint import ARCH_KEY, ENCODER_FILE, is_safetensors, read_checkpoint, split_encoder_keys
 from mae.models.hub import from_hf_state
+from mae.models.masking import sample_from_mask
+from mae.stages import classification
+from mae.tools.export import export, timm_call
 
 MODEL = "mae_vit_micro_patch4"  # 32 px, patch 4 (8 x 8 patches), 128 x 6 blocks, 4 heads; decoder 128 x 2
 TOL = 1e-5
@@ -74,7 +74,7 @@ def test_safetensors_round_trip(pretrained, images, tmp_path, capsys):
     )
     assert (arch["decoder_width"], arch["decoder_depth"], arch["decoder_heads"]) == (128, 2, 4)
     # --init reads it back: the whole MAE (reconstructions), and the encoder of the evaluations
-    from mae.visualize import load_mae
+    from mae.tools.visualize import load_mae
 
     back, cfg = load_mae(str(out))
     assert cfg["model"] == MODEL and back.target_kind == model.target_kind
@@ -84,8 +84,8 @@ def test_safetensors_round_trip(pretrained, images, tmp_path, capsys):
         torch.manual_seed(3)
         got = back(images)
     assert all(_diff(a, b) == 0 for a, b in zip(want, got, strict=True))
-    assert common.resolve_model_name(None, str(out)) == MODEL
-    vit, report = common.build_encoder(MODEL, 0, global_pool="token", init=str(out))
+    assert classification.resolve_model_name(None, str(out)) == MODEL
+    vit, report = classification.build_encoder(MODEL, 0, global_pool="token", init=str(out))
     assert report["loaded"] > 0
     with torch.no_grad():
         assert _diff(vit.eval().forward_features(images), _all_tokens(model, images)) <= TOL
@@ -122,8 +122,8 @@ def test_timm_loads_a_vit_b16_export_by_its_name(tmp_path):
     """Paper size: timm's own name `vit_base_patch16_224.mae` loads the export with no architecture keyword."""
     import timm
 
-    from mae.export import export_timm
     from mae.models import infer_model_name
+    from mae.tools.export import export_timm
 
     torch.manual_seed(0)
     ours = create_encoder("mae_vit_base_patch16", num_classes=0, global_pool="token").eval()
@@ -140,7 +140,7 @@ def test_timm_loads_a_vit_b16_export_by_its_name(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "num_classes": 0}))
     out.rename(folder / "model.safetensors")
-    assert common.checkpoint_model_name(str(folder)) == "mae_vit_base_patch16"
+    assert classification.checkpoint_model_name(str(folder)) == "mae_vit_base_patch16"
     assert infer_model_name(16, 768, 12, 4.0) == "mae_vit_base_patch16"
     assert infer_model_name(14, 1280, 32, 4.0, num_heads=16) == "mae_vit_huge_patch14"
     assert infer_model_name(16, 768, 12, 4.0, num_heads=6) is None and infer_model_name(8, 64, 2, 4.0) is None
@@ -174,8 +174,8 @@ def test_init_from_a_timm_state_dict(form, images, tmp_path):
         (path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "num_classes": 0}))
         save_file(state, str(path / "model.safetensors"))
     # nothing records our name (the folder's architecture is ViT-B's, the shapes are not): --set model=NAME
-    assert common.checkpoint_model_name(str(path)) is None
-    ours, _ = common.build_encoder(MODEL, 0, global_pool="token", init=str(path))
+    assert classification.checkpoint_model_name(str(path)) is None
+    ours, _ = classification.build_encoder(MODEL, 0, global_pool="token", init=str(path))
     with torch.no_grad():
         assert _diff(ours.eval().forward_features(images), source.forward_features(images)) <= TOL
 
@@ -188,7 +188,7 @@ def test_finetuned_model_exports_and_timm_loads_it(images, tmp_path, capsys):
     torch.manual_seed(4)
     vit = create_encoder(MODEL, num_classes=10, global_pool="avg").eval()
     meta = {"model": MODEL, "num_classes": 10, "img_size": 32, "global_pool": "avg"}
-    common.save_model(vit, tmp_path, meta)
+    classification.save_model(vit, tmp_path, meta)
     arch = _metadata(tmp_path / ENCODER_FILE)
     assert (arch["kind"], arch["num_classes"], arch["global_pool"]) == ("classifier", 10, "avg")
     out = tmp_path / "exported.safetensors"
@@ -200,7 +200,7 @@ def test_finetuned_model_exports_and_timm_loads_it(images, tmp_path, capsys):
             call = timm_call(_metadata(file), file)
             assert call["model_name"] == "vit_base_patch16_224" and call["global_pool"] == "avg"
             assert _diff(timm.create_model(**call).eval()(images), want) <= TOL
-        back, _ = common.build_encoder(MODEL, 10, init=str(tmp_path / ENCODER_FILE))
+        back, _ = classification.build_encoder(MODEL, 10, init=str(tmp_path / ENCODER_FILE))
         assert _diff(back.eval()(images), want) == 0
     assert cli(["export", str(tmp_path / "model.pt"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip()
@@ -280,8 +280,8 @@ def test_hf_folder_written_by_transformers_is_an_init(images, tmp_path):
         torch.set_rng_state(rng)
         assert _diff(loss, want.loss) <= TOL and _diff(mask, want.mask) == 0 and _diff(pred, want.logits) <= TOL
         # the encoder of the evaluations: every token in order (mask ratio 0, sorted noise)
-        assert common.resolve_model_name(None, str(folder)) == MODEL
-        vit, report = common.build_encoder(MODEL, 0, global_pool="token", init=str(folder))
+        assert classification.resolve_model_name(None, str(folder)) == MODEL
+        vit, report = classification.build_encoder(MODEL, 0, global_pool="token", init=str(folder))
         assert report["layer_norm_eps"] == 1e-12
         encoder = transformers.ViTMAEModel.from_pretrained(folder).eval()
         alone = from_hf_state(encoder.state_dict())  # ViTMAEModel's names: no vit. prefix

@@ -16,8 +16,8 @@ import torch
 
 from mae.cli import main as cli
 from mae.errors import UserError
-from mae.eval import common
 from mae.models import create_mae, hub, resolve_init
+from mae.stages import classification
 from mae.utils import io
 from tests.test_eval import MODEL, _write_dataset
 
@@ -131,7 +131,7 @@ def test_evaluation_and_visualize_take_a_url(served, cache, tmp_path, capsys):
     base, root, _ = served
     url = f"{base}/checkpoint.pt#sha256={_sha(root / 'checkpoint.pt')}"
     data = _write_dataset(tmp_path / "data", n_train=16, n_val=8)
-    assert common.resolve_model_name(None, url) == MODEL
+    assert classification.resolve_model_name(None, url) == MODEL
     assert cli(["knn", "--data", str(data), "--out", str(tmp_path / "knn"), "--init", url, "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "knn" / "metrics.json").read_text())
     assert metrics["init_path"] == url and metrics["model"] == MODEL and metrics["init_report"]["loaded"] > 0
@@ -190,7 +190,7 @@ def test_timm_hub_weights(hf_cache):
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "norm.weight"):
         torch.testing.assert_close(state[key], weights[key])
     with pytest.raises(UserError, match="does not record its model name"):
-        common.resolve_model_name(None, f"timm:{TIMM_NAME}")
+        classification.resolve_model_name(None, f"timm:{TIMM_NAME}")
     assert constants.HF_HUB_OFFLINE is False  # offline mode only while timm fetched
 
 

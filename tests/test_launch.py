@@ -1,4 +1,4 @@
-"""How training rules launch processes (mae/launch.py), global batch sizes on every launch shape, and a
+"""How training rules launch processes (mae/tools/launch.py), global batch sizes on every launch shape, and a
 2-node run through the rule's own launcher equal to a 1-process run."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from mae.config import PretrainConfig, batch_plan, config_from_args
 from mae.errors import UserError
-from mae.launch import launcher, procs_per_node, world_size
+from mae.tools.launch import launcher, procs_per_node, world_size
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -77,7 +77,7 @@ def _plan_of(command: str) -> tuple[int, dict]:
     words = shlex.split(command.split(">")[0])
     nodes = int(words[words.index("--nnodes") + 1]) if "--nnodes" in words else 1
     procs = int(words[words.index("--nproc_per_node") + 1]) if "--nproc_per_node" in words else 1
-    from mae import pretrain
+    from mae.stages import pretrain
 
     parser = argparse.ArgumentParser()
     pretrain.add_arguments(parser)
@@ -133,8 +133,8 @@ echo 127.0.0.1
 
 
 def _free_job_id() -> int:
-    """A SLURM_JOB_ID whose rendezvous port (mae.launch: 29500 + id % 2000) is free here."""
-    from mae.launch import BASE_PORT, PORT_SPAN
+    """A SLURM_JOB_ID whose rendezvous port (mae.tools.launch: 29500 + id % 2000) is free here."""
+    from mae.tools.launch import BASE_PORT, PORT_SPAN
 
     for job_id in range(os.getpid() % PORT_SPAN, os.getpid() % PORT_SPAN + PORT_SPAN):
         with socket.socket() as s:

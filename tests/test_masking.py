@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mae.errors import UserError
-from mae.masking import BlockSampler, GridSampler, RandomSampler, build_sampler, num_kept, sample_from_mask
+from mae.models.masking import BlockSampler, GridSampler, RandomSampler, build_sampler, num_kept, sample_from_mask
 
 
 def reference_random_masking(n, num_patches, ratio, device="cpu"):

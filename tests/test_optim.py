@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from mae.config import TrainConfig, effective_lr
+from mae.engine.optim import build_optimizer, lr_at, param_groups_layer_decay, param_groups_weight_decay, set_lr
 from mae.errors import UserError
-from mae.optim import build_optimizer, lr_at, param_groups_layer_decay, param_groups_weight_decay, set_lr
 
 
 def test_lr_schedule_warmup_and_cosine():
@@ -100,7 +100,7 @@ def test_transfer_backbone_layer_decay():
     """Detection / segmentation: the ViT's final norm (used by forward_features) and the new network train at
     the full lr, the last block at `decay`, the stem at decay ** (depth + 1) (ViTDet's rule)."""
     from mae.models import create_encoder
-    from mae.transfer.backbone import layer_decay_groups
+    from mae.stages.backbone import layer_decay_groups
 
     vit = create_encoder("mae_vit_micro_patch4", num_classes=0, global_pool="token")
     neck = nn.Linear(128, 8)

@@ -117,7 +117,7 @@ def test_preempted_pretrain_resumes_bit_identical(tiny_data, tmp_path):
     from mae.config import PretrainConfig, load_config
     from mae.engine import fit, seed_everything
     from mae.errors import Preempted
-    from mae.pretrain import PretrainTask
+    from mae.stages.pretrain import PretrainTask
 
     cfg = load_config(PretrainConfig, overrides=[*TINY, "device=cpu", "amp=none"])
 

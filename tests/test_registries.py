@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from mae import knobs, masking
+from mae import knobs
 from mae.config import PretrainConfig, load_config
 from mae.errors import UserError
+from mae.models import masking
 from mae.report import paper as P
 from mae.report.ablations import ABLATIONS, STUDY_TABLES
 from mae.report.evidence import Evidence
@@ -35,7 +36,7 @@ BASE = {
 def test_choices_are_the_code_registries():
     from mae.data.transforms import AUGS
     from mae.models import MODEL_SPECS
-    from mae.targets import TARGETS
+    from mae.models.targets import TARGETS
 
     assert knobs.KNOBS["sampling"].choices == list(masking.SAMPLERS)
     assert knobs.KNOBS["target"].choices == list(TARGETS)

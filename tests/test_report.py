@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from mae import stats  # noqa: E402
 from mae.report import claims as C  # noqa: E402
 from mae.report import paper as P  # noqa: E402
+from mae.report import stats  # noqa: E402
 from mae.report import summary as S  # noqa: E402
 from mae.report import tables as T  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Intervals of mae.stats: the paired bootstrap covers a known difference, Wilson and mIoU replicates are exact."""
+"""Intervals of mae.report.stats: the paired bootstrap covers a known difference, Wilson and mIoU replicates are
+exact."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mae import stats
+from mae.report import stats
 
 
 def _paired_draw(rng: np.random.Generator, n: int, p1: float, p2: float, shared: float):

@@ -5,7 +5,7 @@ import torch
 from mae import cli
 from mae.data import load_train_images
 from mae.errors import UserError
-from mae.targets import build_target, fit_pca, normalize_patches, patchify, unpatchify
+from mae.models.targets import build_target, fit_pca, normalize_patches, patchify, unpatchify
 
 
 def test_patchify_layout_and_round_trip():

@@ -118,7 +118,7 @@ TINY = ["epochs=1", "batch_size=4", "warmup_epochs=0", "log_every=1", "max_steps
 
 def test_simple_feature_pyramid_strides_and_shapes():
     from mae.models import create_encoder
-    from mae.transfer.backbone import ViTPyramidBackbone
+    from mae.stages.backbone import ViTPyramidBackbone
 
     vit = create_encoder("mae_vit_micro_patch4", num_classes=0, global_pool="token")
     bb = ViTPyramidBackbone(vit, 16, (4.0, 2.0, 1.0, 0.5), top_pool=True)
@@ -133,7 +133,7 @@ def test_simple_feature_pyramid_strides_and_shapes():
 
 def test_backbone_loads_mae_checkpoint_and_supervised_model(tmp_path):
     from mae.models import create_encoder, create_mae
-    from mae.transfer.backbone import build_vit
+    from mae.stages.backbone import build_vit
 
     mae = create_mae("mae_vit_micro_patch4")
     torch.save({"model": mae.state_dict(), "config": {"model": "mae_vit_micro_patch4"}}, tmp_path / "pre.pt")
@@ -152,7 +152,7 @@ def test_backbone_loads_mae_checkpoint_and_supervised_model(tmp_path):
 def test_coco_evaluate_scores_predictions_not_ground_truth(data_dir):
     """COCOeval on perfect, shifted and empty predictions built from the fixture's val annotations."""
     from mae.data import build_detection_dataset
-    from mae.transfer.det import coco_evaluate, detections_to_coco
+    from mae.stages.transfer_det import coco_evaluate, detections_to_coco
 
     ds = build_detection_dataset(data_dir, "val")
     outputs, ids = [], []
@@ -184,30 +184,30 @@ def test_coco_evaluate_scores_predictions_not_ground_truth(data_dir):
 
 
 def test_transfer_det_trains_and_evaluates_real_predictions(data_dir, tmp_path, monkeypatch):
-    from mae.transfer import det
+    from mae.stages import transfer_det
 
     seen = {}
-    real = det.coco_evaluate
+    real = transfer_det.coco_evaluate
 
     def spy(coco_gt, results, iou_type, image_ids):
         seen.setdefault(iou_type, (list(results), list(image_ids)))
         return real(coco_gt, results, iou_type, image_ids)
 
-    monkeypatch.setattr(det, "coco_evaluate", spy)
+    monkeypatch.setattr(transfer_det, "coco_evaluate", spy)
     predicted = {}
-    real_predict = det.DetectionTask.predict
+    real_predict = transfer_det.DetectionTask.predict
 
     def predict_spy(self, limit=None):
         out = real_predict(self, limit)
         predicted["results"] = out[0]
         return out
 
-    monkeypatch.setattr(det.DetectionTask, "predict", predict_spy)
+    monkeypatch.setattr(transfer_det.DetectionTask, "predict", predict_spy)
     out = tmp_path / "det"
     args = _args(data_dir, out, *TINY, "score_thresh=0.0", "out_channels=16", "box_head_dim=32", "mask_head_dim=16")
-    assert det.main(args) == 0
+    assert transfer_det.main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in det.METRIC_KEYS:
+    for key in transfer_det.METRIC_KEYS:
         assert 0.0 <= metrics[key] <= 100.0
     assert metrics["epochs"] == 1 and metrics["eval"] == "transfer_det" and metrics["init"] == "scratch"
     # what COCOeval scored is exactly the model's prediction list, on every val image
@@ -221,7 +221,7 @@ def test_transfer_det_trains_and_evaluates_real_predictions(data_dir, tmp_path, 
 def test_det_config_rejects_bad_values():
     from mae.config import load_config
     from mae.errors import UserError
-    from mae.transfer.det import DetConfig
+    from mae.stages.transfer_det import DetConfig
 
     with pytest.raises(UserError, match="out_channels"):
         load_config(DetConfig, None, ["out_channels=0"])
@@ -233,7 +233,7 @@ def test_det_config_rejects_bad_values():
 
 
 def test_confusion_matrix_and_miou_by_hand():
-    from mae.transfer.seg import confusion_matrix, segmentation_metrics
+    from mae.stages.transfer_seg import confusion_matrix, segmentation_metrics
 
     target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 1]])
     cm = confusion_matrix(target.clone(), target, 3)
@@ -253,10 +253,10 @@ def test_confusion_matrix_and_miou_by_hand():
 
 
 def test_transfer_seg_trains_and_reports_miou(data_dir, tmp_path):
-    from mae.transfer import seg
+    from mae.stages import transfer_seg
 
     out = tmp_path / "seg"
-    assert seg.main(_args(data_dir, out, *TINY, "out_channels=16")) == 0
+    assert transfer_seg.main(_args(data_dir, out, *TINY, "out_channels=16")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 100.0 and 0.0 <= metrics["pixel_acc"] <= 100.0
     assert len(metrics["iou_per_class"]) == 3 and metrics["eval"] == "transfer_seg"
@@ -268,14 +268,14 @@ def test_transfer_seg_trains_and_reports_miou(data_dir, tmp_path):
 
 def test_transfer_cls_from_mae_checkpoint(data_dir, tmp_path):
     from mae.models import create_mae
-    from mae.transfer import cls
+    from mae.stages import transfer_cls
 
     mae = create_mae("mae_vit_micro_patch4")
     ckpt = tmp_path / "pre.pt"
     torch.save({"model": mae.state_dict(), "config": {"model": "mae_vit_micro_patch4"}}, ckpt)
     out = tmp_path / "cls"
     args = _args(data_dir, out, *TINY, "mixup=0", "cutmix=0", "auto_augment=null", "reprob=0", init=str(ckpt))
-    assert cls.main(args) == 0
+    assert transfer_cls.main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= 100.0
     assert metrics["eval"] == "transfer_cls" and metrics["dataset"] == "fixture" and metrics["init"] == "mae"
@@ -292,8 +292,8 @@ def test_cli_registry_knows_transfer_commands(data_dir, tmp_path, capsys):
 
 def test_per_image_iou_counts_sum_to_the_confusion_matrix_miou():
     """Per-image intersections/unions (saved for the bootstrap) give exactly the confusion matrix's mIoU."""
-    from mae import stats
-    from mae.transfer.seg import IGNORE_INDEX, confusion_matrix, per_image_iou_counts, segmentation_metrics
+    from mae.report import stats
+    from mae.stages.transfer_seg import IGNORE_INDEX, confusion_matrix, per_image_iou_counts, segmentation_metrics
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randint(0, 5, (7, 8, 8), generator=g), torch.randint(0, 5, (7, 8, 8), generator=g)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mae import visualize as V
 from mae.cli import main as cli
 from mae.errors import UserError
 from mae.models import create_mae
+from mae.tools import visualize as V
 from tests.test_eval import MODEL, _write_dataset
 
 

@@ -1,4 +1,4 @@
-"""Warm start (mae/warmstart.py): `mae` commands run in a server that imported torch once — same results, exit
+"""Warm start (mae/tools/warmstart.py): `mae` commands run in a server that imported torch once — same results, exit
 codes, signals and output as a process of their own, and a plain run wherever the server does not apply."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from mae import warmstart
 from mae.errors import PREEMPTED_EXIT
+from mae.tools import warmstart
 
 pytestmark = pytest.mark.skipif(not warmstart.supported(), reason="warm start needs Linux (fork, pidfds)")
 
@@ -115,8 +115,8 @@ def test_worker_takes_the_jobs_code_threads_environment_and_folder(server, tmp_p
     (tmp_path / "tmp").mkdir()
     (tmp_path / "cwd").mkdir()
     client = (
-        "import os, sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); os.umask(0o027); "
-        "os.sched_setaffinity(0, {0}); sys.exit(warmstart.delegate(['mae', 'probe', '--x']))"
+        "import os, sys; from mae.tools import warmstart; sys.path.insert(0, sys.argv[1]); os.umask(0o027); "
+        "os.sched_setaffinity(0, {0}); sys.exit(warmstart.delegate(['mae', 'probe', '--x'], 'mae.cli:main'))"
     )
     env = job_env(socket, OMP_NUM_THREADS="2", PROBE="p", TMPDIR=str(tmp_path / "tmp"))
     out = subprocess.run(
@@ -182,8 +182,8 @@ def test_command_that_crashes_reports_like_a_process(server, tmp_path):
     (fake / "__init__.py").write_text("")
     (fake / "cli.py").write_text("raise RuntimeError('broken on import')\n")
     client = (
-        "import sys; from mae import warmstart; sys.path.insert(0, sys.argv[1]); "
-        "sys.exit(warmstart.delegate(['mae', 'x']))"
+        "import sys; from mae.tools import warmstart; sys.path.insert(0, sys.argv[1]); "
+        "sys.exit(warmstart.delegate(['mae', 'x'], 'mae.cli:main'))"
     )
     out = subprocess.run(
         [sys.executable, "-c", client, str(fake.parent)],

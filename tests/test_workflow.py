@@ -155,8 +155,8 @@ def test_paper_config_restates_every_stage_key_of_the_default(repo_root):
 
 def test_paper_config_restores_every_paper_recipe(repo_root):
     """--configfile merges: every toy-scale deviation of config.yaml must be undone by paper.yaml."""
-    from mae.eval.finetune import FinetuneConfig
-    from mae.eval.linprobe import LinprobeConfig
+    from mae.stages.finetune import FinetuneConfig
+    from mae.stages.linprobe import LinprobeConfig
 
     paper = _merged(repo_root, "paper.yaml")
     assert paper["pretrain"]["base_lr"] == 1.5e-4 and paper["pretrain"]["batch_size"] == 4096
@@ -205,7 +205,7 @@ def test_smoke_study_end_to_end(repo_root, tmp_path):
     proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=1200, env=activated)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = (work / "results/summary/runs.csv").read_text().splitlines()
-    # every job started in the warm-start server (mae/warmstart.py), none refused; the server is gone
+    # every job started in the warm-start server (mae/tools/warmstart.py), none refused; the server is gone
     jobs = list((work / "logs").rglob("*.log"))
     assert (work / "logs/warm_start.log").read_text().count("warm start: worker") >= 40
     assert not [j for j in jobs if "warm start: not used" in j.read_text(errors="replace")]

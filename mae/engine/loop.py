@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 from mae.config import TrainConfig, batch_plan, config_to_dict, effective_lr
 from mae.engine import distributed as D
+from mae.engine.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
 from mae.engine.precision import Precision, resolve
 from mae.errors import Preempted, UserError
 from mae.models.checkpoint import read_checkpoint
-from mae.optim import build_optimizer, lr_at, param_groups_weight_decay, set_lr
 from mae.utils import preemption
 from mae.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temps, write_per_image
 from mae.utils.lock import run_lock

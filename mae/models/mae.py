@@ -9,8 +9,8 @@ patches; xavier-uniform init of every Linear and of the patch projection viewed 
 normal(0.02), LayerNorm eps 1e-6.
 
 Study options beyond the reference:
-- ``sampler``: 'random' | 'block' | 'grid' (``mae.masking``);
-- ``target``: 'pixel' | 'norm_pixel' | 'pca' | 'token' (``mae.targets``; ``norm_pix_loss=True`` ≡ 'norm_pixel');
+- ``sampler``: 'random' | 'block' | 'grid' (``mae.models.masking``);
+- ``target``: 'pixel' | 'norm_pixel' | 'pca' | 'token' (``mae.models.targets``; ``norm_pix_loss=True`` ≡ 'norm_pixel');
   'token' makes ``decoder_pred`` output vocabulary logits, 'pca' the K coefficients;
 - ``mask_token_in_encoder``: the encoder receives all L tokens, removed ones replaced by a learned
   ``encoder_mask_token`` (the only extra state-dict key) before the position table is added; the decoder
@@ -31,10 +31,10 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from mae.errors import UserError
-from mae.masking import MaskSample, build_sampler
 from mae.models.attention import check_attention, set_kernels, use_fused
+from mae.models.masking import MaskSample, build_sampler
 from mae.models.pos_embed import sincos_2d
-from mae.targets import build_target, patchify, unpatchify
+from mae.models.targets import build_target, patchify, unpatchify
 
 
 class MaskedAutoencoderViT(nn.Module):

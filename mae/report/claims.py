@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mae import stats
+from mae.report import stats
 from mae.report.evidence import METRIC_OF, Cell, Evidence, Term
 from mae.report.paper import paper_as_runs
 from mae.report.summary import REPLICATES, read_replicates, read_summary

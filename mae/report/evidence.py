@@ -1,17 +1,17 @@
 """The summary as *cells* with a two-level noise model: what the claims, the tables' ± and the figures' bars read.
 
 A cell is one setting's value (e.g. "linear-probe top-1 of the runs with mask ratio 0.9"): the mean over its
-seeds, with each seed's value on every canonical bootstrap replicate of :mod:`mae.stats` (replicate ``b``
+seeds, with each seed's value on every canonical bootstrap replicate of :mod:`mae.report.stats` (replicate ``b``
 resamples the *same* val images in every run, stored per row in ``replicates.npz`` by ``mae summarize``), so
 differences of cells are paired over images.
 
 Noise has two levels (docs/statistics.md): training noise between seeds of a setting, then val-image noise. A
-cell's seed variance is its own sample variance when it has ≥ :data:`~mae.stats.MIN_OWN_SEEDS` seeds, else the
+cell's seed variance is its own sample variance when it has ≥ :data:`~mae.report.stats.MIN_OWN_SEEDS` seeds, else the
 within-setting variance pooled over every setting of the same evaluation kind (fine-tune, linear probe, k-NN,
 partial fine-tuning, each transfer and transfer dataset; :func:`kind_of`) that has ≥ 2 seeds, whatever its
 init; a kind without any such setting has none, and a value read with none gets no interval at all — never an
 interval of image noise alone. :meth:`Evidence.estimate` turns a linear contrast of cells into a
-:class:`~mae.stats.Estimate` (t interval, Satterthwaite df). A value without per-image predictions has NaN
+:class:`~mae.report.stats.Estimate` (t interval, Satterthwaite df). A value without per-image predictions has NaN
 replicates: its interval is unknown, never zero.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mae import stats
+from mae.report import stats
 from mae.report.ablations import ABLATIONS
 from mae.report.summary import ablation_mask, base_knobs, differs_only_in, pretraining_knobs, row_key
 
@@ -166,8 +166,8 @@ class Evidence:
 
     # ---- estimates
     def estimate(self, terms: Sequence[Term]) -> stats.Estimate:
-        """The linear contrast ``Σ weight · cell`` with its two-level standard error (:func:`mae.stats.contrast`);
-        a cell that appears twice has its weights added."""
+        """The linear contrast ``Σ weight · cell`` with its two-level standard error
+        (:func:`mae.report.stats.contrast`); a cell that appears twice has its weights added."""
         merged: dict[int, list] = {}
         for weight, cell in terms:
             merged.setdefault(id(cell), [0.0, cell])[0] += weight

@@ -45,8 +45,7 @@ from mae.report.summary import (  # noqa: E402
     read_summary,
     table_runs,
 )
-from mae.utils.io import atomic_write_json  # noqa: E402
-from mae.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with `mae visualize`
+from mae.tools.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with `mae visualize`
     PIXEL_TARGETS,
     dataset_images,
     image_size,
@@ -57,9 +56,10 @@ from mae.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with 
     show_masked,
     to_display,
 )
-from mae.visualize import (
+from mae.tools.visualize import (
     save_figure as save,
 )
+from mae.utils.io import atomic_write_json  # noqa: E402
 
 log = logging.getLogger("mae.report.figures")
 
@@ -257,7 +257,7 @@ def _val_images(data_dir: str | Path, img_size: int, count: int):
 def fig_mask_sampling(frame: pd.DataFrame, data_dir: str | Path | None, seed: int = 0) -> plt.Figure:
     import torch
 
-    from mae.masking import build_sampler
+    from mae.models.masking import build_sampler
 
     if data_dir is None:
         raise Skip("no --data folder given")

@@ -258,10 +258,10 @@ def row_key(run: str, ev: str, setting: str = "") -> str:
 
 
 def replicates_of(per_image: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Bootstrap replicates (the canonical resamples of :mod:`mae.stats`) of every metric that a stage's
+    """Bootstrap replicates (the canonical resamples of :mod:`mae.report.stats`) of every metric that a stage's
     ``predictions.npz`` allows: top1 from ``pred``/``target``, miou from ``inter``/``union``, and any
     ``<metric>_boot`` a stage computed itself (detection AP)."""
-    from mae import stats
+    from mae.report import stats
 
     out: dict[str, np.ndarray] = {}
     if "pred" in per_image and "target" in per_image and len(per_image["target"]):
@@ -316,7 +316,7 @@ def _matches_metrics(path: Path, per_image: dict[str, Any], metrics: Any) -> boo
 def add_intervals(frame: pd.DataFrame, replicates: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     """Fill the :data:`CI_COLUMNS`: a 95 % percentile interval over val images from the replicates (Wilson
     for a top-1 without per-image predictions), and the mean/sd over the seeds of each setting."""
-    from mae import stats
+    from mae.report import stats
 
     frame = frame.copy()
     for i, row in enumerate(frame.itertuples(index=False)):

@@ -110,7 +110,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             raise OSError(why) from None
 
 
-#: per-image results of an evaluation, beside its metrics.json (see :mod:`mae.stats`)
+#: per-image results of an evaluation, beside its metrics.json (see :mod:`mae.report.stats`)
 PER_IMAGE = "predictions.npz"
 
 

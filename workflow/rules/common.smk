@@ -11,7 +11,7 @@ from mae.evaluations import (
     trains,
 )
 from mae.config import load_yaml_strict
-from mae.launch import launcher
+from mae.tools.launch import launcher
 from mae.study import (
     base_run_names,
     baseline_runs,
@@ -27,7 +27,7 @@ from mae.study import (
     use_data_root,
 )
 from mae.utils.lock import acquire as take_study_lock, release as release_study_lock
-from mae import warmstart
+from mae.tools import warmstart
 
 
 envvars:
@@ -129,7 +129,7 @@ def stage_flags(section):
 
 def launch(wildcards, resources):
     """The command that starts `mae` in a training job (one process, torchrun on one node, or srun + torchrun
-    on several; mae/launch.py), from the job's `nodes` and `gpu`/`gres` resources (profiles/slurm).
+    on several; mae/tools/launch.py), from the job's `nodes` and `gpu`/`gres` resources (profiles/slurm).
     """
     return launcher({name: resources[name] for name in resources.keys()})
 
@@ -253,7 +253,7 @@ def runs_dir(wildcards, input):
 
 # One study per results folder (mae/utils/lock.py): real runs only; dry runs and remote jobs take no lock.
 # Jobs this process runs on this machine start in a warm-start server that has imported torch once
-# (mae/warmstart.py); cluster executors (jobs on other nodes) start none.
+# (mae/tools/warmstart.py); cluster executors (jobs on other nodes) start none.
 WARM_START = {}
 
 

@@ -257,6 +257,6 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _student_t():
-    from scipy.stats import t  # scipy comes with scikit-learn; imported on use so that mae.stats stays light
+    from scipy.stats import t  # scipy comes with scikit-learn; imported on use so that mae.report.stats stays light
 
     return t

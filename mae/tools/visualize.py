@@ -191,7 +191,7 @@ def load_mae(
     except UserError as err:
         raise UserError(f"{source} does not fit model {name}: {err}") from None
     apply_layer_norm_eps(mae, cfg)  # e.g. the 1e-12 of a Hugging Face ViTMAE folder
-    return mae.eval(), cfg
+    return mae.stages(), cfg
 
 
 def image_size(model) -> int:
@@ -283,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
     if args.mask_ratio is not None and not 0 < args.mask_ratio < 1:
         raise UserError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     if args.sampling is not None:
-        from mae.masking import build_sampler
+        from mae.models.masking import build_sampler
 
         build_sampler(args.sampling)  # an unknown name fails before the checkpoint is read
     model, cfg = load_mae(args.init, model=args.model, target=args.target, sampling=args.sampling)

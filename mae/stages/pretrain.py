@@ -18,7 +18,7 @@ from mae.config import PretrainConfig, add_common_arguments, config_from_args, c
 from mae.engine import Task, fit, is_main_process, seed_everything
 from mae.errors import UserError
 from mae.knobs import model_kwargs
-from mae.masking import draw_for_rank
+from mae.models.masking import draw_for_rank
 from mae.utils.io import atomic_write_json
 
 
@@ -26,7 +26,7 @@ class PretrainTask(Task):
     """Masked-image reconstruction: the model's own loss on a batch of augmented images.
 
     Masks come from a generator of their own, seeded with ``seed`` and in the same state on every process: each
-    process draws the masks of the whole global batch and keeps its rows (:func:`mae.masking.draw_for_rank`),
+    process draws the masks of the whole global batch and keeps its rows (:func:`mae.models.masking.draw_for_rank`),
     so with the engine's per-image seeded augmentation a run is the same for any number of processes.
     """
 

@@ -1,11 +1,11 @@
 """``mae partial-ft --blocks K``: fine-tune the last K Transformer blocks, freeze the rest (paper Fig. 9).
 
 - ``K = 0`` is exactly the linear probe: same model, head (BatchNorm1d + Linear), LARS recipe and config keys
-  as ``mae linprobe`` (:class:`~mae.eval.linprobe.LinprobeConfig`, including ``cached_features``); with
+  as ``mae linprobe`` (:class:`~mae.stages.linprobe.LinprobeConfig`, including ``cached_features``); with
   ``--reuse DIR`` the result of that ``mae linprobe`` in DIR is copied once its settings, init and data are
   checked to be the same (the study does this).
 - ``K > 0`` follows the fine-tuning recipe (the paper: "follows the setting in Table 9 except for the number of
-  epochs"): :class:`~mae.eval.finetune.FinetuneConfig` keys, AdamW with layer-wise lr decay, mixup/cutmix,
+  epochs"): :class:`~mae.stages.finetune.FinetuneConfig` keys, AdamW with layer-wise lr decay, mixup/cutmix,
   RandAugment, global average pooling + ``fc_norm``. Trainable: ``blocks[-K:]``, the final norm (``norm`` or
   ``fc_norm``) and the head; everything else has ``requires_grad=False`` and is not given to the optimizer.
   Drop path is disabled in the frozen blocks (they act as a fixed feature extractor).
@@ -22,15 +22,71 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
+from typing import Any
 
 import torch.nn as nn
 
 from mae.config import add_common_arguments, config_from_args
+from mae.engine import is_main_process
 from mae.errors import UserError
-from mae.eval import common, finetune, linprobe
+from mae.stages import classification, finetune, linprobe
 
 TRAINABLE_TAIL = ("norm.", "fc_norm.", "head.")
+
+
+def _same_path(recorded: str | None, given: str | None) -> bool:
+    """The recorded and the given path name one file (``a/b`` and ``/abs/a/b`` are the same when both exist)."""
+    if recorded is None or given is None:
+        return recorded == given
+    try:
+        return recorded == given or os.path.samefile(recorded, given)
+    except OSError:
+        return False
+
+
+def changed_inputs(old: dict, path: Path, init_path: str | None, data: str | os.PathLike) -> str | None:
+    """Why the result ``old`` (read from ``path``) was not computed from this init and data; None if it was."""
+    for key, value in (("init_path", str(init_path) if init_path else None), ("data", str(data))):
+        if not _same_path(old.get(key), value):
+            return f"{path} was computed with {key}={old.get(key)!r}, now {key}={value!r}"
+    return None
+
+
+def reuse_result(
+    source: str | Path,
+    out_dir: str | Path,
+    cfg: Any,
+    *,
+    evaluation: str,
+    init_path: str | None,
+    data: str | os.PathLike,
+    extra: dict | None = None,
+) -> dict:
+    """Write the finished result in ``source`` (its metrics.json and predictions.npz) to ``out_dir`` as
+    ``evaluation`` instead of computing it again — only if ``source`` was computed with exactly ``cfg`` (runtime
+    keys aside), the same init and the same data. Partial fine-tuning with K = 0 *is* the linear probe (paper
+    Fig. 9), so the study reuses the run's ``linprobe`` for it (a 90-epoch ImageNet probe at paper scale)."""
+    import json
+
+    from mae.engine import changed_setting, write_outputs
+    from mae.utils.io import PER_IMAGE, read_per_image
+
+    path = Path(source) / classification.METRICS_FILE
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"--reuse: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
+    problem = changed_setting(old, cfg, path) or changed_inputs(old, path, init_path, data)
+    if problem is not None:
+        raise UserError(f"--reuse: {problem}")
+    metrics = {**old, **(extra or {}), "eval": evaluation, "reused_from": str(source)}
+    if is_main_process():
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_outputs(out_dir, metrics, read_per_image(Path(source) / PER_IMAGE))
+    return metrics
 
 
 def freeze_for_blocks(model: nn.Module, blocks: int) -> None:
@@ -40,11 +96,11 @@ def freeze_for_blocks(model: nn.Module, blocks: int) -> None:
     if not 0 <= blocks <= depth:
         raise UserError(f"--blocks: must be in 0..{depth} for this encoder, got {blocks}")
     if blocks == depth:
-        common.freeze_all_but(model, lambda name: True)
+        classification.freeze_all_but(model, lambda name: True)
         return
     first = depth - blocks
     trainable_prefixes = tuple(f"blocks.{i}." for i in range(first, depth)) + TRAINABLE_TAIL
-    common.freeze_all_but(model, lambda name: name.startswith(trainable_prefixes))
+    classification.freeze_all_but(model, lambda name: name.startswith(trainable_prefixes))
     for block in list(model.blocks)[:first]:
         for attr in ("drop_path1", "drop_path2", "drop_path"):
             if hasattr(block, attr):
@@ -56,12 +112,12 @@ def probe_of(probe_dir: str, init: str | None, data: str) -> dict:
     import json
     from pathlib import Path
 
-    path = Path(probe_dir) / common.METRICS_FILE
+    path = Path(probe_dir) / classification.METRICS_FILE
     try:
         probe = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"--head-from: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
-    problem = common.changed_inputs(probe, path, init, data)
+    problem = changed_inputs(probe, path, init, data)
     if problem is not None:
         raise UserError(f"--head-from: {problem}")
     return {"dir": str(probe_dir), "top1": probe.get("top1")}
@@ -69,7 +125,7 @@ def probe_of(probe_dir: str, init: str | None, data: str) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    common.add_init_arguments(parser)
+    classification.add_init_arguments(parser)
     parser.add_argument(
         "--blocks",
         type=int,
@@ -103,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.blocks == 0:
         cfg = config_from_args(linprobe.LinprobeConfig, args)
         if args.reuse is not None:
-            return common.reuse_result(
+            return reuse_result(
                 args.reuse,
                 args.out,
                 cfg,
@@ -112,14 +168,14 @@ def run(args: argparse.Namespace) -> dict:
                 data=args.data,
                 extra={"blocks": 0, "recipe": "linprobe"},
             )
-        device = common.engine_device(cfg)
+        device = classification.engine_device(cfg)
         task, _, name, report, extra = linprobe.build_probe_task(cfg, args.data, args.init, device)
         recipe = "linprobe"
     else:
         cfg = config_from_args(finetune.FinetuneConfig, args)
-        meta = common.dataset_info(args.data)
+        meta = classification.dataset_info(args.data)
         num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
-        device = common.engine_device(cfg)
+        device = classification.engine_device(cfg)
         model, name, report = finetune.build_finetune_model(cfg, args.init, num_classes, img_size)
         head_from = None
         if args.head_from is not None:
@@ -137,12 +193,12 @@ def run(args: argparse.Namespace) -> dict:
         }
         recipe = "finetune"
     extra.update({"blocks": args.blocks, "recipe": recipe})
-    return common.run_task(
+    return classification.run_task(
         task,
         cfg,
         args.out,
         evaluation=f"partial_ft-{args.blocks}",
-        init=common.init_label(args),
+        init=classification.init_label(args),
         init_path=args.init,
         data=args.data,
         model_name=name,

@@ -2,7 +2,7 @@
 
 Recipe (paper Table 9 / docs/ARCHITECTURE.md, "Reference facts"): timm ``VisionTransformer`` with global
 average pooling + ``fc_norm`` (``global_pool=token``: cls token), head initialised trunc_normal(std 2e-5), AdamW
-β=(0.9, 0.999), layer-wise lr decay (the reference's grouping, :func:`mae.optim.param_groups_layer_decay`), drop
+β=(0.9, 0.999), layer-wise lr decay (the reference's grouping, :func:`mae.engine.optim.param_groups_layer_decay`), drop
 path, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, RandAugment m9-mstd0.5, random erasing 0.25, warmup +
 half-cycle cosine (the engine). Top-1/top-5 on val every ``eval_every`` epochs and at the end; ``metrics.json``
 holds the last (``top1``) and the best (``best_top1``). The trained model is saved as ``out/model.pt`` =
@@ -20,11 +20,11 @@ import time
 import torch
 
 from mae.config import add_common_arguments, config_from_args, config_to_dict
-from mae.eval import common
 from mae.stage_configs import FinetuneConfig
+from mae.stages import classification
 
 
-class FinetuneTask(common.ClassificationTask):
+class FinetuneTask(classification.ClassificationTask):
     """Classification with layer-wise lr decay over the trainable parameters (optimizer ``cfg.optimizer``).
 
     With ``cfg.ema_decay`` it keeps an exponential moving average of the weights (timm ``ModelEmaV3``, started
@@ -46,7 +46,7 @@ class FinetuneTask(common.ClassificationTask):
         return self.ema.module if self.ema is not None else self.model
 
     def param_groups(self, cfg: FinetuneConfig) -> list[dict]:
-        from mae.optim import param_groups_layer_decay
+        from mae.engine.optim import param_groups_layer_decay
 
         return param_groups_layer_decay(self.model, cfg.weight_decay, cfg.layer_decay)
 
@@ -122,19 +122,19 @@ def build_finetune_data(data: str, cfg: FinetuneConfig, img_size: int, num_class
 
 def build_finetune_model(cfg: FinetuneConfig, init: str | None, num_classes: int, img_size: int):
     """Encoder + linear head; from ``init`` (head re-initialised with ``head_init_std``) or random init."""
-    name = common.resolve_model_name(cfg.model, init)
+    name = classification.resolve_model_name(cfg.model, init)
     torch.manual_seed(cfg.seed)
-    model, report = common.build_encoder(
+    model, report = classification.build_encoder(
         name, num_classes, global_pool=cfg.global_pool, drop_path=cfg.drop_path, img_size=img_size, init=init
     )
     if init:
-        common.init_head(model.head, cfg.head_init_std)
+        classification.init_head(model.head, cfg.head_init_std)
     return model, name, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    common.add_init_arguments(parser)
+    classification.add_init_arguments(parser)
 
 
 def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneConfig) -> dict:
@@ -142,9 +142,9 @@ def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneCon
     (classification transfer) records that stage and its dataset, and saves no weights."""
     started = time.perf_counter()
     cfg = config_from_args(config_cls, args)
-    meta = common.dataset_info(args.data)
+    meta = classification.dataset_info(args.data)
     num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
-    device = common.engine_device(cfg)
+    device = classification.engine_device(cfg)
     model, name, report = build_finetune_model(cfg, args.init, num_classes, img_size)
     model.to(device)
     train_set, val_set, mixup = build_finetune_data(args.data, cfg, img_size, num_classes)
@@ -163,12 +163,12 @@ def run(args: argparse.Namespace, config_cls: type[FinetuneConfig] = FinetuneCon
             "train_images": len(train_set),
         }
     )
-    return common.run_task(
+    return classification.run_task(
         task,
         cfg,
         args.out,
         evaluation=cfg.stage,
-        init=common.init_label(args),
+        init=classification.init_label(args),
         init_path=args.init,
         data=args.data,
         model_name=name,

@@ -30,8 +30,8 @@ from torch.utils.data import TensorDataset
 from mae.config import add_common_arguments, config_from_args
 from mae.engine import is_main_process
 from mae.errors import UserError
-from mae.eval import common
 from mae.stage_configs import LinprobeConfig
+from mae.stages import classification
 
 #: the trained probe of a ``mae linprobe`` output folder, as one Linear layer (:func:`write_probe_head`)
 HEAD_FILE = "head.safetensors"
@@ -40,7 +40,7 @@ HEAD_FILE = "head.safetensors"
 def probe_head(dim: int, num_classes: int, std: float) -> nn.Sequential:
     """``BatchNorm1d(affine=False, eps=1e-6)`` + ``Linear`` (trunc_normal weights, zero bias)."""
     linear = nn.Linear(dim, num_classes)
-    common.init_head(linear, std)
+    classification.init_head(linear, std)
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
 
 
@@ -124,7 +124,7 @@ def _head_from_checkpoint(probe_dir: Path, wanted: Path, option: str) -> tuple[d
 def lars_param_groups(model: nn.Module, weight_decay: float, trust_coeff: float = 1e-3) -> list[dict]:
     """Trainable params in two groups: matrices (weight decay + LARS adaptation) and 1-D params (neither)."""
     matrices, vectors = [], []
-    for _, param in common.trainable_named_params(model):
+    for _, param in classification.trainable_named_params(model):
         (matrices if param.ndim > 1 else vectors).append(param)
     groups = []
     if matrices:
@@ -136,24 +136,26 @@ def lars_param_groups(model: nn.Module, weight_decay: float, trust_coeff: float 
     return groups
 
 
-class LinprobeTask(common.ClassificationTask):
+class LinprobeTask(classification.ClassificationTask):
     """Trains only what ``requires_grad``; LARS groups as in the reference (or ``cfg.optimizer``)."""
 
     def param_groups(self, cfg: LinprobeConfig) -> list[dict]:
         if cfg.optimizer == "lars":
             return lars_param_groups(self.model, cfg.weight_decay, cfg.trust_coeff)
-        from mae.optim import param_groups_weight_decay
+        from mae.engine.optim import param_groups_weight_decay
 
         return param_groups_weight_decay(self.model, cfg.weight_decay)
 
 
 def build_probe_model(cfg: LinprobeConfig, init: str | None, num_classes: int, img_size: int):
     """Frozen encoder whose head is the probe head; only the head's Linear is trainable."""
-    name = common.resolve_model_name(cfg.model, init)
+    name = classification.resolve_model_name(cfg.model, init)
     torch.manual_seed(cfg.seed)
-    model, report = common.build_encoder(name, num_classes, global_pool=cfg.global_pool, img_size=img_size, init=init)
+    model, report = classification.build_encoder(
+        name, num_classes, global_pool=cfg.global_pool, img_size=img_size, init=init
+    )
     model.head = probe_head(model.embed_dim, num_classes, cfg.head_init_std)
-    common.freeze_all_but(model, lambda n: n.startswith("head."))
+    classification.freeze_all_but(model, lambda n: n.startswith("head."))
     return model, name, report
 
 
@@ -166,7 +168,7 @@ def build_probe_task(cfg: LinprobeConfig, data: str, init: str | None, device: t
     from mae.data import build_dataset
     from mae.data.transforms import eval_transform, linprobe_transform
 
-    meta = common.dataset_info(data)
+    meta = classification.dataset_info(data)
     num_classes, img_size = int(meta["num_classes"]), int(cfg.img_size or meta["img_size"])
     model, name, report = build_probe_model(cfg, init, num_classes, img_size)
     model.to(device)
@@ -178,7 +180,7 @@ def build_probe_task(cfg: LinprobeConfig, data: str, init: str | None, device: t
     sets, started = {}, time.perf_counter()
     for split in ("train", "val"):
         dataset = build_dataset(data, split, eval_transform(img_size))
-        feats, labels, rates = common.extract_features(
+        feats, labels, rates = classification.extract_features(
             model,
             dataset,
             device,
@@ -197,21 +199,21 @@ def build_probe_task(cfg: LinprobeConfig, data: str, init: str | None, device: t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    common.add_init_arguments(parser)
+    classification.add_init_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Run the evaluation; returns the metrics (also in ``out/metrics.json``)."""
     started = time.perf_counter()
     cfg = config_from_args(LinprobeConfig, args)
-    device = common.engine_device(cfg)
+    device = classification.engine_device(cfg)
     task, model, name, report, extra = build_probe_task(cfg, args.data, args.init, device)
-    metrics = common.run_task(
+    metrics = classification.run_task(
         task,
         cfg,
         args.out,
         evaluation="linprobe",
-        init=common.init_label(args),
+        init=classification.init_label(args),
         init_path=args.init,
         data=args.data,
         model_name=name,

@@ -155,7 +155,7 @@ def build_target(kind: str, patch_size: int, in_chans: int = 3, path: str | Path
     if kind == "pca":
         return PCATarget.from_file(path, patch_dim)
     if kind == "token":
-        from mae.tokenizer import load_tokenizer
+        from mae.models.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(path)
         if tokenizer.patch_size != patch_size:

@@ -1,7 +1,7 @@
 """`mae transfer-det`: ViTDet-style object detection and instance segmentation (paper Table 4, COCO).
 
 The MAE encoder (or a random / supervised init) feeds a simple feature pyramid
-(:mod:`mae.transfer.backbone`) and torchvision's Mask R-CNN; training goes through the engine's ``fit()``
+(:mod:`mae.stages.backbone`) and torchvision's Mask R-CNN; training goes through the engine's ``fit()``
 (the task's ``train_step`` sums Mask R-CNN's loss dict), and ``evaluate()`` runs pycocotools' COCOeval on the
 model's predictions for the val split: box AP and mask AP (masks thresholded at 0.5 and RLE-encoded), each with
 a 95 % bootstrap interval over the val images whose replicates pair across runs (:func:`bootstrap_ap`).
@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader
 from mae.data import detection_collate
 from mae.engine import Task
 from mae.errors import UserError
+from mae.report.stats import BOOTSTRAP_SEED, N_BOOT, bootstrap_counts, percentile_interval
 from mae.stage_configs import DetConfig
-from mae.stats import BOOTSTRAP_SEED, N_BOOT, bootstrap_counts, percentile_interval
 
 METRIC_KEYS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
 
@@ -50,7 +50,7 @@ def build_detector(vit: nn.Module, num_classes: int, cfg: DetConfig, img_size: i
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
-    from mae.transfer.backbone import ViTPyramidBackbone
+    from mae.stages.backbone import ViTPyramidBackbone
 
     backbone = ViTPyramidBackbone(vit, cfg.out_channels, cfg.scale_factors, top_pool=True)
     c = cfg.out_channels
@@ -179,7 +179,7 @@ def bootstrap_ap(ev: Any, image_ids: Sequence[int], n_boot: int = N_BOOT, seed: 
     AP is not a mean over images, so the interval cannot come from per-image values: replicate ``b`` scores
     the multiset of images ``image_ids[bootstrap_indices(len(image_ids))[b]]`` instead, from the per-image
     matches of the evaluated ``ev`` (:func:`multiset_ap`). Every evaluation in the study resamples its ``n``
-    images with the same rows of :func:`mae.stats.bootstrap_indices`, so replicate ``b`` of two runs on the
+    images with the same rows of :func:`mae.report.stats.bootstrap_indices`, so replicate ``b`` of two runs on the
     same ``image_ids`` (in the same order) draws the same images: their differences are paired, replicate by
     replicate, with each other and with any per-image metric on these images.
     """
@@ -312,7 +312,7 @@ class DetectionTask(Task):
 
     def __init__(self, cfg: DetConfig, data_dir: str | Path, init: str | None, device: torch.device | None = None):
         from mae.data import build_detection_dataset, load_meta
-        from mae.transfer.backbone import build_vit
+        from mae.stages.backbone import build_vit
 
         self.cfg = cfg
         self.data_dir = Path(data_dir)
@@ -340,7 +340,7 @@ class DetectionTask(Task):
 
     # engine hooks ------------------------------------------------------------------------------------
     def param_groups(self, cfg: DetConfig) -> list[dict]:
-        from mae.transfer.backbone import layer_decay_groups
+        from mae.stages.backbone import layer_decay_groups
 
         return layer_decay_groups(self.model, self.vit, cfg.weight_decay, cfg.layer_decay)
 
@@ -418,12 +418,12 @@ class DetectionTask(Task):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mae.transfer.backbone import add_transfer_arguments
+    from mae.stages.backbone import add_transfer_arguments
 
     add_transfer_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from mae.transfer.backbone import run_transfer
+    from mae.stages.backbone import run_transfer
 
     return run_transfer(args, DetConfig, DetectionTask, "transfer_det", METRIC_KEYS)

@@ -1,5 +1,6 @@
 """Shared pieces of every evaluation: the encoder (from a checkpoint or random init), the classification task
-with top-1/top-5 evaluation, feature extraction, freezing, weighted k-NN, and the metrics file.
+with top-1/top-5 evaluation, feature extraction, freezing, and the metrics file. (The k-NN scoring lives in
+:mod:`mae.stages.knn`, the reuse of a finished result in :mod:`mae.stages.partial_ft`.)
 
 The per-evaluation modules (:mod:`finetune`, :mod:`linprobe`, :mod:`partial_ft`, :mod:`knn`) are thin: they pick
 the head, the trainable parameters, the optimizer and the transforms, and hand a :class:`ClassificationTask`
@@ -380,35 +381,6 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels), {"img_s": n / elapsed, "step_img_s": n / max(compute, 1e-9)}
 
 
-def knn_scores(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    query_feats: torch.Tensor,
-    num_classes: int,
-    *,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Weighted k-NN class scores: cosine similarity, the ``k`` nearest training samples vote for their class
-    with weight ``exp(sim / temperature)``. Returns ``(N_query, num_classes)``."""
-    if k < 1:
-        raise UserError(f"k: must be >= 1, got {k}")
-    if temperature <= 0:
-        raise UserError(f"temperature: must be > 0, got {temperature}")
-    bank = F.normalize(train_feats.float(), dim=1)
-    k = min(k, bank.shape[0])
-    out = []
-    for start in range(0, query_feats.shape[0], chunk):
-        q = F.normalize(query_feats[start : start + chunk].float(), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        weight = (sim / temperature).exp()
-        votes = torch.zeros(q.shape[0], num_classes, dtype=weight.dtype)
-        votes.scatter_add_(1, train_labels[idx], weight)
-        out.append(votes)
-    return torch.cat(out)
-
-
 # -------------------------------------------------------------------------------------------- outputs
 
 
@@ -476,56 +448,4 @@ def run_task(
     metrics = fit(task, cfg, out_dir, extra=added)
     if save_weights and is_main_process():  # fit() returns the trained (or restored) weights in the task
         save_model(getattr(task, "eval_model", task.model), out_dir, model_meta)
-    return metrics
-
-
-def _same_path(recorded: str | None, given: str | None) -> bool:
-    """The recorded and the given path name one file (``a/b`` and ``/abs/a/b`` are the same when both exist)."""
-    if recorded is None or given is None:
-        return recorded == given
-    try:
-        return recorded == given or os.path.samefile(recorded, given)
-    except OSError:
-        return False
-
-
-def changed_inputs(old: dict, path: Path, init_path: str | None, data: str | os.PathLike) -> str | None:
-    """Why the result ``old`` (read from ``path``) was not computed from this init and data; None if it was."""
-    for key, value in (("init_path", str(init_path) if init_path else None), ("data", str(data))):
-        if not _same_path(old.get(key), value):
-            return f"{path} was computed with {key}={old.get(key)!r}, now {key}={value!r}"
-    return None
-
-
-def reuse_result(
-    source: str | Path,
-    out_dir: str | Path,
-    cfg: Any,
-    *,
-    evaluation: str,
-    init_path: str | None,
-    data: str | os.PathLike,
-    extra: dict | None = None,
-) -> dict:
-    """Write the finished result in ``source`` (its metrics.json and predictions.npz) to ``out_dir`` as
-    ``evaluation`` instead of computing it again — only if ``source`` was computed with exactly ``cfg`` (runtime
-    keys aside), the same init and the same data. Partial fine-tuning with K = 0 *is* the linear probe (paper
-    Fig. 9), so the study reuses the run's ``linprobe`` for it (a 90-epoch ImageNet probe at paper scale)."""
-    import json
-
-    from mae.engine import changed_setting, write_outputs
-    from mae.utils.io import PER_IMAGE, read_per_image
-
-    path = Path(source) / METRICS_FILE
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"--reuse: cannot read {path} ({getattr(err, 'strerror', None) or err})") from None
-    problem = changed_setting(old, cfg, path) or changed_inputs(old, path, init_path, data)
-    if problem is not None:
-        raise UserError(f"--reuse: {problem}")
-    metrics = {**old, **(extra or {}), "eval": evaluation, "reused_from": str(source)}
-    if is_main_process():
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_outputs(out_dir, metrics, read_per_image(Path(source) / PER_IMAGE))
     return metrics

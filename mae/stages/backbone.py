@@ -7,7 +7,7 @@ channel LayerNorm, to ``out_channels``. With p = 16 this gives strides 4, 8, 16,
 (32 px images, p = 4) the same factors give strides 1, 2, 4, 8 (32x32 ... 4x4 maps). Detection adds one more
 level ('pool', a stride-2 subsampling of the coarsest map) for the RPN, as ViTDet/FPN do.
 
-The encoder comes from :func:`mae.eval.common.build_encoder`: a MAE pretrain checkpoint (``--init``, decoder
+The encoder comes from :func:`mae.stages.classification.build_encoder`: a MAE pretrain checkpoint (``--init``, decoder
 keys ignored), a fine-tuned classification model (the "supervised" row; its head is dropped) or a random
 init (``--scratch``).
 """
@@ -172,7 +172,7 @@ def build_vit(
     ``model_name`` None → the name recorded in the checkpoint (or the study default for a random init).
     A fine-tuned classifier's head and ``fc_norm`` are ignored.
     """
-    from mae.eval.common import build_encoder, resolve_model_name
+    from mae.stages.classification import build_encoder, resolve_model_name
 
     name = resolve_model_name(model_name, init)
     vit, report = build_encoder(
@@ -186,12 +186,12 @@ def layer_decay_groups(
 ) -> list[dict]:
     """Optimizer groups: the ViT with layer-wise lr decay (ViTDet: 0.7 for ViT-B), the rest at lr_scale 1.
 
-    The ViT's groups come from :func:`mae.optim.param_groups_layer_decay`; their scales are those of a model
+    The ViT's groups come from :func:`mae.engine.optim.param_groups_layer_decay`; their scales are those of a model
     whose "head" is the new detection/segmentation network: the stem at ``layer_decay ** (depth + 1)``, the
     last block at ``layer_decay``, the ViT's final norm (applied by ``forward_features``) at 1, as ViTDet's
     ``get_vit_lr_decay_rate``. Everything outside the ViT (pyramid, heads) gets the usual decay / no-decay split.
     """
-    from mae.optim import param_groups_layer_decay
+    from mae.engine.optim import param_groups_layer_decay
 
     vit_ids = {id(p) for p in backbone_vit.parameters()}
     groups = param_groups_layer_decay(backbone_vit, weight_decay, layer_decay)
@@ -211,7 +211,7 @@ def layer_decay_groups(
 def add_transfer_arguments(parser) -> None:
     """CLI options shared by the dense transfer commands (common options + ``--init``/``--scratch``)."""
     from mae.config import add_common_arguments
-    from mae.eval.common import add_init_arguments
+    from mae.stages.classification import add_init_arguments
 
     add_common_arguments(parser)
     add_init_arguments(parser)
@@ -221,7 +221,7 @@ def run_transfer(args, config_cls, task_cls, evaluation: str, metric_keys: Seque
     """Build ``task_cls(cfg, data, init)`` from the CLI, train it with the engine's ``fit`` and write the
     metrics; a missing evaluation metric is an error (never an empty result)."""
     from mae.config import config_from_args
-    from mae.eval.common import init_label, run_task
+    from mae.stages.classification import init_label, run_task
 
     started = time.perf_counter()
     cfg = config_from_args(config_cls, args)

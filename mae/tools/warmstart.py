@@ -137,8 +137,10 @@ def _origins() -> dict[str, str | None]:
 # ------------------------------------------------------------------------------------------------- job side
 
 
-def delegate(argv: list[str]) -> int | None:
-    """Run ``mae`` ``argv`` (``sys.argv``) in the server named by :data:`ENV`; ``None``: run it here instead."""
+def delegate(argv: list[str], entry: str) -> int | None:
+    """Run ``mae`` ``argv`` (``sys.argv``) in the server named by :data:`ENV`; ``None``: run it here instead.
+    ``entry`` (``"module:function"``) is the command line's entry point, which the worker imports afresh and
+    calls with ``argv[1:]``."""
     path = os.environ.get(ENV)
     if not path or not supported() or "WORLD_SIZE" in os.environ:  # torchrun ranks start by themselves
         return None
@@ -154,6 +156,7 @@ def delegate(argv: list[str]) -> int | None:
             os.umask(umask)
             request = {
                 "argv": list(argv),
+                "entry": entry,
                 "cwd": os.getcwd(),
                 "env": dict(os.environ),
                 "path": list(sys.path),
@@ -277,7 +280,8 @@ def _work(request: dict, fds: list[int], added: dict, default_threads: int) -> N
         threadpool_limits(int(os.environ.get("OPENBLAS_NUM_THREADS") or threads), user_api="blas")
         for name in [m for m in sys.modules if m == "mae" or m.startswith("mae.")]:
             del sys.modules[name]  # the project's code as it is now, not as it was when the server started
-        from mae.cli import main
+        module, _, function = request["entry"].partition(":")
+        main = getattr(importlib.import_module(module), function)
 
         code = int(main(sys.argv[1:]) or 0)
     except SystemExit as exc:  # as the interpreter ends on it: an int, None (0) or a message (printed, 1)
@@ -401,7 +405,7 @@ def start(log: str | os.PathLike, idle: float = IDLE_S, wait_s: float = 60.0) ->
     env["OPENBLAS_NUM_THREADS"] = "1"
     with open(log, "a") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mae.warmstart", path, "--idle", str(idle)],
+            [sys.executable, "-m", "mae.tools.warmstart", path, "--idle", str(idle)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -440,7 +444,7 @@ def stop(proc: subprocess.Popen | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.warmstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mae.tools.warmstart", description=__doc__.splitlines()[0])
     parser.add_argument("socket", help="path of the Unix socket to serve on")
     parser.add_argument("--idle", type=float, default=IDLE_S, help="exit after this many seconds without a job")
     args = parser.parse_args(argv)

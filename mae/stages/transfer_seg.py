@@ -52,7 +52,7 @@ def per_image_iou_counts(
     """Per image and class: intersection and union pixel counts ``(N, C)`` int32 (ignored pixels skipped).
 
     Summed over images they give the confusion matrix's IoU terms, so any resample of images has an exact mIoU
-    (:func:`mae.stats.miou_replicates`)."""
+    (:func:`mae.report.stats.miou_replicates`)."""
     n, c = pred.shape[0], num_classes
     pred, target = pred.reshape(n, -1).long(), target.reshape(n, -1).long()
     keep = target != ignore_index
@@ -90,7 +90,7 @@ class SemanticFPNHead(nn.Module):
     """Per-level 3x3 conv + LN + GELU, upsample to the finest level, sum, 1x1 conv to the classes."""
 
     def __init__(self, channels: int, num_levels: int, num_classes: int):
-        from mae.transfer.backbone import LayerNorm2d
+        from mae.stages.backbone import LayerNorm2d
 
         super().__init__()
         self.lateral = nn.ModuleList(
@@ -116,7 +116,7 @@ class Segmenter(nn.Module):
     """ViT + simple feature pyramid + semantic-FPN head; logits at the input resolution."""
 
     def __init__(self, vit: nn.Module, num_classes: int, out_channels: int, scale_factors=(4.0, 2.0, 1.0, 0.5)):
-        from mae.transfer.backbone import ViTPyramidBackbone
+        from mae.stages.backbone import ViTPyramidBackbone
 
         super().__init__()
         self.backbone = ViTPyramidBackbone(vit, out_channels, scale_factors, top_pool=False)
@@ -137,7 +137,7 @@ class SegmentationTask(Task):
     def __init__(self, cfg: SegConfig, data_dir: str | Path, init: str | None):
         from mae.data import build_segmentation_dataset, load_meta
         from mae.data.transforms import seg_transform
-        from mae.transfer.backbone import build_vit
+        from mae.stages.backbone import build_vit
 
         self.cfg = cfg
         data_dir = Path(data_dir)
@@ -161,7 +161,7 @@ class SegmentationTask(Task):
         self.model = Segmenter(self.vit, self.num_classes, cfg.out_channels, cfg.scale_factors)
 
     def param_groups(self, cfg: SegConfig) -> list[dict]:
-        from mae.transfer.backbone import layer_decay_groups
+        from mae.stages.backbone import layer_decay_groups
 
         return layer_decay_groups(self.model, self.vit, cfg.weight_decay, cfg.layer_decay)
 
@@ -215,12 +215,12 @@ class SegmentationTask(Task):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mae.transfer.backbone import add_transfer_arguments
+    from mae.stages.backbone import add_transfer_arguments
 
     add_transfer_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from mae.transfer.backbone import run_transfer
+    from mae.stages.backbone import run_transfer
 
     return run_transfer(args, SegConfig, SegmentationTask, "transfer_seg", ("miou",))

@@ -1,13 +1,13 @@
 """Throughput of a full MAE pretraining step (forward + backward + AdamW step), in images/s.
 
-``python -m mae.bench pretrain --preset cpu-tiny [--json]`` measures, in one process and interleaved window
+``python -m mae.tools.bench pretrain --preset cpu-tiny [--json]`` measures, in one process and interleaved window
 by window (so machine noise hits all variants alike):
 
 - ``baseline``      fp32, eager, timm's default attention (fused SDPA) — what the reference code does;
 - ``fast``          our training path: the precision ``amp: auto`` picks on this machine (bf16 autocast where the
                     device computes bf16 fast, fp32 otherwise: :mod:`mae.engine.precision`) + ``attention='auto'``
                     (explicit-softmax attention under CPU bf16, where the fused CPU SDPA backward is slow; SDPA
-                    otherwise), fused AdamW (``mae.optim``; the other variants use torch's default AdamW),
+                    otherwise), fused AdamW (``mae.engine.optim``; the other variants use torch's default AdamW),
                     optionally ``torch.compile`` (``--compile``); encoder on the visible tokens only;
 - ``mask_token_encoder``  the fast path with mask tokens in the encoder (Table 1c ablation);
 - ``hand_tuned``    what a user does by hand to the reference code: the baseline model in the precision of
@@ -50,9 +50,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from mae import roofline
 from mae.engine.precision import Precision, cpu_info, resolve
 from mae.errors import UserError
+from mae.tools import roofline
 from mae.utils.memory import keep_freed_memory
 
 PRESETS = {
@@ -75,7 +75,7 @@ class Variant:
     mask_token_in_encoder: bool = False
     compile: bool = False
     bf16_weights: bool = False
-    ours: bool = False  # our training path's optimizer (mae.optim: fused AdamW) instead of plain torch AdamW
+    ours: bool = False  # our training path's optimizer (mae.engine.optim: fused AdamW) instead of plain torch AdamW
 
 
 class StepRunner:
@@ -100,7 +100,7 @@ class StepRunner:
         if variant.ours:
             from types import SimpleNamespace
 
-            from mae.optim import build_optimizer
+            from mae.engine.optim import build_optimizer
 
             self.opt = build_optimizer(
                 "adamw", [{"params": params}], 1.5e-4, SimpleNamespace(betas=(0.9, 0.95), weight_decay=0.05)
@@ -334,19 +334,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{','.join(DEFAULT_VARIANTS)})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from mae import stage_rates
+    from mae.tools import stage_rates
 
     stage_rates.add_arguments(
         sub.add_parser(
             "stages",
-            help="every stage's end-to-end rate against its step rate, from a finished study (mae/stage_rates.py)",
+            help=(
+                "every stage's end-to-end rate against its step rate, from a finished study (mae/tools/stage_rates.py)"
+            ),
         )
     )
 
 
 def main(args: argparse.Namespace) -> int:
     if args.what == "stages":
-        from mae import stage_rates
+        from mae.tools import stage_rates
 
         return stage_rates.main(args)
     if args.windows < 5:
@@ -410,7 +412,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m mae.bench", description=__doc__.splitlines()[0])
+    _parser = argparse.ArgumentParser(prog="python -m mae.tools.bench", description=__doc__.splitlines()[0])
     add_arguments(_parser)
     try:
         sys.exit(main(_parser.parse_args()))
