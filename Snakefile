@@ -8,14 +8,17 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+from mae.registry.evaluations import schema_view
+
+# the schema checks structure; each stage's section is checked against its settings class at plan time
+SCHEMA = "workflow/schemas/config.schema.yaml"
+validate(schema_view(config, f"{workflow.basedir}/{SCHEMA}"), SCHEMA)
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/eval.smk"
-include: "workflow/rules/transfer.smk"
 include: "workflow/rules/report.smk"
 
 

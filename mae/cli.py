@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 from mae.errors import PREEMPTED_EXIT, Preempted, UserError
-from mae.evaluations import EVALUATIONS
+from mae.registry.evaluations import EVALUATIONS
 from mae.tools import warmstart
 from mae.utils.memory import keep_freed_memory
 

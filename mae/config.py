@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Optional, TypeVar
 import yaml
 
 from mae.errors import UserError
-from mae.knobs import FITTED_TARGETS, KNOBS
+from mae.registry.knobs import FITTED_TARGETS, KNOBS
 
 C = TypeVar("C")
 
@@ -124,7 +124,7 @@ class PretrainConfig(TrainConfig):
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
 
-    # the pretraining knobs (mae.knobs declares their choices, ranges and defaults)
+    # the pretraining knobs (mae.registry.knobs declares their choices, ranges and defaults)
     model: str = KNOBS["model"].default
     mask_ratio: float = KNOBS["mask_ratio"].default
     decoder_depth: Optional[int] = KNOBS["decoder_depth"].default

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from mae.errors import UserError
-from mae.evaluations import EVALUATIONS, folders
-from mae.knobs import FITTED_TARGETS, KNOBS
-from mae.knobs import check as check_knobs
-from mae.report.ablations import STUDY_TABLES
+from mae.registry.ablations import STUDY_TABLES
+from mae.registry.evaluations import EVALUATIONS, folders
+from mae.registry.knobs import FITTED_TARGETS, KNOBS
+from mae.registry.knobs import check as check_knobs
 
 
 @dataclass

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from mae.registry.ablations import ABLATIONS
 from mae.report import claims as C
+from mae.report import runs_csv as R
 from mae.report import summary as S
 from mae.report import tables as T
-from mae.report.ablations import ABLATIONS
 from mae.report.evidence import Evidence
 from mae.study import plan_runs, write_plan
 
@@ -64,7 +65,7 @@ def frame(tmp_path_factory):
     for ev, top1 in (("finetune", 40.0), ("linprobe", 10.0)):
         _write(root / "runs" / "scratch" / ev / "metrics.json", {"top1": top1, "n_val": 100})
     S.write_csv(S.collect(root / "runs", S.load_study(root / "study.json")), root / "runs.csv")
-    return S.read_summary(root / "runs.csv")
+    return R.read_summary(root / "runs.csv")
 
 
 def test_tables_show_the_ablation_base_rows(frame):

@@ -1,5 +1,5 @@
 """Reliability: one study per results folder (mae/utils/lock.py) and study-config sections checked at plan time
-(mae.evaluations.check_study_sections, called by the Snakefile)."""
+(mae.registry.evaluations.check_study_sections, called by the Snakefile)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mae.errors import UserError
-from mae.evaluations import check_study_sections
+from mae.registry.evaluations import check_study_sections
 from mae.utils import lock
 
 ROOT = Path(__file__).resolve().parents[1]

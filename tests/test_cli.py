@@ -13,7 +13,7 @@ import pytest
 import mae
 from mae import cli
 from mae.config import PretrainConfig
-from mae.evaluations import EVALUATIONS
+from mae.registry.evaluations import EVALUATIONS
 from tests.conftest import REPO
 
 

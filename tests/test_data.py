@@ -20,8 +20,9 @@ from mae.data import (
     synthetic,
     transforms,
 )
-from mae.data.adapters import detection_collate, quiet_coco
+from mae.data.dense_adapters import detection_collate, quiet_coco
 from mae.errors import UserError
+from mae.registry import choices
 
 FILES = ["meta.json"] + [
     f"{s}_{f}" for s in ("train", "val") for f in ("images.npy", "labels.npy", "semseg.npy", "instances.json")
@@ -257,7 +258,7 @@ def test_digits(tmp_path):
 # ---------------------------------------------------------------------------------------------- transforms
 
 
-@pytest.mark.parametrize("aug", transforms.AUGS)
+@pytest.mark.parametrize("aug", choices.names("aug"))
 def test_pretrain_transforms(aug):
     torch.manual_seed(0)
     x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
@@ -344,7 +345,7 @@ def test_batched_crop_is_the_interpolated_crop():
 
 def test_seeded_batches_equal_seeded_images(shapes_dir):
     """The training loader fetches a batch at once (__getitems__): the same tensors as image by image."""
-    from mae.engine.loop import _SeededDataset
+    from mae.engine.data_order import SeededDataset
 
     for transform in (
         transforms.pretrain_transform("crop_rand", 32),
@@ -353,7 +354,7 @@ def test_seeded_batches_equal_seeded_images(shapes_dir):
     ):
         ds = build_dataset(shapes_dir, "train", transform)
         assert ds.batchable
-        seeded = _SeededDataset(ds, seed=4)
+        seeded = SeededDataset(ds, seed=4)
         keys = [(i, 2) for i in (5, 0, 9, 3)]
         batch = seeded.__getitems__(keys)
         assert [y for _, y in batch] == [int(ds.targets[i]) for i, _ in keys]
@@ -362,7 +363,7 @@ def test_seeded_batches_equal_seeded_images(shapes_dir):
         assert not torch.equal(batch[0][0], seeded.__getitems__([(5, 3)])[0][0])  # another epoch, another crop
     jitter = build_dataset(shapes_dir, "train", transforms.pretrain_transform("crop_rand_jitter", 32))
     assert not jitter.batchable  # colour jitter draws per image: one by one
-    seeded = _SeededDataset(jitter, seed=4)
+    seeded = SeededDataset(jitter, seed=4)
     assert torch.equal(seeded.__getitems__([(1, 0)])[0][0], seeded[(1, 0)][0])
 
 

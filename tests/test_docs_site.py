@@ -1,6 +1,6 @@
 """The documentation site: `mkdocs build --strict` succeeds (no broken link, missing anchor, page outside the nav
 or stale API reference), the CLI reference holds every command's help, and the command and stage tables of
-docs/ARCHITECTURE.md are those of the code (mae.cli.build_parser, mae.cli.SETTINGS, mae.evaluations)."""
+docs/ARCHITECTURE.md are those of the code (mae.cli.build_parser, mae.cli.SETTINGS, mae.registry.evaluations)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from mae import cli
-from mae.evaluations import EVALUATIONS
+from mae.registry.evaluations import EVALUATIONS
 from tests.conftest import REPO
 
 ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"

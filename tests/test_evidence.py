@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
+from mae.report import runs_csv as R
 from mae.report import stats
-from mae.report import summary as S
 from mae.report.evidence import Evidence
+from mae.report.replicates import row_key
 
 N_IMAGES, N_BOOT = 2000, 200
 SEED_SD = 1.0  # points of accuracy between seeds of a setting
@@ -43,10 +44,10 @@ def _study(rng: np.random.Generator, seeds: dict[float, int], shared: float = 0.
                     "n_val": N_IMAGES,
                 }
             )
-            replicates[S.row_key(run, "finetune")] = {
+            replicates[row_key(run, "finetune")] = {
                 "top1": stats.mean_accuracy_replicates(correct, n_boot=N_BOOT)[0].astype(np.float64)
             }
-    return S.normalise(pd.DataFrame(rows).reindex(columns=list(S.COLUMNS))), replicates
+    return R.normalise(pd.DataFrame(rows).reindex(columns=list(R.COLUMNS))), replicates
 
 
 def _difference(frame: pd.DataFrame, replicates: dict) -> stats.Estimate:
@@ -100,8 +101,8 @@ def test_two_seeds_that_differ_by_d_widen_the_interval_as_the_seed_model_says():
                     "n_val": 1000,
                 }
             )
-            replicates[S.row_key(run, "linprobe")] = {"top1": value + image}
-        ev = Evidence(S.normalise(pd.DataFrame(rows).reindex(columns=list(S.COLUMNS))), replicates, n_boot=N_BOOT)
+            replicates[row_key(run, "linprobe")] = {"top1": value + image}
+        ev = Evidence(R.normalise(pd.DataFrame(rows).reindex(columns=list(R.COLUMNS))), replicates, n_boot=N_BOOT)
         cell = ev.select("linprobe", "top1", [], None)[0]
         est = ev.estimate([(1.0, cell)])
         lo, hi = est.interval()

@@ -14,7 +14,7 @@ from mae.cli import main as cli
 from mae.errors import UserError
 from mae.models import create_encoder, create_mae, load_mae_checkpoint
 from mae.models.checkpoint import ARCH_KEY, ENCODER_FILE, is_safetensors, read_checkpoint, split_encoder_keys
-from mae.models.hub import from_hf_state
+from mae.models.interop import from_hf_state
 from mae.models.masking import sample_from_mask
 from mae.stages import classification
 from mae.tools.export import export, timm_call

@@ -17,6 +17,7 @@ import torch
 from mae.cli import main as cli
 from mae.errors import UserError
 from mae.models import create_mae, hub, resolve_init
+from mae.models.interop import timm_model_name
 from mae.stages import classification
 from mae.utils import io
 from tests.test_eval import MODEL, _write_dataset
@@ -195,9 +196,9 @@ def test_timm_hub_weights(hf_cache):
 
 
 def test_timm_names():
-    assert hub.timm_model_name("vit_base_patch16_224.mae") == "mae_vit_base_patch16"
-    assert hub.timm_model_name("vit_huge_patch14_224.mae") == "mae_vit_huge_patch14"
-    assert hub.timm_model_name("resnet50.a1_in1k") is None
+    assert timm_model_name("vit_base_patch16_224.mae") == "mae_vit_base_patch16"
+    assert timm_model_name("vit_huge_patch14_224.mae") == "mae_vit_huge_patch14"
+    assert timm_model_name("resnet50.a1_in1k") is None
     with pytest.raises(UserError, match="timm has no model 'vit_nope'"):
         resolve_init("timm:vit_nope.mae")
     with pytest.raises(

@@ -10,11 +10,11 @@ from timm.models.vision_transformer import Block
 
 from mae.errors import UserError
 from mae.models import (
-    MODEL_SPECS,
     create_encoder,
     create_mae,
     encoder_kwargs,
     load_encoder_checkpoint,
+    model_specs,
 )
 from mae.models.checkpoint import load_mae_checkpoint, save_mae_checkpoint
 from mae.models.pos_embed import resample_pos_embed, sincos_2d
@@ -143,7 +143,7 @@ class ReferenceMAE(nn.Module):
 def test_matches_reference_transcription(norm_pix, attention):
     torch.manual_seed(0)
     ours = small(norm_pix_loss=norm_pix, attention=attention).eval()
-    spec = {k: v for k, v in MODEL_SPECS["mae_vit_micro_patch4"].items()}
+    spec = {k: v for k, v in model_specs()["mae_vit_micro_patch4"].items()}
     ref = ReferenceMAE(norm_pix=norm_pix, **spec).eval()
     ref.load_state_dict(ours.state_dict(), strict=True)
     assert torch.equal(ref.pos_embed, ours.pos_embed) and torch.equal(ref.decoder_pos_embed, ours.decoder_pos_embed)
@@ -244,14 +244,14 @@ def test_bf16_fast_path_close_to_fp32():
 
 
 def test_factories_and_errors():
-    assert set(MODEL_SPECS) >= {
+    assert set(model_specs()) >= {
         "mae_vit_base_patch16",
         "mae_vit_large_patch16",
         "mae_vit_huge_patch14",
         "mae_vit_tiny_patch4",
         "mae_vit_micro_patch4",
     }
-    h = MODEL_SPECS["mae_vit_huge_patch14"]
+    h = model_specs()["mae_vit_huge_patch14"]
     assert (
         h["patch_size"],
         h["embed_dim"],

@@ -79,7 +79,7 @@ def test_pretrain_end_to_end(tiny_data, tmp_path):
     settings = json.loads((out.parent / "settings.json").read_text())
     assert settings["decoder_depth"] == 1 and settings["decoder_width"] == 64 and settings["patch_size"] == 4
     assert settings["sampling"] == "random" and settings["epochs"] == 2 and settings["dataset"]
-    assert "sampler" not in settings  # one name per knob (mae/knobs.py)
+    assert "sampler" not in settings  # one name per knob (mae/registry/knobs.py)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if r["kind"] == "step"]
     assert len(steps) == 8 and all(r["loss"] > 0 and r["img_s"] > 0 for r in steps)

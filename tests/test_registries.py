@@ -1,21 +1,25 @@
-"""The registries of knobs (mae/knobs.py), ablations (mae/report/ablations.py) and evaluations
-(mae/evaluations.py): declared once, read everywhere; a toy sampler added through the registry reaches the study
-plan, the model and the tables."""
+"""The registry (mae/registry/): knobs, choice tables, ablations and evaluations, declared once and read
+everywhere; a toy sampler added through it reaches the study plan, the model and the tables."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from mae import knobs
 from mae.config import PretrainConfig, load_config
 from mae.errors import UserError
 from mae.models import masking
+from mae.registry import choices, evaluations, knobs
+from mae.registry.ablations import ABLATIONS, STUDY_TABLES
 from mae.report import paper as P
-from mae.report.ablations import ABLATIONS, STUDY_TABLES
 from mae.report.evidence import Evidence
-from mae.report.summary import COLUMNS, normalise
+from mae.report.runs_csv import COLUMNS, normalise
 from mae.report.tables import TABLE1, ablation_table
 from mae.study import plan_runs
 
@@ -33,15 +37,44 @@ BASE = {
 }
 
 
-def test_choices_are_the_code_registries():
-    from mae.data.transforms import AUGS
-    from mae.models import MODEL_SPECS
-    from mae.models.targets import TARGETS
+def test_every_choice_loads_to_its_kind():
+    """Each name of a choice table loads to the object its kind needs, and the knobs take their choices from the
+    tables (no second list to drift)."""
+    from mae.models.targets import Target
 
-    assert knobs.KNOBS["sampling"].choices == list(masking.SAMPLERS)
-    assert knobs.KNOBS["target"].choices == list(TARGETS)
-    assert knobs.KNOBS["aug"].choices == list(AUGS)
-    assert knobs.KNOBS["model"].choices == list(MODEL_SPECS)
+    kinds = {"sampling": masking.MaskSampler, "target": Target}
+    for kind in choices.KINDS:
+        assert knobs.KNOBS[kind].options() == choices.names(kind)
+        for name in choices.names(kind):
+            obj = choices.load(kind, name)
+            if kind in kinds:
+                assert issubclass(obj, kinds[kind]), (kind, name)
+            elif kind == "aug":
+                assert callable(obj) and obj(8)(torch.zeros(3, 8, 8, dtype=torch.uint8)).shape == (3, 8, 8)
+            else:
+                assert {"patch_size", "embed_dim", "depth", "num_heads"} <= set(obj), name
+    with pytest.raises(UserError, match=r"unknown sampler 'x' \(valid: random, block, grid\)"):
+        choices.load("sampling", "x")
+
+
+def test_listing_the_choices_imports_no_torch():
+    code = (
+        "import sys; from mae.registry import choices, knobs, evaluations, ablations; "
+        "print(choices.names('model')); assert 'torch' not in sys.modules and 'pandas' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_schema_lists_every_shipped_stage_section(monkeypatch):
+    """The config schema's stage sections are the registry's (a plug-in's section is checked by its class)."""
+    toy = evaluations.Evaluation("toy", "toy_stage", "a toy", "mae.stage_configs:KnnConfig")
+    monkeypatch.setitem(evaluations.EVALUATIONS, "toy", toy)
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    sections = {"pretrain", "scratch_finetune", "fit_pca", "train_tokenizer", *(e.name for e in evaluations.BUILTIN)}
+    assert sections <= set(schema["properties"])
+    view = evaluations.schema_view({"knn": {}, "toy": {}, "bogus": 1}, "workflow/schemas/config.schema.yaml")
+    assert view == {"knn": {}, "bogus": 1}  # the schema still rejects what no registry declares
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.1, float("nan")])
@@ -89,11 +122,9 @@ class ToySampler(masking.MaskSampler):
 
 @pytest.fixture
 def toy_sampler():
-    choices = list(knobs.KNOBS["sampling"].choices)
     masking.register_sampler("toy", ToySampler)
     yield "toy"
-    masking.SAMPLERS.pop("toy")
-    knobs.KNOBS["sampling"].choices[:] = choices
+    choices.unregister("sampling", "toy")
 
 
 def test_toy_sampler_reaches_plan_model_and_tables(toy_sampler):
@@ -143,7 +174,7 @@ def test_toy_sampler_reaches_plan_model_and_tables(toy_sampler):
 
 def test_evaluation_registry_feeds_cli_summary_and_study_checks():
     from mae.cli import COMMANDS
-    from mae.evaluations import EVALUATIONS, check_study_evaluations, folders
+    from mae.registry.evaluations import EVALUATIONS, check_study_evaluations, folders
     from mae.report.summary import EVALS, parse_eval_dir
 
     for ev in EVALUATIONS.values():

@@ -20,10 +20,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from mae.report import claims as C  # noqa: E402
+from mae.report import claims_render as CR  # noqa: E402
 from mae.report import paper as P  # noqa: E402
+from mae.report import runs_csv as R  # noqa: E402
 from mae.report import stats  # noqa: E402
 from mae.report import summary as S  # noqa: E402
 from mae.report import tables as T  # noqa: E402
+from mae.report import verdicts as V  # noqa: E402
+from mae.report.replicates import REPLICATES, read_replicates, write_replicates  # noqa: E402
 
 BASE = dict(
     model="mae_vit_micro_patch4",
@@ -201,13 +205,13 @@ def summary(tree) -> pd.DataFrame:
     replicates = S.collect_replicates(tree / "runs")
     frame = S.add_intervals(S.collect(tree / "runs", S.load_study(tree / "STUDY.json")), replicates)
     S.write_csv(frame, tree / "summary" / "runs.csv")
-    S.write_replicates(replicates, tree / "summary" / S.REPLICATES)
-    return S.read_summary(tree / "summary" / "runs.csv")
+    write_replicates(replicates, tree / "summary" / REPLICATES)
+    return R.read_summary(tree / "summary" / "runs.csv")
 
 
 @pytest.fixture(scope="module")
 def replicates(tree, summary) -> dict:
-    return S.read_replicates(tree / "summary" / S.REPLICATES)
+    return read_replicates(tree / "summary" / REPLICATES)
 
 
 # --------------------------------------------------------------------------------------------- paper
@@ -222,7 +226,7 @@ def test_paper_values_load():
 
 # --------------------------------------------------------------------------------------------- summary
 def test_summarize_tree(tree, summary):
-    assert list(summary.columns[: len(S.COLUMNS)]) == list(S.COLUMNS)
+    assert list(summary.columns[: len(R.COLUMNS)]) == list(R.COLUMNS)
     runs = set(summary["run"])
     assert {"base", "decoder_depth-1", "scratch", "epochs-16"} <= runs
     base_ft = summary[(summary["run"] == "base") & (summary["eval"] == "finetune")]
@@ -242,7 +246,7 @@ def test_summarize_tree(tree, summary):
     assert set(scratch["init"]) == {"scratch"} and scratch["mask_ratio"].isna().all()
     assert scratch["model"].iloc[0] == "mae_vit_micro_patch4"
     assert bool(summary.loc[summary["run"] == "mask_token_in_encoder-True", "mask_token_in_encoder"].iloc[0])
-    assert S.base_run(summary) == "base"
+    assert R.base_run(summary) == "base"
 
 
 def test_summarize_cli_writes_metrics_and_curves(tree, tmp_path):
@@ -273,7 +277,7 @@ def test_summarize_errors(tmp_path):
 def test_summary_without_study_infers_tables(tree):
     frame = S.collect(tree / "runs")  # no STUDY.json: no tags, tables come from knob differences
     assert (frame["tables"] == "").all()
-    rows = S.table_runs(frame[frame["eval"] == "linprobe"], "1a", ["decoder_depth"])
+    rows = R.table_runs(frame[frame["eval"] == "linprobe"], "1a", ["decoder_depth"])
     assert sorted(rows["decoder_depth"].astype(int)) == [1, 1, 2, 2, 4, 4]  # two seeds each
 
 
@@ -339,7 +343,7 @@ def test_tables_without_transfer_or_runs(tmp_path):
     assert "MAE (ours, base run)" in t4.missing and t4.data["AP box ours"].isna().all()
     assert (t4.data["note"] == "paper only").sum() == 2 and "Missing" in t4.caption
     assert tables["6"].data["note"].eq("paper only").all()
-    empty = S.normalise(pd.DataFrame(columns=list(S.COLUMNS)))
+    empty = R.normalise(pd.DataFrame(columns=list(R.COLUMNS)))
     for t in T.build_tables(empty):  # nothing run yet: paper rows only, never a crash
         assert len(t.data) > 0 and t.data.filter(like="ours").isna().all().all()
 
@@ -362,7 +366,7 @@ NO_PAPER_MARGIN = {"lin_vs_random", "transfer_vs_scratch"}  # the paper reports 
 def test_claims_hold_on_fixture_and_on_paper(summary, replicates):
     result = C.check_claims(summary, replicates).set_index("id")
     assert set(result.index) == {cid for cid, _, _ in C.CLAIMS}
-    assert (result["verdict"] == C.HOLDS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
+    assert (result["verdict"] == V.HOLDS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
     threshold = pd.Series({cid: -C.TOLERANCE.get(cid, 0.0) for cid in result.index})
     assert (result["ci_lo"] > threshold).all() and (result["ci_lo"] < result["margin"]).all()
     assert (result["margin"] < result["ci_hi"]).all()
@@ -391,7 +395,7 @@ def test_claims_hold_on_fixture_and_on_paper(summary, replicates):
 
 def test_claims_without_replicates_are_inconclusive(summary):
     result = C.check_claims(summary, None, with_paper=False)
-    assert (result["verdict"] == C.INCONCLUSIVE).all() and result["ci_lo"].isna().all()
+    assert (result["verdict"] == V.INCONCLUSIVE).all() and result["ci_lo"].isna().all()
     assert result["evidence"].str.contains("no per-image predictions").all()
 
 
@@ -441,8 +445,8 @@ def test_claims_fail_when_numbers_disagree(tree, tmp_path):
         },
     )
     result = C.check_claims(frame, reps, with_paper=False).set_index("id")
-    assert (result["verdict"] == C.FAILS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
-    assert (result["verdict_holm"] == C.FAILS).all()
+    assert (result["verdict"] == V.FAILS).all(), result[["verdict", "margin", "ci_lo", "ci_hi", "evidence"]]
+    assert (result["verdict_holm"] == V.FAILS).all()
     assert (result["ci_hi"] < -pd.Series(C.TOLERANCE).reindex(result.index).fillna(0.0)).all()
     assert result.loc["mae_vs_scratch", "margin"] == pytest.approx(base_ft - 99.0, abs=0.03)
 
@@ -454,12 +458,12 @@ def test_one_block_below_the_probe_is_a_protocol_failure_not_a_verdict(tree, tmp
     base_lin = _accuracy(BASE, "lin")
     frame, reps = _replace(tree, tmp_path / "far", {("base", "partial_ft-1"): base_lin - 10})
     row = C.check_claims(frame, reps, with_paper=False).set_index("id").loc["one_block"]
-    assert row["verdict"] == row["verdict_holm"] == C.PROTOCOL_INVALID, row
+    assert row["verdict"] == row["verdict_holm"] == V.PROTOCOL_INVALID, row
     assert math.isnan(row["p_value"]) and row["contrast"] == "1 block − lin" and row["ci_hi"] < 0
     assert row["margin"] == pytest.approx(-10, abs=0.5) and "did not converge" in row["evidence"]
     frame, reps = _replace(tree, tmp_path / "near", {("base", "partial_ft-1"): base_lin - 0.2})
     row = C.check_claims(frame, reps, with_paper=False).set_index("id").loc["one_block"]
-    assert row["verdict"] == C.FAILS and row["contrast"] == "1 block − (lin + ft)/2", row
+    assert row["verdict"] == V.FAILS and row["contrast"] == "1 block − (lin + ft)/2", row
 
 
 def test_a_claim_that_is_close_to_its_own_noise_is_inconclusive(tree, tmp_path):
@@ -474,25 +478,25 @@ def test_a_claim_that_is_close_to_its_own_noise_is_inconclusive(tree, tmp_path):
     reps = S.collect_replicates(tmp_path / "runs")
     frame = S.add_intervals(S.collect(tmp_path / "runs", S.load_study(tree / "STUDY.json")), reps)
     row = C.check_claims(frame, reps, with_paper=False).set_index("id").loc["lin_vs_random"]
-    assert row["verdict"] == C.INCONCLUSIVE and row["margin"] == 0.0 and row["ci_lo"] == pytest.approx(-row["ci_hi"])
+    assert row["verdict"] == V.INCONCLUSIVE and row["margin"] == 0.0 and row["ci_lo"] == pytest.approx(-row["ci_hi"])
     assert row["p_value"] == pytest.approx(1.0)
 
 
 def test_one_seed_decides_nothing(tmp_path):
     """With one seed per setting there is no training-noise estimate anywhere: no claim is decided on val-image
     noise alone; one seed of the base only: a pooled variance for the base setting's evaluations alone."""
-    empty = S.normalise(pd.DataFrame(columns=list(S.COLUMNS)))
-    assert (C.check_claims(empty, with_paper=False)["verdict"] == C.NOT_RUN).all()
+    empty = R.normalise(pd.DataFrame(columns=list(R.COLUMNS)))
+    assert (C.check_claims(empty, with_paper=False)["verdict"] == V.NOT_RUN).all()
     make_tree(tmp_path, seeds=(0,), transfer=False)
     reps = S.collect_replicates(tmp_path / "runs")
     frame = S.add_intervals(S.collect(tmp_path / "runs", S.load_study(tmp_path / "STUDY.json")), reps)
     result = C.check_claims(frame, reps, with_paper=False).set_index("id")
     run = result.drop(index=["transfer_vs_scratch", "transfer_vs_supervised"])
-    assert (run["verdict"] == C.NO_TRAINING_NOISE).all() and run["p_value"].isna().all(), run
+    assert (run["verdict"] == V.NO_TRAINING_NOISE).all() and run["p_value"].isna().all(), run
     assert (run["seed_var"] == "none").all() and (run["seeds"] == "1").all() and run["ci_lo"].isna().all()
     assert "no training-noise estimate" in run.loc["mask_token", "evidence"]
-    assert (result.loc[["transfer_vs_scratch", "transfer_vs_supervised"], "verdict"] == C.NOT_RUN).all()
-    assert C.headline(result.reset_index()).startswith("holds: 0, fails: 0, inconclusive: 14 (14 without")
+    assert (result.loc[["transfer_vs_scratch", "transfer_vs_supervised"], "verdict"] == V.NOT_RUN).all()
+    assert CR.headline(result.reset_index()).startswith("holds: 0, fails: 0, inconclusive: 14 (14 without")
 
 
 def test_seeds_enter_every_interval(summary, replicates):
@@ -522,8 +526,8 @@ def test_fragile_verdicts_are_flagged(tree, tmp_path):
     frame = S.add_intervals(S.collect(tmp_path / "runs", S.load_study(tree / "STUDY.json")), reps)
     result = C.check_claims(frame, reps, with_paper=False).set_index("id")
     row = result.loc["mask_token"]
-    assert row["verdict"] == C.HOLDS and row["fragile"].startswith("yes: without seed 0: "), row["fragile"]
-    md = C.write_claims(result.reset_index(), tmp_path / "claims").read_text()
+    assert row["verdict"] == V.HOLDS and row["fragile"].startswith("yes: without seed 0: "), row["fragile"]
+    md = CR.write_claims(result.reset_index(), tmp_path / "claims").read_text()
     assert "(fragile)" in md
 
 
@@ -546,7 +550,7 @@ def _runs_csv(tree: Path, tmp_path: Path, edit) -> Path:
     frame = pd.read_csv(tree / "summary" / "runs.csv", dtype={"eval_setting": str})
     path = tmp_path / "runs.csv"
     edit(frame).to_csv(path, index=False)
-    shutil_copy(tree / "summary" / S.REPLICATES, tmp_path / S.REPLICATES)
+    shutil_copy(tree / "summary" / REPLICATES, tmp_path / REPLICATES)
     return path
 
 
@@ -571,7 +575,7 @@ def test_a_repeated_row_is_refused_naming_its_key(tree, summary, tmp_path, capsy
         match=r"runs.csv: rows \d+ and \d+ repeat the key \(run='base', "
         r"eval='linprobe', eval_setting='', seed='0'\)",
     ):
-        S.read_summary(path)
+        R.read_summary(path)
     assert main(["claims", "--summary", str(path), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
@@ -588,7 +592,7 @@ def test_a_non_finite_metric_is_refused_naming_its_row_and_column(tree, summary,
 
     path = _runs_csv(tree, tmp_path, poison)
     with pytest.raises(S.UserError, match=rf"runs.csv: row \d+ \(base, finetune\): top1={value} is not finite"):
-        S.read_summary(path)
+        R.read_summary(path)
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -717,7 +721,7 @@ def test_reconstruction_unnormalises_norm_pix(tmp_path):
 def test_figures_skip_without_data(tmp_path):
     from mae.report import figures as F
 
-    empty = S.normalise(pd.DataFrame(columns=list(S.COLUMNS)))
+    empty = R.normalise(pd.DataFrame(columns=list(R.COLUMNS)))
     (tmp_path / "runs").mkdir()
     report = F.make_figures(empty, tmp_path / "runs", None, tmp_path / "fig")
     assert report["written"] == {} and set(report["skipped"]) == set(F.FIGURES)

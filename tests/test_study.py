@@ -139,7 +139,7 @@ def test_cli_renderers_quote_values():
 def test_every_compared_setting_has_seeds():
     """`seeds` reach the baselines and the base run's evaluations too; `seeds_per` sets other seeds for a table,
     the base-run evaluations or the baselines; a stage section cannot set a seed of its own."""
-    from mae.evaluations import check_study_sections
+    from mae.registry.evaluations import check_study_sections
     from mae.study import base_run_names, baseline_runs, parse_baseline_name, seeds_of
 
     config = {"base": BASE, "seeds": [0, 1], "ablations": {"fig5": {"mask_ratio": [0.5]}, "1a": None}}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import plans
 from tests.test_report_html import assert_report_complete
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -349,3 +350,14 @@ def test_a_results_folder_with_a_space(repo_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert target.is_file() and (results / "runs" / "base" / "pretrain" / "encoder.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", plans.CONFIGS)
+def test_every_config_plans_the_recorded_jobs(name):
+    """Every job of the smoke, default, CPU and paper configs (rule, outputs, log, benchmark, threads, resources
+    and command) is the recorded one: a change to the rules that changes a plan shows here, job by job
+    (tests/plans.py; rewrite the records with `python -m tests.plans` when the change is meant)."""
+    recorded = (plans.FIXTURES / f"{name}.txt").read_text().splitlines()
+    now = plans.plan(name)
+    assert sorted(set(now) - set(recorded)) == [] and sorted(set(recorded) - set(now)) == []
+    assert now == recorded

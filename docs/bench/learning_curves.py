@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mae.report.tables import to_markdown
+from mae.report.table_render import to_markdown
 
 #: the metric of each evaluation's `eval` records, in order of preference
 METRICS = ("top1", "miou", "ap50_box", "ap_box")

@@ -66,14 +66,12 @@ def _data(root: Path, n_train: int, img: int) -> Path:
 def run_lever(root: Path, name: str, scratch: bool = False) -> dict:
     import mae.models
     from mae.cli import main
-    from mae.knobs import KNOBS
+    from mae.registry import choices
 
     what, arch, pre_over, (n_train, img) = LEVERS[name]
     study = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     model = BASE_ARCH if not arch else f"lever_{name}"
-    mae.models.MODEL_SPECS[model] = {**mae.models.MODEL_SPECS[BASE_ARCH], **arch}
-    if model not in KNOBS["model"].choices:
-        KNOBS["model"].choices.append(model)
+    choices.register("model", model, {**mae.models.model_spec(BASE_ARCH), **arch})
     data, out = _data(root, n_train, img), root / name
     common = ["--data", str(data), "--device", "cpu", "--set", f"model={model}"]
     walls = {}

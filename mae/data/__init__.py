@@ -4,7 +4,6 @@ Public API (docs/ARCHITECTURE.md): :func:`load_meta`, :func:`build_dataset`, :fu
 :func:`build_segmentation_dataset`; transforms in :mod:`mae.data.transforms`.
 """
 
-from mae.data.adapters import detection_collate
 from mae.data.datasets import (
     FOLDER_KINDS,
     IN_MEMORY_KINDS,
@@ -15,6 +14,7 @@ from mae.data.datasets import (
     load_meta,
     load_train_images,
 )
+from mae.data.dense_adapters import detection_collate
 
 __all__ = [
     "FOLDER_KINDS",

@@ -15,7 +15,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from mae.data import adapters
+from mae.data import adapters, dense_adapters
 from mae.errors import UserError
 from mae.study import FOLDER_KINDS
 
@@ -136,7 +136,7 @@ class ArraySegmentation(Dataset):
 
         img = tv_tensors.Image(torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(np.array(self.semseg[i])))
-        return adapters.apply_seg_transform(img, mask, self.transform)
+        return dense_adapters.apply_seg_transform(img, mask, self.transform)
 
 
 def _check_labels(path: Path, labels: np.ndarray, meta: dict) -> None:
@@ -184,27 +184,27 @@ def build_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bo
         samples = [s for s in samples if s[0] not in ex]
         return adapters.FolderClassification(samples, meta["classes"], transform, skip)
     if kind == "ade20k":
-        pairs = [p for p in adapters.scan_ade20k(root, split) if p[0] not in ex and p[1] not in ex]
-        return adapters.AdeClassification(pairs, meta["classes"], transform, skip)
+        pairs = [p for p in dense_adapters.scan_ade20k(root, split) if p[0] not in ex and p[1] not in ex]
+        return dense_adapters.AdeClassification(pairs, meta["classes"], transform, skip)
     return _coco_dataset(data_dir, meta, split, "cls", transform, skip)
 
 
 def _coco_dataset(data_dir: Path, meta: dict, split: str, mode: str, transform, skip: bool):
     if meta["kind"] == "coco":
         root = Path(meta["root"])
-        ann, img_dir = adapters.coco_paths(root, split)
-        coco = adapters.quiet_coco(adapters.load_coco_json(ann))
+        ann, img_dir = dense_adapters.coco_paths(root, split)
+        coco = dense_adapters.quiet_coco(dense_adapters.load_coco_json(ann))
         ex = _exclude(meta)
         ids = [i for i in sorted(coco.imgs) if str(img_dir / coco.imgs[i]["file_name"]) not in ex]
-        return adapters.CocoDataset(coco, img_dir, ids, meta["cat_ids"], mode, transform, skip)
+        return dense_adapters.CocoDataset(coco, img_dir, ids, meta["cat_ids"], mode, transform, skip)
     if not meta.get("has_instances"):
         raise UserError(f"dataset {data_dir} (kind {meta['kind']}) has no instance annotations")
     ann = data_dir / f"{split}_instances.json"
-    coco = adapters.quiet_coco(adapters.load_coco_json(ann))
+    coco = dense_adapters.quiet_coco(dense_adapters.load_coco_json(ann))
     images = _load_npy(data_dir, f"{split}_images.npy")
     ids = sorted(coco.imgs)
     cat_ids = sorted(c["id"] for c in coco.dataset["categories"])
-    return adapters.CocoDataset(coco, None, ids, cat_ids, mode, transform, skip, images=images)
+    return dense_adapters.CocoDataset(coco, None, ids, cat_ids, mode, transform, skip, images=images)
 
 
 def build_detection_dataset(data_dir: str | Path, split: str, transform=None, skip_bad: bool | None = None):
@@ -212,7 +212,7 @@ def build_detection_dataset(data_dir: str | Path, split: str, transform=None, sk
 
     ``target`` = {boxes (N,4) xyxy float, labels (N,) int64 in 1..C, masks (N,H,W) uint8, image_id, area,
     iscrowd}. The dataset exposes ``coco`` (pycocotools GT for COCOeval) and ``label_to_cat_id``. Use
-    :func:`mae.data.adapters.detection_collate` as the DataLoader's ``collate_fn``.
+    :func:`mae.data.dense_adapters.detection_collate` as the DataLoader's ``collate_fn``.
     """
     data_dir = Path(data_dir)
     meta = load_meta(data_dir)
@@ -242,8 +242,8 @@ def build_segmentation_dataset(data_dir: str | Path, split: str, transform=None,
         )
     if kind == "ade20k":
         ex = _exclude(meta)
-        pairs = [p for p in adapters.scan_ade20k(Path(meta["root"]), split) if p[0] not in ex and p[1] not in ex]
-        return adapters.AdeSegmentation(pairs, len(meta["seg_classes"]), transform, skip)
+        pairs = [p for p in dense_adapters.scan_ade20k(Path(meta["root"]), split) if p[0] not in ex and p[1] not in ex]
+        return dense_adapters.AdeSegmentation(pairs, len(meta["seg_classes"]), transform, skip)
     return _coco_dataset(data_dir, meta, split, "seg", transform, skip)
 
 

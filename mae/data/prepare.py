@@ -294,7 +294,7 @@ def prepare_folder(
     """Describe a dataset by path. An image folder is ``root/{train,val}/<class>/``, ``root/<class>/`` (a split
     is made: ``val_fraction`` of each class, seeded by ``seed``) or images without class folders (no labels;
     also with ``unlabelled``): :func:`mae.data.adapters.describe_imagefolder`."""
-    from mae.data import adapters
+    from mae.data import adapters, dense_adapters
 
     if not root:
         raise UserError(f"--root is required for kind {kind}")
@@ -304,9 +304,9 @@ def prepare_folder(
     if kind == "imagefolder":
         meta = adapters.describe_imagefolder(root, img_size, verify, skip_bad, unlabelled, val_fraction, seed)
     elif kind == "coco":
-        meta = adapters.describe_coco(root, img_size, verify, skip_bad)
+        meta = dense_adapters.describe_coco(root, img_size, verify, skip_bad)
     else:
-        meta = adapters.describe_ade20k(root, img_size, verify, skip_bad, num_classes)
+        meta = dense_adapters.describe_ade20k(root, img_size, verify, skip_bad, num_classes)
     meta = {"name": name or Path(out).name, **meta, "format_version": FORMAT_VERSION}
     with atomic_dir(out) as tmp:
         atomic_write_json(tmp / "meta.json", meta)

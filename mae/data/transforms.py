@@ -18,10 +18,10 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from mae.errors import UserError
+from mae.registry import choices
 
 MEAN = IMAGENET_DEFAULT_MEAN
 STD = IMAGENET_DEFAULT_STD
-AUGS = ("none", "crop_fixed", "crop_rand", "crop_rand_jitter")
 BICUBIC = InterpolationMode.BICUBIC
 
 
@@ -218,36 +218,50 @@ class _FastTensorAug:
 
 
 def pretrain_transform(aug: str = "crop_rand", img_size: int = 32):
-    """MAE pretraining augmentation; ``aug`` is one of :data:`AUGS` (paper Table 1e).
-
-    * ``none``: resize + centre crop (no randomness);
-    * ``crop_fixed``: resize to img_size/0.875, random crop of the fixed size img_size, horizontal flip;
-    * ``crop_rand``: RandomResizedCrop(scale=(0.2, 1), bicubic) + flip (the paper's default);
-    * ``crop_rand_jitter``: crop_rand + colour jitter (0.4 brightness/contrast/saturation).
+    """MAE pretraining augmentation by its name in the ``aug`` choice table (mae.registry.choices; paper Table 1e):
+    :func:`aug_none`, :func:`aug_crop_fixed`, :func:`aug_crop_rand` (the paper's default), :func:`aug_crop_rand_jitter`.
     """
-    img_size = _check_size(img_size)
-    if aug == "none":
-        core = [v2.Resize(img_size, interpolation=BICUBIC, antialias=True), v2.CenterCrop(img_size)]
-    elif aug == "crop_fixed":
-        core = [
-            v2.Resize(int(round(img_size / 0.875)), interpolation=BICUBIC, antialias=True),
-            v2.RandomCrop(img_size),
-            v2.RandomHorizontalFlip(),
-        ]
-    elif aug in ("crop_rand", "crop_rand_jitter"):
-        core = [
-            v2.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-        if aug == "crop_rand_jitter":
-            core.append(v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4))
-    else:
-        raise UserError(f"unknown aug {aug!r} (valid: {', '.join(AUGS)})")
+    return choices.load("aug", aug)(_check_size(img_size))
+
+
+def _pretrain_aug(mode: str, core: list, img_size: int, flip: bool = True, jitter: float = 0.0):
+    """The batched tensor path of ``mode`` (:class:`_FastTensorAug`), with ``core`` through PIL as its fallback."""
     slow = v2.Compose(_start() + core + _finish())
-    mode = "crop_rand" if aug.startswith("crop_rand") else aug
-    return _FastTensorAug(
-        mode, img_size, flip=aug != "none", jitter=0.4 if aug == "crop_rand_jitter" else 0.0, fallback=slow
-    )
+    return _FastTensorAug(mode, img_size, flip=flip, jitter=jitter, fallback=slow)
+
+
+def aug_none(img_size: int):
+    """Resize + centre crop (no randomness)."""
+    core = [v2.Resize(img_size, interpolation=BICUBIC, antialias=True), v2.CenterCrop(img_size)]
+    return _pretrain_aug("none", core, img_size, flip=False)
+
+
+def aug_crop_fixed(img_size: int):
+    """Resize to img_size/0.875, random crop of the fixed size img_size, horizontal flip."""
+    core = [
+        v2.Resize(int(round(img_size / 0.875)), interpolation=BICUBIC, antialias=True),
+        v2.RandomCrop(img_size),
+        v2.RandomHorizontalFlip(),
+    ]
+    return _pretrain_aug("crop_fixed", core, img_size)
+
+
+def _crop_rand(img_size: int) -> list:
+    return [
+        v2.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+
+
+def aug_crop_rand(img_size: int):
+    """RandomResizedCrop(scale=(0.2, 1), bicubic) + flip (the paper's default)."""
+    return _pretrain_aug("crop_rand", _crop_rand(img_size), img_size)
+
+
+def aug_crop_rand_jitter(img_size: int):
+    """crop_rand + colour jitter (0.4 brightness/contrast/saturation)."""
+    core = [*_crop_rand(img_size), v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)]
+    return _pretrain_aug("crop_rand", core, img_size, jitter=0.4)
 
 
 def linprobe_transform(img_size: int, train: bool = True):

@@ -8,7 +8,7 @@ Released pretrain files hold the encoder only; :func:`split_encoder_keys` separa
 :func:`read_checkpoint` is the one loader of weights a user hands us, and it never unpickles anything but
 tensors and plain values. Besides ``torch.save`` files it reads safetensors files (no pickle at all; ours record
 their :func:`architecture` in the metadata key :data:`ARCH_KEY`) and model folders: a Hugging Face ViTMAE
-folder (names translated by :mod:`mae.models.hub`) or a timm folder (``config.json`` + ``model.safetensors``).
+folder (names translated by :mod:`mae.models.interop`) or a timm folder (``config.json`` + ``model.safetensors``).
 Each comes back as ``{'model': state_dict in our names, 'config': {...}}``.
 """
 
@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 
 from mae.errors import UserError
+from mae.models.interop import from_hf, is_hf_state, timm_model_name
+from mae.models.specs import infer_model_name, model_specs
 
 DECODER_PREFIXES = ("decoder_", "mask_token", "encoder_mask_token")
 
@@ -221,7 +223,6 @@ def architecture(sd: Mapping[str, torch.Tensor], config: Mapping | None = None, 
     Shapes come from the weights (:func:`encoder_shapes`). The numbers of heads are not in the weights: they come
     from ``config`` (the checkpoint's recorded settings, our names) or else from the named model. The model name
     comes from ``config``, or from the shapes and the recorded heads (a Hugging Face config records them)."""
-    from mae.models import MODEL_SPECS, infer_model_name
 
     config = dict(config or {})
     shapes = encoder_shapes(sd, source)
@@ -230,7 +231,7 @@ def architecture(sd: Mapping[str, torch.Tensor], config: Mapping | None = None, 
         name = infer_model_name(
             shapes["patch_size"], shapes["embed_dim"], shapes["depth"], shapes["mlp_ratio"], int(config["num_heads"])
         )
-    spec = MODEL_SPECS.get(name, {})
+    spec = model_specs().get(name, {})
 
     def heads(key: str, spec_key: str) -> int:
         value = config.get(key) or spec.get(spec_key)
@@ -317,8 +318,6 @@ def _safetensors(path: Path, lead: str, shown: str) -> tuple[dict[str, torch.Ten
 def read_safetensors(path: Path, option: str = "", shown: str | None = None) -> dict:
     """``{'model': tensors, 'config': architecture}`` of a safetensors file (``config`` only when it records one).
     The ``model.safetensors`` of a Hugging Face folder is read as that folder (its names translated)."""
-    from mae.models.hub import is_hf_state
-
     shown, lead = shown or str(path), f"{option}: " if option else ""
     state, metadata = _safetensors(path, lead, shown)
     if is_hf_state(state) and (path.parent / "config.json").is_file():
@@ -334,8 +333,6 @@ def read_folder(path: Path, option: str = "", shown: str | None = None) -> dict:
     """``{'model', 'config'}`` of a model folder: Hugging Face ViTMAE (``config.json`` with ``model_type`` vit_mae,
     ``model.safetensors`` or ``pytorch_model.bin``) or timm (``config.json`` with ``architecture``, whose name is
     ours only when the shapes are that model's: ``vit_base_patch16_224`` also carries models timm has no name for)."""
-    from mae.models import hub
-
     shown, lead = shown or str(path), f"{option}: " if option else ""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -350,11 +347,9 @@ def read_folder(path: Path, option: str = "", shown: str | None = None) -> dict:
     else:
         state = extract_state_dict(read_checkpoint(weights, option=option), str(weights))
     if config.get("model_type") == "vit_mae":
-        return hub.from_hf(state, config, shown)
+        return from_hf(state, config, shown)
     if isinstance(config.get("architecture"), str):  # timm's: our names
-        from mae.models import infer_model_name
-
-        name, shapes = hub.timm_model_name(config["architecture"]), encoder_shapes(state, shown)
+        name, shapes = timm_model_name(config["architecture"]), encoder_shapes(state, shown)
         fits = name == infer_model_name(shapes["patch_size"], shapes["embed_dim"], shapes["depth"], shapes["mlp_ratio"])
         return {"model": state, **({"config": {"model": name}} if name and fits else {})}
     raise UserError(

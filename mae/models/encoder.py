@@ -24,17 +24,11 @@ from timm.models.vision_transformer import VisionTransformer
 from mae.errors import UserError
 from mae.models.checkpoint import apply_layer_norm_eps, is_decoder_key, read_weights
 from mae.models.pos_embed import resample_pos_embed
-
-TIMM_NAMES = {
-    "mae_vit_base_patch16": "vit_base_patch16_224",
-    "mae_vit_large_patch16": "vit_large_patch16_224",
-    "mae_vit_huge_patch14": "vit_huge_patch14_224",
-}
+from mae.models.specs import ENCODER_KEYS, model_spec
 
 
 def encoder_kwargs(name: str) -> dict:
     """VisionTransformer architecture keywords of a named MAE's encoder."""
-    from mae.models import ENCODER_KEYS, model_spec
 
     spec = model_spec(name)
     return {k: spec[k] for k in ENCODER_KEYS}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from mae.errors import UserError
-from mae.knobs import add_choice
+from mae.registry import choices
 
 
 @dataclass
@@ -37,10 +37,12 @@ class MaskSample:
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """Reference count of kept patches: ``int(L * (1 - ratio))``."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise UserError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return int(num_patches * (1 - mask_ratio))
+    """Reference count of kept patches: ``int(L * (1 - ratio))``. A study's ratio is checked once, by the
+    ``mask_ratio`` knob (mae.registry.knobs); here only the count (0 keeps every patch: feature extraction)."""
+    kept = int(num_patches * (1 - mask_ratio))
+    if not 1 <= kept <= num_patches:
+        raise UserError(f"mask_ratio {mask_ratio} keeps {kept} of {num_patches} patches (must keep 1 to all)")
+    return kept
 
 
 def sample_from_mask(removed: torch.Tensor) -> MaskSample:
@@ -200,21 +202,14 @@ def draw_for_rank(
     return sample if world_size == 1 else sample.rows(slice(rank, None, world_size))
 
 
-#: the sampler registry; its names are the choices of the `sampling` knob (mae/knobs.py)
-SAMPLERS: dict[str, type[MaskSampler]] = {"random": RandomSampler, "block": BlockSampler, "grid": GridSampler}
-
-
 def register_sampler(name: str, cls: type[MaskSampler]) -> None:
-    """Add a sampler (e.g. from a plug-in): ``sampling=<name>`` then works in study configs, ``mae pretrain``,
-    the summary and the tables."""
-    SAMPLERS[name] = cls
-    add_choice("sampling", name)
+    """Add a sampler in this process (a plug-in package declares an entry point instead, which every process
+    sees: :mod:`mae.registry.choices`)."""
+    choices.register("sampling", name, cls)
 
 
 def build_sampler(name: str | MaskSampler) -> MaskSampler:
-    """Sampler by name ('random' | 'block' | 'grid') or an instance passed through."""
+    """Sampler by its name in the ``sampling`` choice table (mae.registry.choices), or an instance passed through."""
     if isinstance(name, MaskSampler):
         return name
-    if name not in SAMPLERS:
-        raise UserError(f"unknown sampler '{name}' (valid: {', '.join(SAMPLERS)})")
-    return SAMPLERS[name]()
+    return choices.load("sampling", name)()

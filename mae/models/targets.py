@@ -29,8 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mae.errors import UserError
-
-TARGETS = ("pixel", "norm_pixel", "pca", "token")
+from mae.registry import choices
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -73,6 +72,12 @@ class Target(nn.Module):
     kind = "base"
     out_dim: int
 
+    @classmethod
+    def create(cls, patch_size: int, in_chans: int = 3, path: str | Path | None = None) -> Target:
+        """The target of a model with these patches; a fitted target reads ``path``. A plug-in target overrides
+        this when its constructor takes something else than the patch dimension."""
+        return cls(patch_size * patch_size * in_chans)
+
     def compute(self, imgs: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -110,6 +115,10 @@ class PCATarget(Target):
         self.out_dim = components.shape[0]
 
     @classmethod
+    def create(cls, patch_size: int, in_chans: int = 3, path: str | Path | None = None) -> PCATarget:
+        return cls.from_file(_fitted_path(path, cls.kind), patch_size * patch_size * in_chans)
+
+    @classmethod
     def from_file(cls, path: str | Path, patch_dim: int) -> PCATarget:
         blob = _load_file(path, "pca", "target_path")
         comps = blob["components"]
@@ -131,6 +140,18 @@ class TokenTarget(Target):
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.out_dim = tokenizer.vocab_size
 
+    @classmethod
+    def create(cls, patch_size: int, in_chans: int = 3, path: str | Path | None = None) -> TokenTarget:
+        from mae.models.tokenizer import load_tokenizer
+
+        path = _fitted_path(path, cls.kind)
+        tokenizer = load_tokenizer(path)
+        if tokenizer.patch_size != patch_size:
+            raise UserError(
+                f"target_path {path}: tokenizer patch size {tokenizer.patch_size}, the model uses {patch_size}"
+            )
+        return cls(tokenizer)
+
     def compute(self, imgs, patches):
         with torch.no_grad(), torch.autocast(imgs.device.type, enabled=False):
             return self.tokenizer.tokenize(imgs.float())
@@ -141,29 +162,17 @@ class TokenTarget(Target):
         return loss.reshape(n, num_patches)
 
 
-def build_target(kind: str, patch_size: int, in_chans: int = 3, path: str | Path | None = None) -> Target:
-    """Target by name; ``pca``/``token`` read ``path`` (written by ``mae fit-pca`` / ``mae train-tokenizer``)."""
-    patch_dim = patch_size * patch_size * in_chans
-    if kind == "pixel":
-        return PixelTarget(patch_dim)
-    if kind == "norm_pixel":
-        return NormPixelTarget(patch_dim)
-    if kind in ("pca", "token") and not path:
-        raise UserError(
-            f"target '{kind}' needs target_path (a file from `mae {'fit-pca' if kind == 'pca' else 'train-tokenizer'}`)"
-        )
-    if kind == "pca":
-        return PCATarget.from_file(path, patch_dim)
-    if kind == "token":
-        from mae.models.tokenizer import load_tokenizer
+def _fitted_path(path: str | Path | None, kind: str) -> str | Path:
+    if not path:
+        command = "fit-pca" if kind == "pca" else "train-tokenizer"
+        raise UserError(f"target '{kind}' needs target_path (a file from `mae {command}`)")
+    return path
 
-        tokenizer = load_tokenizer(path)
-        if tokenizer.patch_size != patch_size:
-            raise UserError(
-                f"target_path {path}: tokenizer patch size {tokenizer.patch_size}, the model uses {patch_size}"
-            )
-        return TokenTarget(tokenizer)
-    raise UserError(f"unknown target '{kind}' (valid: {', '.join(TARGETS)})")
+
+def build_target(kind: str, patch_size: int, in_chans: int = 3, path: str | Path | None = None) -> Target:
+    """Target by its name in the ``target`` choice table (mae.registry.choices); ``pca``/``token`` read ``path``
+    (written by ``mae fit-pca`` / ``mae train-tokenizer``)."""
+    return choices.load("target", kind).create(patch_size, in_chans, path)
 
 
 def _load_file(path: str | Path, kind: str, key: str) -> dict:

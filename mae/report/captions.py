@@ -4,9 +4,9 @@ The ``report()`` flags of ``workflow/rules/report.smk`` give every file these na
 captions (``workflow/report/tables.rst``, ``figures.rst``) print them. Nothing here lists a table: each one
 is named by its own title, the bold first line of its Markdown file as :mod:`mae.report.tables` writes it
 (``**Table 1a: decoder depth.** Ours: ...``). A figure drawn from an ablation (Figs. 5, 7) takes the title
-of :data:`mae.report.ablations.ABLATIONS`, the others the title in :data:`FIGURES`.
+of :data:`mae.registry.ablations.ABLATIONS`, the others the title in :data:`FIGURES`.
 
-Kept free of pandas and torch, like :mod:`mae.report.ablations`: the Snakefile imports it.
+Kept free of pandas and torch, like :mod:`mae.registry.ablations`: the Snakefile imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mae.report.ablations import ABLATIONS
+from mae.registry.ablations import ABLATIONS
 
 #: the figures of ``mae figures`` that are not an ablation of ABLATIONS: file stem -> title
 FIGURES = {

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mae.registry.ablations import ABLATIONS
 from mae.report import stats
-from mae.report.ablations import ABLATIONS
-from mae.report.summary import ablation_mask, base_knobs, differs_only_in, pretraining_knobs, row_key
+from mae.report.replicates import row_key
+from mae.report.runs_csv import ablation_mask, base_knobs, differs_only_in, pretraining_knobs
 
 #: short names of what claims read: kind -> (evaluation, metric)
 METRIC_OF = {"ft": ("finetune", "top1"), "lin": ("linprobe", "top1"), "img_s": ("pretrain", "img_s")}
@@ -122,7 +123,7 @@ class Evidence:
 
     @functools.cached_property
     def base_rows(self) -> pd.Series:
-        """The MAE rows of the base setting (every seed; :func:`~mae.report.summary.differs_only_in`)."""
+        """The MAE rows of the base setting (every seed; :func:`~mae.report.runs_csv.differs_only_in`)."""
         return differs_only_in(self.frame, [], self.base)
 
     def pools(self, metric: str) -> dict[tuple, stats.SeedVariance]:
@@ -185,7 +186,7 @@ class Evidence:
     # ---- selections
     def cells(self, knobs: list[str], kind: str, eval_setting: str = "") -> list[Cell]:
         """One cell per value of ``knobs`` among the runs of the ablation that varies exactly ``knobs``
-        (:func:`~mae.report.summary.ablation_mask`), or without one (``knobs`` empty: the base setting), among
+        (:func:`~mae.report.runs_csv.ablation_mask`), or without one (``knobs`` empty: the base setting), among
         the MAE runs that differ from the base only in ``knobs``."""
         ev, metric = METRIC_OF.get(kind, ("pretrain", kind))
         ids = [a.id for a in ABLATIONS.values() if not a.runs_of and list(a.columns) == list(knobs)]

@@ -32,19 +32,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from mae.errors import UserError  # noqa: E402
+from mae.registry.ablations import ABLATIONS  # noqa: E402
 from mae.report import paper as P  # noqa: E402
-from mae.report.ablations import ABLATIONS  # noqa: E402
 from mae.report.evidence import Evidence  # noqa: E402
-from mae.report.summary import (  # noqa: E402
-    REPLICATES,
-    base_knobs,
-    base_run,
-    differs_only_in,
-    loss_curves,
-    read_replicates,
-    read_summary,
-    table_runs,
-)
+from mae.report.replicates import REPLICATES, read_replicates  # noqa: E402
+from mae.report.runs_csv import base_knobs, base_run, differs_only_in, read_summary, table_runs  # noqa: E402
+from mae.report.summary import loss_curves  # noqa: E402
 from mae.tools.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with `mae visualize`
     PIXEL_TARGETS,
     dataset_images,
@@ -225,10 +218,10 @@ def fig9(evidence: Evidence) -> plt.Figure:
 
 def _encoder_depth(model: str) -> int | None:
     try:
-        from mae.models import MODEL_SPECS
+        from mae.models import model_specs
     except ImportError:  # pragma: no cover - models missing
         return None
-    return MODEL_SPECS.get(model, {}).get("depth")
+    return model_specs().get(model, {}).get("depth")
 
 
 def fig_loss_curves(runs_dir: str | Path) -> plt.Figure:

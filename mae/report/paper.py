@@ -1,5 +1,5 @@
 """The paper's published numbers (shipped as ``mae/report/paper_results.csv``) and the paper's rows recast as
-runs of ours (setting labels mapped to knobs by :mod:`mae.report.ablations`).
+runs of ours (setting labels mapped to knobs by :mod:`mae.registry.ablations`).
 
 The CSV is read through :mod:`importlib.resources` and never edited. Columns: ``table, setting_group, setting,
 model, metric, value, status, source``. Metrics used here: ``ft_top1`` (end-to-end fine-tuning), ``lin_top1``
@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from mae.knobs import KNOBS
-from mae.report.ablations import ABLATIONS
+from mae.registry.ablations import ABLATIONS
+from mae.registry.knobs import KNOBS
 
 PAPER_CSV = "paper_results.csv"
 
@@ -175,7 +175,7 @@ def paper_as_runs(model: str = DEFAULT_PAPER_MODEL) -> pd.DataFrame:
     """The paper's numbers recast as rows of our runs.csv (one row per setting × evaluation).
 
     Lets the claim checks run on the paper's own numbers (their margins appear beside ours) and documents
-    the mapping between the paper's labels and our knobs (:data:`mae.report.ablations.ABLATIONS`).
+    the mapping between the paper's labels and our knobs (:data:`mae.registry.ablations.ABLATIONS`).
     """
     base = {"model": model, **PAPER_BASE}
     rows = []

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from mae.report.evidence import Evidence, kind_of
-from mae.report.summary import pretraining_knobs, row_key
+from mae.report.replicates import row_key
+from mae.report.runs_csv import pretraining_knobs
 
 #: the metric a claim reads from each evaluation
 METRIC_OF_EVAL = {"transfer_det": "ap_box", "transfer_seg": "miou"}

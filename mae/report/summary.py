@@ -13,8 +13,8 @@ labels: study.json ``not_run``) is a row without metrics whose ``status`` is ``n
 ``mae summarize`` also writes ``metrics.json`` (headline numbers for ``dvc metrics``) and ``loss_curves.csv``
 (the pretraining loss of every run, from ``pretrain/log.jsonl``, for ``dvc plots``) beside ``runs.csv``.
 
-The helpers at the bottom (:func:`read_summary`, :func:`base_run`, :func:`table_runs`, :func:`seed_mean`)
-are what the tables, figures and claims read the summary with.
+The tables, figures and claims read runs.csv back with :mod:`mae.report.runs_csv` (its columns, dtypes and
+the rows of a setting) and ``replicates.npz`` with :mod:`mae.report.replicates`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,59 +30,22 @@ import numpy as np
 import pandas as pd
 
 from mae.errors import UserError
-from mae.evaluations import EVALUATIONS
-from mae.knobs import KNOBS as PRETRAIN_KNOBS
-from mae.knobs import columns as knob_columns
+from mae.registry.evaluations import EVALUATIONS
+from mae.registry.knobs import KNOBS as PRETRAIN_KNOBS
+from mae.report.replicates import REPLICATES, replicates_of, row_key, write_replicates
+from mae.report.runs_csv import CI_METRICS, COLUMNS, KNOBS, STATUS, base_run, normalise, pretraining_knobs
 from mae.study import parse_baseline_name
 from mae.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("mae.report.summary")
 
-ID_COLUMNS = ("run", "eval", "eval_setting", "init")
-METRICS = (
-    "top1",
-    "top5",
-    "loss",
-    "train_loss",
-    "ap_box",
-    "ap50_box",
-    "ap75_box",
-    "ap_mask",
-    "ap50_mask",
-    "ap75_mask",
-    "miou",
-    "epochs",
-    "wall_s",
-    "img_s",
-    "params",
-)
-#: metrics with a 95 % interval over val images (``<m>_lo``/``<m>_hi``) and a spread over seeds
-#: (``<m>_seed_mean``/``<m>_seed_sd``, ``seeds`` = seeds of the setting)
-CI_METRICS = ("top1", "miou", "ap_box", "ap_mask")
-CI_COLUMNS = (*(f"{m}_{s}" for m in CI_METRICS for s in ("lo", "hi", "seed_mean", "seed_sd")), "seeds", "n_val")
-#: what describes a run in runs.csv: the model and data, then every pretraining knob (by its runs.csv column)
-KNOBS = (
-    "model",
-    "dataset",
-    "img_size",
-    "patch_size",
-    *(k.column for k in PRETRAIN_KNOBS.values() if k.name != "model"),
-)
-COLUMNS = (*ID_COLUMNS, *KNOBS, "tables", *METRICS, *CI_COLUMNS)
-#: an evaluation the study planned that its data cannot give: ``not run (no labels)`` (study.json ``not_run``,
-#: :func:`mae.study.not_run`); a column of runs.csv, after ``tables``, only when some row has one
-STATUS = "status"
 #: the evaluations that are part of an evaluation folder's name: ``partial_ft-4`` -> (partial_ft, "4")
 EVALS = ("pretrain", *EVALUATIONS)
 #: runs whose folder name says how the encoder was initialised (no pretraining of ours): ``scratch``,
 #: ``scratch_seed-1``, ``supervised``, … (:func:`mae.study.parse_baseline_name`)
 BASELINE_INITS = ("scratch", "supervised")
-#: bootstrap replicates of the summary's metrics, beside runs.csv (read by tables, figures and claims)
-REPLICATES = "replicates.npz"
 #: settings.json / study.json key -> runs.csv column (a knob's name -> its column)
 ALIASES = {k.name: k.column for k in PRETRAIN_KNOBS.values()}
-#: runs.csv column -> its type
-KNOB_TYPES = {"dataset": str, "img_size": int, "patch_size": int, **{c: k.type for c, k in knob_columns().items()}}
 
 
 # --------------------------------------------------------------------------------------------- collecting
@@ -144,7 +106,8 @@ def _metric_values(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def collect(runs_dir: str | Path, study: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Walk ``runs_dir`` and return the summary DataFrame (columns :data:`COLUMNS` + any extra metrics)."""
+    """Walk ``runs_dir`` and return the summary DataFrame (columns :data:`~mae.report.runs_csv.COLUMNS` + any
+    extra metrics)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"runs folder not found: {runs_dir}")
@@ -240,41 +203,7 @@ def _not_run_rows(
     return rows
 
 
-def status_of(frame: pd.DataFrame, ev: str, init: str | None = None) -> str:
-    """What the summary says of evaluation ``ev`` (of ``init``) that did not run: ``not run (no labels)``, or
-    "" when nothing says so (the tables' notes)."""
-    if STATUS not in frame or not len(frame):
-        return ""
-    sel = frame["eval"].eq(ev).fillna(False) & frame[STATUS].notna()
-    if init is not None:
-        sel &= frame["init"].eq(init).fillna(False)
-    return "; ".join(dict.fromkeys(str(v) for v in frame.loc[sel.astype(bool), STATUS]))
-
-
 # ------------------------------------------------------------------------------------------- uncertainty
-def row_key(run: str, ev: str, setting: str = "") -> str:
-    """Key of one runs.csv row in ``replicates.npz``: ``run|eval|setting``."""
-    return f"{run}|{ev}|{setting or ''}"
-
-
-def replicates_of(per_image: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Bootstrap replicates (the canonical resamples of :mod:`mae.report.stats`) of every metric that a stage's
-    ``predictions.npz`` allows: top1 from ``pred``/``target``, miou from ``inter``/``union``, and any
-    ``<metric>_boot`` a stage computed itself (detection AP)."""
-    from mae.report import stats
-
-    out: dict[str, np.ndarray] = {}
-    if "pred" in per_image and "target" in per_image and len(per_image["target"]):
-        correct = np.asarray(per_image["pred"]) == np.asarray(per_image["target"])
-        out["top1"] = stats.mean_accuracy_replicates(correct)[0]
-    if "inter" in per_image and "union" in per_image and len(per_image["inter"]):
-        out["miou"] = stats.miou_replicates(per_image["inter"], per_image["union"])
-    for key, value in per_image.items():
-        if key.endswith("_boot"):
-            out[key[: -len("_boot")]] = np.asarray(value, dtype=np.float64)
-    return {k: v.astype(np.float32) for k, v in out.items()}
-
-
 def collect_replicates(runs_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """``{row_key: {metric: (N_BOOT,) replicates}}`` for every evaluation folder with a ``predictions.npz``."""
     from mae.utils.io import PER_IMAGE, read_per_image
@@ -314,8 +243,8 @@ def _matches_metrics(path: Path, per_image: dict[str, Any], metrics: Any) -> boo
 
 
 def add_intervals(frame: pd.DataFrame, replicates: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
-    """Fill the :data:`CI_COLUMNS`: a 95 % percentile interval over val images from the replicates (Wilson
-    for a top-1 without per-image predictions), and the mean/sd over the seeds of each setting."""
+    """Fill the :data:`~mae.report.runs_csv.CI_COLUMNS`: a 95 % percentile interval over val images from the
+    replicates (Wilson for a top-1 without per-image predictions), and the mean/sd over the seeds of each setting."""
     from mae.report import stats
 
     frame = frame.copy()
@@ -343,30 +272,6 @@ def add_intervals(frame: pd.DataFrame, replicates: dict[str, dict[str, np.ndarra
         frame[f"{metric}_seed_mean"] = grouped.transform("mean")
         frame[f"{metric}_seed_sd"] = grouped.transform("std")
     return frame
-
-
-def write_replicates(replicates: dict[str, dict[str, np.ndarray]], path: str | Path) -> None:
-    """``replicates.npz`` beside runs.csv: ``<row_key>::<metric>`` -> (N_BOOT,) float32."""
-    flat = {f"{key}::{metric}": arr for key, reps in replicates.items() for metric, arr in reps.items()}
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **flat)
-
-
-def read_replicates(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """Inverse of :func:`write_replicates`; an empty dict when the file does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    out: dict[str, dict[str, np.ndarray]] = {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for name in data.files:
-                key, _, metric = name.rpartition("::")
-                out.setdefault(key, {})[metric] = data[name].astype(np.float64)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable replicates file ({err})") from None
-    return out
 
 
 def loss_curves(runs_dir: str | Path) -> pd.DataFrame:
@@ -423,225 +328,6 @@ def headline_metrics(frame: pd.DataFrame) -> dict[str, Any]:
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False)
-
-
-# --------------------------------------------------------------------------------------------- reading
-def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Give knob columns stable dtypes (nullable ints/floats/bools, strings) so that equality works."""
-    frame = frame.copy()
-    for col, kind in KNOB_TYPES.items():
-        if col not in frame:
-            continue
-        if kind is int:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
-        elif kind is float:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Float64")
-        elif kind is bool:
-            frame[col] = frame[col].map(_to_bool).astype("boolean")
-    for col in (
-        *(c for c, t in KNOB_TYPES.items() if t is str),
-        "run",
-        "eval",
-        "eval_setting",
-        "init",
-        "tables",
-        STATUS,
-    ):
-        if col in frame:
-            frame[col] = frame[col].map(lambda v: None if _missing(v) else str(v)).astype("string")
-    frame["eval_setting"] = frame["eval_setting"].fillna("")
-    frame["tables"] = frame["tables"].fillna("")
-    for col in frame.columns:
-        if col not in (*COLUMNS[: len(ID_COLUMNS) + len(KNOBS) + 1], STATUS):
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    return frame
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _to_bool(value: Any) -> Any:
-    if _missing(value):
-        return pd.NA
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        return pd.NA
-    return bool(value)
-
-
-def read_summary(path: str | Path) -> pd.DataFrame:
-    """Read runs.csv (written by :func:`collect`) with normalised dtypes; UserError if missing/malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"summary not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype={"eval_setting": str, "tables": str, STATUS: str})
-    except pd.errors.EmptyDataError:
-        frame = pd.DataFrame(columns=list(COLUMNS))
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as err:
-        raise UserError(f"{path}: not a runs.csv ({str(err).splitlines()[0][:120]})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    missing = [c for c in ("run", "eval", "init") if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
-    frame = frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
-    if STATUS not in frame:
-        frame[STATUS] = pd.NA
-    _check_values(frame, path)
-    return normalise(frame)
-
-
-#: what identifies one row of runs.csv: one evaluation of one run (a seed of a setting)
-ROW_KEY = ("run", "eval", "eval_setting", "seed")
-
-
-def _check_values(frame: pd.DataFrame, path: Path) -> None:
-    """A metric that is not a finite number, or a knob that is not of its type, names its row and column
-    (instead of silently dropping the claims and table rows that read it); a repeated row key is refused too
-    (it would be read as two seeds of one setting)."""
-    numeric = [c for c in (*METRICS, *CI_COLUMNS) if c in frame]
-    numeric += [c for c, t in KNOB_TYPES.items() if t in (int, float) and c in frame]
-    for col in numeric:
-        values = frame[col]
-        parsed = pd.to_numeric(values, errors="coerce")
-        bad = values.notna() & (parsed.isna() | np.isinf(parsed.astype("float64")))
-        if bad.any():
-            i = int(bad.to_numpy().argmax())
-            shown = f"{values.iloc[i]!r}" if pd.isna(parsed.iloc[i]) else f"{float(parsed.iloc[i])}"
-            what = "is not a number" if pd.isna(parsed.iloc[i]) else "is not finite (a metric is a finite number)"
-            raise UserError(
-                f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): {col}={shown} {what}"
-            )
-    key = frame[list(ROW_KEY)].astype("string").fillna("")
-    repeated = key.duplicated(keep=False)
-    if repeated.any():
-        rows = [i + 2 for i in np.flatnonzero(repeated.to_numpy())]
-        first = key[repeated].iloc[0]
-        rows = [r for r, same in zip(rows, (key[repeated] == first).all(axis=1)) if same]
-        shown = ", ".join(f"{c}={first[c]!r}" for c in ROW_KEY)
-        raise UserError(
-            f"{path}: rows {' and '.join(map(str, rows))} repeat the key ({shown}): one row per run, "
-            "evaluation, setting and seed"
-        )
-    mae = frame["init"].fillna("mae") == "mae"
-    for col in (c for c in KNOBS if c in frame and c not in ("dataset", "img_size", "patch_size")):
-        bad = mae & frame[col].isna() & frame["eval"].notna()
-        if bad.any() and frame.loc[mae, col].notna().any():
-            i = int(bad.to_numpy().argmax())
-            raise UserError(
-                f"{path}: row {i + 2} ({frame['run'].iloc[i]}, {frame['eval'].iloc[i]}): the knob {col} is empty"
-            )
-
-
-def pretraining_knobs() -> tuple[str, ...]:
-    """Knobs that define a pretraining setting apart from the seed."""
-    return tuple(k for k in KNOBS if k != "seed")
-
-
-def base_run(frame: pd.DataFrame) -> str | None:
-    """The base run: the run named ``base``; else the MAE run tagged with the most tables; else the run
-    whose knobs equal the most common value of every knob."""
-    mae = frame[frame["init"] == "mae"] if len(frame) else frame
-    if not len(mae):
-        return None
-    names = list(dict.fromkeys(mae["run"]))
-    if "base" in names:
-        return "base"
-    ntab = {r: len([t for t in str(t_).split(";") if t]) for r, t_ in zip(mae["run"], mae["tables"])}
-    best = max(names, key=lambda r: ntab.get(r, 0))
-    if ntab.get(best, 0) > 0:
-        return best
-    knobs = base_knobs(frame)
-    for name in names:
-        row = mae[mae["run"] == name].iloc[0]
-        if all(_same(row[k], v) for k, v in knobs.items()):
-            return name
-    return names[0]
-
-
-def base_knobs(frame: pd.DataFrame) -> dict[str, Any]:
-    """The base setting: the knobs of the run named ``base`` or, without one, the most common value of every
-    knob over the MAE runs (one vote per run)."""
-    mae = frame[frame["init"] == "mae"].drop_duplicates("run") if len(frame) else frame
-    if not len(mae):
-        return {}
-    if "base" in set(mae["run"]):
-        row = mae[mae["run"] == "base"].iloc[0]
-        return {k: row[k] for k in pretraining_knobs()}
-    out = {}
-    for k in pretraining_knobs():
-        values = mae[k].dropna()
-        out[k] = values.mode().iloc[0] if len(values) else pd.NA
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    if _missing(a) and _missing(b):
-        return True
-    if _missing(a) or _missing(b):
-        return False
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return abs(float(a) - float(b)) < 1e-9
-        except (TypeError, ValueError):
-            return False
-    return a == b
-
-
-def differs_only_in(frame: pd.DataFrame, knobs: Iterable[str], base: dict[str, Any] | None = None) -> pd.Series:
-    """Boolean mask: MAE rows whose pretraining knobs equal the base except (possibly) ``knobs``."""
-    base = base_knobs(frame) if base is None else base
-    knobs = set(knobs)
-    mask = pd.Series(frame["init"].eq("mae").fillna(False).to_numpy(dtype=bool), index=frame.index)
-    for k in pretraining_knobs():
-        if k in knobs or k not in base:
-            continue
-        mask &= frame[k].map(lambda v, b=base[k]: _same(v, b)).astype(bool)
-    return mask
-
-
-def ablation_mask(
-    frame: pd.DataFrame, table_ids: Iterable[str], knobs: Iterable[str], base: dict[str, Any] | None = None
-) -> pd.Series:
-    """Boolean mask: the MAE rows of the runs planned for the ablations ``table_ids`` (``1a``, ``fig5`` …).
-
-    Those are the runs tagged with one of the ids in the ``tables`` column: the planner tags every row of a
-    table, its base row included, and an ablation's base may differ from the base run (config
-    ``ablation_base``: the paper's Table 1 uses raw pixels, its final runs normalised pixels). When no run is
-    tagged (a summary without a study file), the rows that differ from the base only in ``knobs``.
-    """
-    ids = set(table_ids)
-    tagged = frame["tables"].fillna("").map(lambda t: bool(ids & set(str(t).split(";")))).astype(bool)
-    tagged &= frame["init"].eq("mae").fillna(False).astype(bool)
-    return tagged if tagged.any() else differs_only_in(frame, knobs, base)
-
-
-def table_runs(frame: pd.DataFrame, table_id: str, knobs: Iterable[str]) -> pd.DataFrame:
-    """Rows of the MAE runs that serve table ``table_id`` (:func:`ablation_mask`)."""
-    return frame[ablation_mask(frame, [table_id], knobs)] if len(frame) else frame
-
-
-def seed_mean(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """Mean, standard deviation and number of seeds of ``metric`` per group ``by`` (groups with no value
-    are dropped)."""
-    cols = [*by, "mean", "std", "n"]
-    if not len(frame) or metric not in frame:
-        return pd.DataFrame(columns=cols)
-    data = frame[frame[metric].notna()]
-    if not len(data):
-        return pd.DataFrame(columns=cols)
-    if not by:
-        values = data[metric]
-        return pd.DataFrame([{"mean": values.mean(), "std": values.std(), "n": int(values.count())}])
-    grouped = data.groupby(by, dropna=False, sort=False)[metric]
-    out = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
-    return out[cols]
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -11,6 +11,9 @@ caption states the scale of our runs.
 Files (stems): table1a_decoder_depth, table1b_decoder_width, table1c_mask_token, table1d_target,
 table1e_augmentation, table1f_mask_sampling, table2_wall_clock, table3_scratch_vs_mae, table4_detection,
 table5_segmentation, table6_classification, table7_pixels_vs_tokens — plus ``tables.md`` with all of them.
+
+The ablation tables (1a–f, 7) and Table 2 are built here, Tables 3–6 in :mod:`mae.report.baseline_tables`;
+:mod:`mae.report.table_render` renders them.
 """
 
 from __future__ import annotations
@@ -18,125 +21,32 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mae.errors import UserError
-from mae.knobs import KNOBS
+from mae.registry.ablations import ABLATIONS, Ablation
+from mae.registry.knobs import KNOBS
 from mae.report import paper as P
-from mae.report.ablations import ABLATIONS, Ablation
+from mae.report.baseline_tables import init_table, table6
 from mae.report.evidence import Evidence
-from mae.report.summary import (
-    REPLICATES,
+from mae.report.replicates import REPLICATES, read_replicates
+from mae.report.runs_csv import (
     STATUS,
     ablation_mask,
     base_knobs,
-    base_run,
     differs_only_in,
-    read_replicates,
     read_summary,
     seed_mean,
     status_of,
     table_runs,
 )
+from mae.report.table_render import CI_NOTE, CI_SUFFIX, Table, not_run_text, scale_text
 from mae.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("mae.report.tables")
-
-PAPER_SCALE = "ImageNet-1K, {epochs} pretraining epochs"
-#: column suffix of a 95 % interval half-width beside our value (``lin top-1 ±``)
-CI_SUFFIX = " ±"
-CI_NOTE = (
-    " Ours: mean over seeds ± half-width of its 95% interval (training noise between seeds, pooled over "
-    "the settings of the same evaluation where a setting has fewer than 3, plus val-image noise by the paired "
-    "bootstrap; t interval, docs/statistics.md); no ± where no seed-variance estimate exists."
-)
-
-
-@dataclass
-class Table:
-    """One rendered table: the data (numbers), its caption, and what is missing."""
-
-    id: str
-    stem: str
-    title: str
-    data: pd.DataFrame
-    caption: str
-    missing: list[str] = field(default_factory=list)
-
-    def display(self) -> pd.DataFrame:
-        """The data with each ``<metric> ±`` column folded into its ``<metric> ours`` cell ("22.1 ± 1.2")."""
-        out = self.data.copy()
-        for col in [c for c in out.columns if c.endswith(CI_SUFFIX)]:
-            ours = col[: -len(CI_SUFFIX)] + " ours"
-            if ours in out:
-                out[ours] = [
-                    _fmt_cell(v) + (f" ± {_fmt_cell(ci)}" if pd.notna(ci) and pd.notna(v) else "")
-                    for v, ci in zip(out[ours], out[col])
-                ]
-            out = out.drop(columns=col)
-        return out
-
-    def markdown(self) -> str:
-        lines = [f"**{self.title}.** {self.caption}", "", to_markdown(self.display())]
-        return "\n".join(lines) + "\n"
-
-    def latex(self) -> str:
-        return self.display().to_latex(
-            index=False,
-            na_rep="--",
-            escape=True,
-            float_format=_latex_float,
-            caption=_tex_escape(f"{self.title}. {self.caption}"),
-            label=f"tab:{self.stem}",
-            position="t",
-        )
-
-
-# --------------------------------------------------------------------------------------------- formatting
-def _fmt_cell(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 0.1:
-            return f"{value:.3g}"
-        return f"{value:.1f}" if abs(value) < 1e5 else f"{value:.3g}"
-    return str(value)
-
-
-def _latex_float(value: float) -> str:
-    return _fmt_cell(value)
-
-
-def _tex_escape(text: str) -> str:
-    repl = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}",
-    }
-    return "".join(repl.get(ch, ch) for ch in text)
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """GitHub Markdown table (numbers with one decimal, missing as an en dash)."""
-    header = [str(c) for c in frame.columns]
-    rows = [[_fmt_cell(v).replace("|", "\\|") for v in row] for row in frame.itertuples(index=False)]
-    numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- scale
@@ -149,17 +59,6 @@ def our_scale(frame: pd.DataFrame) -> dict[str, Any]:
         "epochs": knobs.get("pretrain_epochs", "?"),
         "seeds": int(seeds),
     }
-
-
-def scale_text(scale: dict[str, Any], paper_model: str, paper_epochs: int | str = 800) -> str:
-    def show(v: Any) -> str:
-        return "?" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
-
-    seeds = f", {scale['seeds']} seed(s)" if scale.get("seeds") else ""
-    return (
-        f"Ours: {show(scale['model'])}, data {show(scale['dataset'])}, {show(scale['epochs'])} pretraining "
-        f"epochs{seeds}. Paper: {paper_model}, {PAPER_SCALE.format(epochs=paper_epochs)}."
-    )
 
 
 # --------------------------------------------------------------------------------------------- ablations
@@ -253,20 +152,10 @@ def ablation_table(evidence: Evidence, spec: Ablation, paper_model: str, scale: 
     caption = scale_text(scale, paper_model) + CI_NOTE
     if missing:
         caption += " Paper settings not run: " + ", ".join(missing) + "."
-    caption += _not_run_text({f"{label} ({ev})": status[label] for ev, _, _, label in spec.metrics})
+    caption += not_run_text({f"{label} ({ev})": status[label] for ev, _, _, label in spec.metrics})
     if no_values:
         caption += " No results of ours yet for: " + ", ".join(no_values) + "."
     return Table(spec.id, spec.stem, spec.title, out, caption, missing + no_values)
-
-
-def _not_run_text(status: dict[str, str]) -> str:
-    """The caption's sentence on what did not run: ``{"ft top-1 (finetune)": "not run (no labels)"}`` gives
-    ``" Not run (no labels): ft top-1 (finetune)."``; "" when nothing says so."""
-    by_why: dict[str, list[str]] = {}
-    for what, why in status.items():
-        if why:
-            by_why.setdefault(why, []).append(what)
-    return "".join(f" {why[:1].upper()}{why[1:]}: {', '.join(whats)}." for why, whats in by_why.items())
 
 
 def _add_time_rel(out: pd.DataFrame, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -373,7 +262,7 @@ def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
     missing = [s for s in labels.values() if s not in done]
     caption = (
         scale_text(scale, paper_model)
-        + _not_run_text({"ft top-1": status_of(frame, "finetune", "mae")})
+        + not_run_text({"ft top-1": status_of(frame, "finetune", "mae")})
         + (
             " Paper: 128 TPU-v3 cores; ours: wall-clock of our pretraining run, speedup from images/s relative to "
             "the encoder with mask tokens. The paper's dec_depth=8 is our base decoder depth "
@@ -383,142 +272,6 @@ def table2(frame: pd.DataFrame, paper_model: str, scale: dict[str, Any]) -> Tabl
     if missing:
         caption += " Not run: " + ", ".join(missing) + "."
     return Table("2", "table2_wall_clock", "Table 2: pretraining wall-clock", data, caption, missing)
-
-
-# --------------------------------------------------------------------------------------------- inits
-INIT_LABELS = {"mae": "MAE (ours, base run)", "scratch": "scratch", "supervised": "supervised"}
-PAPER_METHOD = {"mae": "method=MAE", "scratch": "method=scratch", "supervised": "method=supervised"}
-
-
-def init_table(
-    evidence: Evidence,
-    *,
-    id_: str,
-    stem: str,
-    title: str,
-    paper_table: str,
-    ev: str,
-    metrics: list[tuple[str, str, str]],
-    inits: tuple[str, ...],
-    paper_model: str,
-    scale: dict[str, Any],
-    paper_epochs: int | str = 1600,
-) -> Table:
-    """MAE (base run) vs other inits on one evaluation; the paper's methods beside ours."""
-    frame = evidence.frame
-    base = base_run(frame)
-    records = []
-    paper = P.paper_rows(paper_table, model=paper_model)
-    settings = list(dict.fromkeys(paper["setting"]))
-    used: set[str] = set()
-    missing, status = [], {}
-    for init in inits:
-        if not len(frame):
-            sel = frame
-        elif init == "mae":
-            sel = frame[differs_only_in(frame, [])] if base is not None else frame.iloc[0:0]
-        else:
-            sel = frame[frame["init"] == init]
-        sel = sel[sel["eval"] == ev] if len(sel) else sel
-        psetting = next((s for s in settings if s.split(";")[0].startswith(PAPER_METHOD[init])), None)
-        rec: dict[str, Any] = {"init": INIT_LABELS[init], "paper setting": psetting or ""}
-        for metric, paper_metric, label in metrics:
-            cell = evidence.table(ev, metric, [], sel.index) if len(sel) else pd.DataFrame()
-            rec[f"{label} ours"] = float(cell["mean"].iloc[0]) if len(cell) else math.nan
-            rec[f"{label}{CI_SUFFIX}"] = float(cell["ci"].iloc[0]) if len(cell) else math.nan
-            pv = paper[(paper["setting"] == psetting) & (paper["metric"] == paper_metric)]["value"]
-            rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
-        rec["seeds"] = float(sel["seed"].nunique()) if len(sel) and sel["seed"].notna().any() else math.nan
-        has = any(not math.isnan(rec[f"{label} ours"]) for _, _, label in metrics)
-        why = "" if has else status_of(sel, ev)
-        if why:  # nothing ran: no seeds
-            rec["seeds"] = math.nan
-        rec["note"] = ("" if psetting else "not in paper") if has else why or "not run"
-        if why:
-            status[INIT_LABELS[init]] = why
-        elif not has:
-            missing.append(INIT_LABELS[init])
-        if psetting:
-            used.add(psetting)
-        records.append(rec)
-    for s in settings:
-        if s in used:
-            continue
-        rec = {"init": "", "paper setting": s, "note": "paper only"}
-        for _, paper_metric, label in metrics:
-            pv = paper[(paper["setting"] == s) & (paper["metric"] == paper_metric)]["value"]
-            rec[f"{label} ours"] = math.nan
-            rec[f"{label} paper"] = float(pv.iloc[0]) if len(pv) else math.nan
-        records.append(rec)
-    cols = [
-        "init",
-        "paper setting",
-        *[f"{label}{side}" for _, _, label in metrics for side in (" ours", CI_SUFFIX, " paper")],
-        "seeds",
-        "note",
-    ]
-    data = pd.DataFrame(records).reindex(columns=cols)
-    for c in cols[2:-1]:
-        data[c] = pd.to_numeric(data[c], errors="coerce")
-    caption = scale_text(scale, paper_model, paper_epochs) + CI_NOTE + _not_run_text(status)
-    if missing:
-        caption += " Missing from our summary: " + ", ".join(missing) + "."
-    return Table(id_, stem, title, data, caption, missing + list(status))
-
-
-def table6(evidence: Evidence, paper_model: str, scale: dict[str, Any]) -> Table:
-    """Classification transfer: our transfer datasets (per init) and the paper's datasets (paper only)."""
-    frame = evidence.frame
-    records = []
-    sub = frame[frame["eval"] == "transfer_cls"] if len(frame) else frame
-    base = base_run(frame)
-    if len(sub):
-        mae_rows = sub[differs_only_in(sub, [])] if base is not None else sub.iloc[0:0]
-        other = sub[sub["init"] != "mae"]
-        for part in (mae_rows, other):
-            for (init, ds), g in part.groupby(["init", "eval_setting"], sort=True):
-                cell = evidence.table("transfer_cls", "top1", [], g.index, ds)
-                records.append(
-                    {
-                        "dataset": ds,
-                        "init": INIT_LABELS.get(init, init),
-                        "paper setting": "",
-                        "top-1 ours": g["top1"].mean(),
-                        f"top-1{CI_SUFFIX}": float(cell["ci"].iloc[0]) if len(cell) else math.nan,
-                        "top-1 paper": math.nan,
-                        "seeds": float(g["seed"].nunique()),
-                        "note": "not in paper",
-                    }
-                )
-    paper = P.paper_rows("Table 6", model=paper_model, metric="top1")
-    for s, v in zip(paper["setting"], paper["value"]):
-        records.append(
-            {
-                "dataset": "",
-                "init": "",
-                "paper setting": s,
-                "top-1 ours": math.nan,
-                "top-1 paper": v,
-                "seeds": math.nan,
-                "note": "paper only",
-            }
-        )
-    cols = ["dataset", "init", "paper setting", "top-1 ours", f"top-1{CI_SUFFIX}", "top-1 paper", "seeds", "note"]
-    data = pd.DataFrame(records).reindex(columns=cols)
-    for c in ("top-1 ours", f"top-1{CI_SUFFIX}", "top-1 paper", "seeds"):
-        data[c] = pd.to_numeric(data[c], errors="coerce")
-    missing = [] if len(sub) else ["classification transfer (transfer_cls)"]
-    caption = (
-        scale_text(scale, paper_model, 1600)
-        + CI_NOTE
-        + (
-            " Our transfer datasets differ from the paper's (iNaturalist, Places), so the two sides are listed "
-            "separately."
-        )
-    )
-    if missing:
-        caption += " Missing from our summary: " + ", ".join(missing) + "."
-    return Table("6", "table6_classification", "Table 6: classification transfer", data, caption, missing)
 
 
 # --------------------------------------------------------------------------------------------- all

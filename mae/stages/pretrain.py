@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Subset
 from mae.config import PretrainConfig, add_common_arguments, config_from_args, config_to_dict
 from mae.engine import Task, fit, is_main_process, seed_everything
 from mae.errors import UserError
-from mae.knobs import model_kwargs
 from mae.models.masking import draw_for_rank
+from mae.registry.knobs import model_kwargs
 from mae.utils.io import atomic_write_json
 
 
@@ -126,7 +126,7 @@ class PretrainTask(Task):
 
 
 def settings(cfg: PretrainConfig, task: PretrainTask, data_dir: str | Path, metrics: dict) -> dict:
-    """The run's full knob set: every config key (knobs by their :mod:`mae.knobs` names), the model defaults
+    """The run's full knob set: every config key (knobs by their :mod:`mae.registry.knobs` names), the model defaults
     it resolved, how the global batch was split (world size, per-process batch, accum_iter, peak lr) and the
     dataset."""
     out = config_to_dict(cfg)

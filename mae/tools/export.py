@@ -55,7 +55,8 @@ def timm_call(arch: dict, file: str | Path | None = None) -> dict:
     image size and normalisation."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from mae.models.encoder import TIMM_NAMES, encoder_kwargs
+    from mae.models.encoder import encoder_kwargs
+    from mae.models.interop import TIMM_NAMES
 
     ours = arch["model"] if arch["model"] in TIMM_NAMES else TIMM_CARRIER
     reference = {**encoder_kwargs(ours), "img_size": 224, "in_chans": 3}
@@ -108,7 +109,7 @@ def export_hf(sd: dict, config: dict, out: Path, source: str) -> str:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from mae.models.checkpoint import architecture, write_safetensors
-    from mae.models.hub import to_hf
+    from mae.models.interop import to_hf
     from mae.utils.io import atomic_write_json
 
     if out.exists() and not out.is_dir():

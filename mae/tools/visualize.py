@@ -191,7 +191,7 @@ def load_mae(
     except UserError as err:
         raise UserError(f"{source} does not fit model {name}: {err}") from None
     apply_layer_norm_eps(mae, cfg)  # e.g. the 1e-12 of a Hugging Face ViTMAE folder
-    return mae.stages(), cfg
+    return mae.eval(), cfg
 
 
 def image_size(model) -> int:
@@ -241,7 +241,7 @@ def folder_images(folder: str | Path, img_size: int, count: int):
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mae.knobs import KNOBS
+    from mae.registry.knobs import KNOBS
 
     parser.add_argument(
         "--init",
@@ -264,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampling",
         default=None,
-        help=f"mask sampler: {', '.join(KNOBS['sampling'].choices)} (default: the checkpoint's, else random)",
+        help=f"mask sampler: {', '.join(KNOBS['sampling'].options())} (default: the checkpoint's, else random)",
     )
     parser.add_argument("--num", type=int, default=4, help="number of images (rows), default 4")
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")

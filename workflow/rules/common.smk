@@ -3,11 +3,14 @@ import os
 import shlex
 import sys
 
-from mae.evaluations import (
+from mae.registry.evaluations import (
     EVALUATIONS,
+    OVERLAYS,
     check_study_evaluations,
     check_study_sections,
     folders,
+    partial_ft_head,
+    stage_settings,
     trains,
 )
 from mae.config import load_yaml_strict
@@ -110,13 +113,8 @@ def data_dir(name):
 
 
 def section_overrides(section):
-    """A stage's config section as `--set key=value` flags, without the keys the DAG itself uses (an
-    evaluation's list of settings, e.g. partial_ft.blocks, and its `dag_keys`)."""
-    ev = EVALUATIONS.get(section)
-    drop = (ev.per, *ev.dag_keys) if ev else ()
-    return cli_overrides(
-        {k: v for k, v in (config.get(section) or {}).items() if k not in drop}
-    )
+    """A stage's config section as `--set key=value` flags (mae.registry.evaluations.stage_settings)."""
+    return cli_overrides(stage_settings(section, config.get(section)))
 
 
 def stage_flags(section):
@@ -244,6 +242,77 @@ def finetune_flags(wildcards):
     if (parse_baseline_name(wildcards.any_run) or (None,))[0] == "scratch":
         flags = f"{flags} {cli_overrides(config.get('scratch_finetune'))}"
     return flags
+
+
+# The one evaluation rule shape (workflow/rules/eval.smk), from an evaluation's registry entry.
+def eval_folder(ev):
+    """The folder under runs/<run>/, with the setting's wildcard of a per-setting evaluation."""
+    return f"{ev.name}-{{{ev.wildcard}}}" if ev.per else ev.name
+
+
+def eval_data(ev):
+    """The dataset: the setting's (transfer_cls-<dataset>), the section's `dataset`, or the pretraining data."""
+    if ev.per and not ev.flag:
+        return lambda wc: data_dir(wc[ev.wildcard])
+    section = (config.get(ev.name) or {}) if "dataset" in ev.dag_keys else {}
+    return data_dir(section.get("dataset", PRETRAIN_DATA))
+
+
+def eval_stage(ev):
+    """`--device` and the settings; sections laid over another (mae.registry.evaluations.OVERLAYS) add theirs to
+    it: classification transfer and partial fine-tuning (K > 0) use the study's fine-tuning recipe, as the paper
+    does (the class defaults alone are the ImageNet recipe)."""
+    if ev.name == "finetune":
+        return finetune_flags
+    if ev.name in OVERLAYS:
+        return f"{stage_flags(OVERLAYS[ev.name])} {section_overrides(ev.name)}"
+    return stage_flags(ev.name)
+
+
+def eval_extras(ev):
+    """Inputs and flags of one evaluation beyond the shape. partial_ft.head probe (the default): K > 0 blocks start
+    their head from this run's trained linear probe (K = 0 is the probe itself: partial_ft_linear, below).
+    """
+    if ev.name != "partial_ft":
+        return {}, {}
+    probe = lambda wc: (
+        [f"{R}/runs/{wc.any_run}/linprobe/metrics.json"]
+        if partial_ft_head(config) == "probe"
+        else []
+    )
+    head = lambda wc, input: (
+        f"--head-from {shlex.quote(os.path.dirname(input.probe[0]))}"
+        if input.probe
+        else ""
+    )
+    return {"probe": probe}, {"head": head}
+
+
+def eval_params(ev):
+    params = {"launcher": launch} if ev.distributed else {}
+    params.update(
+        out=lambda wc, output: os.path.dirname(output.metrics),
+        init=init_flag,
+        stage=eval_stage(ev),
+    )
+    return {**params, **eval_extras(ev)[1]}
+
+
+def eval_shell(ev):
+    launcher = "{params.launcher}" if ev.distributed else "mae"
+    setting = f" {ev.flag} {{wildcards.{ev.wildcard}}}" if ev.flag else ""
+    extras = "".join(f" {{params.{name}}}" for name in eval_extras(ev)[1])
+    return (
+        f"OMP_NUM_THREADS={{threads}} {launcher} {ev.command}{setting} --data {{input.data:q}} --out {{params.out:q}}"
+        f" {{params.init}}{extras} {{params.stage}} > {{log:q}} 2>&1"
+    )
+
+
+def eval_shell_of(rule):
+    """The shell command of an evaluation's rule. Snakemake evaluates a `shell:` expression when it defines a
+    rule, and again when a job runs, after the loop of eval.smk has moved on: there the name of the job's rule
+    (the job's variable `rule`) says which; partial_ft_linear is a variant of partial_ft."""
+    return eval_shell(EVALUATIONS["partial_ft" if rule == "partial_ft_linear" else rule])
 
 
 def runs_dir(wildcards, input):

@@ -3,7 +3,7 @@
 An :class:`Ablation` is one table or figure of the paper whose rows are pretraining settings (Table 1a–f, Fig.
 5, Fig. 7, Table 7). Its id is the key under ``ablations:`` in the study config, and its ``label`` is the
 paper's setting label with one ``{knob}`` field per knob it varies (``"depth={decoder_depth}"``): the same
-pattern formats our setting as the paper's label (the knob's paper label, :mod:`mae.knobs`) and parses the
+pattern formats our setting as the paper's label (the knob's paper label, :mod:`mae.registry.knobs`) and parses the
 paper's label back into knob values. The study planner, the tables, the figures and the paper's rows as runs
 (:func:`mae.report.paper.paper_as_runs`) all read :data:`ABLATIONS`; nothing else lists them.
 
@@ -17,7 +17,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from mae.knobs import KNOBS
+from mae.registry.knobs import KNOBS
 
 #: (evaluation, our metric, the paper's metric, column label)
 Metric = tuple[str, str, str, str]
@@ -75,7 +75,7 @@ class Ablation:
             values = {k: KNOBS[k].parse_label(match.group(k)) for k in self.knobs}
         except ValueError:
             return None
-        if any(KNOBS[k].choices is not None and v not in KNOBS[k].choices for k, v in values.items()):
+        if any(KNOBS[k].options() is not None and v not in KNOBS[k].options() for k, v in values.items()):
             return None
         return values
 

@@ -6,10 +6,8 @@ choices or range, its default and its paper label. Everything else reads this mo
 (:mod:`mae.study`), the stage config (:class:`mae.config.PretrainConfig`), the summary's column types, the
 mapping between the paper's setting labels and our values (:mod:`mae.report.paper`, :mod:`mae.report.tables`).
 
-Choices of the string knobs are the names of the code's registries (``mae.models.masking.SAMPLERS``,
-``mae.models.targets.TARGETS``, ``mae.data.transforms.AUGS``, ``mae.models.MODEL_SPECS``); they are listed here, not
-imported, so that planning a study does not import torch, and ``tests/test_registries.py`` checks the two agree. A
-plug-in adds a choice at run time with :func:`add_choice` (``mae.models.masking.register_sampler`` does).
+The choices of the string knobs (``sampling``, ``target``, ``aug``, ``model``) are the names of the choice tables
+(:mod:`mae.registry.choices`), plug-ins included; listing them imports no torch.
 
 Two names differ on purpose, and only here: ``epochs`` is the runs.csv column ``pretrain_epochs`` (the
 evaluation's own ``epochs`` is a column too), and two model constructor keywords keep the reference code's
@@ -23,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mae.errors import UserError
+from mae.registry import choices as C
 
 
 @dataclass
@@ -31,7 +30,7 @@ class Knob:
     type: type
     default: Any
     help: str
-    choices: list[Any] | None = None
+    table: str = ""  # the choice table of its valid values (mae.registry.choices); "": a type and a range
     low: float | None = None  # inclusive unless low_open
     high: float | None = None  # inclusive unless high_open
     low_open: bool = False
@@ -43,6 +42,10 @@ class Knob:
 
     def __post_init__(self) -> None:
         self.column = self.column or self.name
+
+    def options(self) -> list[Any] | None:
+        """The valid values of a knob with choices (None: a range or a type)."""
+        return C.names(self.table) if self.table else None
 
     def range_text(self) -> str:
         lo = "(" if self.low_open else "["
@@ -58,8 +61,9 @@ class Knob:
             value = float(value)
         if isinstance(value, bool) != (self.type is bool) or not isinstance(value, self.type):
             raise UserError(f"{bad} (expected {self.type.__name__})")
-        if self.choices is not None and value not in self.choices:
-            raise UserError(f"{bad} (choose from {', '.join(map(str, self.choices))})")
+        options = self.options()
+        if options is not None and value not in options:
+            raise UserError(f"{bad} (choose from {', '.join(map(str, options))})")
         if self.low is not None:
             x = float(value)
             below = x <= self.low if self.low_open else x < self.low
@@ -93,14 +97,7 @@ KNOBS: dict[str, Knob] = {
             str,
             "mae_vit_micro_patch4",
             "named architecture (encoder + default decoder)",
-            choices=[
-                "mae_vit_base_patch16",
-                "mae_vit_large_patch16",
-                "mae_vit_huge_patch14",
-                "mae_vit_tiny_patch4",
-                "mae_vit_micro_patch4",
-                "mae_vit_shallow_patch4",
-            ],
+            table="model",
         ),
         Knob(
             "mask_ratio",
@@ -137,7 +134,7 @@ KNOBS: dict[str, Knob] = {
             str,
             "norm_pixel",
             "reconstruction target (Table 1d)",
-            choices=["pixel", "norm_pixel", "pca", "token"],
+            table="target",
             labels={"pixel": "pixel (w/o norm)", "norm_pixel": "pixel (w/ norm)", "pca": "PCA", "token": "dVAE token"},
             model_key="target",
         ),
@@ -146,7 +143,7 @@ KNOBS: dict[str, Knob] = {
             str,
             "crop_rand",
             "pretraining augmentation (Table 1e)",
-            choices=["none", "crop_fixed", "crop_rand", "crop_rand_jitter"],
+            table="aug",
             labels={
                 "none": "none",
                 "crop_fixed": "crop, fixed size",
@@ -159,7 +156,7 @@ KNOBS: dict[str, Knob] = {
             str,
             "random",
             "mask sampling strategy (Table 1f)",
-            choices=["random", "block", "grid"],
+            table="sampling",
             model_key="sampler",
         ),
         Knob("epochs", int, 800, "pretraining epochs (Fig. 7)", low=1, column="pretrain_epochs"),
@@ -179,13 +176,6 @@ def knob(name: str, where: str = "knobs") -> Knob:
 def check(setting: dict[str, Any], where: str) -> dict[str, Any]:
     """Every key a known knob and every value valid; returns the normalised setting."""
     return {key: knob(key, where).check(value, where) for key, value in setting.items()}
-
-
-def add_choice(name: str, value: Any) -> None:
-    """Accept a new choice of a knob (a plug-in's sampler, target, …) in plans, configs and tables."""
-    choices = knob(name).choices
-    if choices is not None and value not in choices:
-        choices.append(value)
 
 
 def model_kwargs(values: Any) -> dict[str, Any]:
