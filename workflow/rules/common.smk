@@ -311,8 +311,11 @@ def eval_shell(ev):
 def eval_shell_of(rule):
     """The shell command of an evaluation's rule. Snakemake evaluates a `shell:` expression when it defines a
     rule, and again when a job runs, after the loop of eval.smk has moved on: there the name of the job's rule
-    (the job's variable `rule`) says which; partial_ft_linear is a variant of partial_ft."""
-    return eval_shell(EVALUATIONS["partial_ft" if rule == "partial_ft_linear" else rule])
+    (the job's variable `rule`) says which; partial_ft_linear is a variant of partial_ft.
+    """
+    return eval_shell(
+        EVALUATIONS["partial_ft" if rule == "partial_ft_linear" else rule]
+    )
 
 
 def runs_dir(wildcards, input):
