@@ -105,7 +105,7 @@ def param_groups_layer_decay(
 def lr_at(epoch: float, cfg: Any, lr: float | None = None) -> float:
     """Learning rate at fractional epoch ``epoch``: linear warmup, then half-cycle cosine to ``min_lr``.
 
-    ``lr`` is the peak (default: ``cfg.lr``, or base_lr × batch × accum / 256 when ``cfg.lr`` is None).
+    ``lr`` is the peak (default: :func:`mae.config.effective_lr`, ``cfg.lr`` or base_lr × global batch / 256).
     """
     if lr is None:
         from mae.config import effective_lr

@@ -144,7 +144,7 @@ rule figures:
 
 # Parts of a long study, one target per table/figure (`snakemake --cores all part_fig5`): the pretraining runs
 # and evaluations that table needs, nothing else. `--config partial=true --forcerun summary` then reports
-# on what exists so far (README, "The CPU study").
+# on what exists so far (docs/results.md, "The CPU study").
 for _part, _files in study_parts().items():
 
     rule:
