@@ -81,7 +81,7 @@ def test_shipped_study_configs_pass_the_section_check():
     import yaml
     from snakemake.utils import update_config
 
-    for name in ("config", "smoke", "cpu", "paper", "mae_vs_scratch"):  # merged as --configfile does
+    for name in ("config", "smoke", "cpu", "paper", "mae_vs_scratch", "finetune_budget"):  # merged as --configfile does
         config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
         update_config(config, yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()))
         check_study_sections(config)

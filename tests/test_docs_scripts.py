@@ -97,6 +97,12 @@ def test_recipe_script_runs_the_study_recipe_with_overrides(tmp_path):
     assert name == "linprobe-short" and 0 <= float(top1) <= 100
     used = json.loads((tmp_path / "out" / "linprobe-short" / "metrics.json").read_text())
     assert used["epochs"] == 2 and used["config"]["optimizer"] == "sgd"  # the override and the study's recipe
+    scratch = subprocess.run(
+        [*script, "scratch:s:epochs=1,batch_size=16"], env=env, capture_output=True, text=True, check=False
+    )
+    assert scratch.returncode == 0, scratch.stderr
+    used = json.loads((tmp_path / "out" / "scratch-s" / "metrics.json").read_text())
+    assert used["init"] == "scratch" and used["config"]["weight_decay"] == 0.3  # scratch_finetune over finetune
     bad = subprocess.run([*script, "pretrain:x"], env=env, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "bad VARIANT 'pretrain:x'" in bad.stderr
 

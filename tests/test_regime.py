@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = ("config", "smoke", "cpu", "mae_vs_scratch")
+TOY = ("config", "smoke", "cpu", "mae_vs_scratch", "finetune_budget")
 
 
 def study_config(name: str) -> dict:
