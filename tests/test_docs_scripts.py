@@ -97,14 +97,22 @@ def test_recipe_script_runs_the_study_recipe_with_overrides(tmp_path):
     assert name == "linprobe-short" and 0 <= float(top1) <= 100
     used = json.loads((tmp_path / "out" / "linprobe-short" / "metrics.json").read_text())
     assert used["epochs"] == 2 and used["config"]["optimizer"] == "sgd"  # the override and the study's recipe
-    scratch = subprocess.run(
-        [*script, "scratch:s:epochs=1,batch_size=16"], env=env, capture_output=True, text=True, check=False
+    scratch = subprocess.run(  # a list of scratch variants needs no checkpoint
+        [script[0], script[1], "-", script[3], "scratch:s:epochs=1,batch_size=16"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert scratch.returncode == 0, scratch.stderr
     used = json.loads((tmp_path / "out" / "scratch-s" / "metrics.json").read_text())
     assert used["init"] == "scratch" and used["config"]["weight_decay"] == 0.3  # scratch_finetune over finetune
     bad = subprocess.run([*script, "pretrain:x"], env=env, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "bad VARIANT 'pretrain:x'" in bad.stderr
+    missing = [script[0], str(tmp_path / "out2"), "-", script[3], "scratch:a:epochs=1", "finetune:b"]
+    bad = subprocess.run(missing, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "CHECKPOINT not found: -" in bad.stderr  # checked before the scratch one runs
+    assert not (tmp_path / "out2").exists()
 
 
 def test_study_cost_reads_the_jobs_of_a_dry_run():

@@ -4,7 +4,7 @@
 #   VARIANT: STAGE:NAME[:KEY=VALUE[,KEY=VALUE...]], STAGE `finetune`, `linprobe` or `scratch`; each variant runs
 #   the stage with the default study's recipe (its section of config/config.yaml) and the given overrides, e.g.
 #     finetune:lr6e-3:base_lr=6e-3  finetune:ep8:epochs=8  linprobe:e50:epochs=50  scratch:ep21:epochs=21
-#   `scratch` is the study's from-scratch baseline: `mae finetune --scratch` (CHECKPOINT unused) with the
+#   `scratch` is the study's from-scratch baseline: `mae finetune --scratch` (CHECKPOINT unused: `-` for a list of scratch variants) with the
 #   `scratch_finetune` section over the `finetune` one.
 #   MODEL (mae_vit_shallow_patch4) names the checkpoint's architecture. Writes OUTDIR/STAGE-NAME/ (metrics.json,
 #   log.jsonl: the val metric after every epoch) and prints one line per variant: name, top-1 %, training s.
@@ -12,9 +12,11 @@
 set -euo pipefail
 OUT=$1 CK=$2 D=$3; shift 3
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-[ -f "$CK" ] || { echo "error: CHECKPOINT not found: $CK" >&2; exit 2; }
 [ -f "$D/meta.json" ] || { echo "error: DATA is not a prepared dataset (no meta.json): $D" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+for variant in "$@"; do  # every variant is checked before the first one runs
+  case ${variant%%:*} in finetune|linprobe) [ -f "$CK" ] || { echo "error: CHECKPOINT not found: $CK" >&2; exit 2; };; esac
+done
 mkdir -p "$OUT"
 for variant in "$@"; do
   IFS=: read -r stage name sets <<< "$variant"
