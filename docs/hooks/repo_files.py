@@ -1,7 +1,7 @@
 """mkdocs hook: the committed figures of the studies, served at the same paths as in the repository.
 
-The pages under ``docs/`` show the figures the pipeline wrote (``results/summary_figures/*.png``,
-``results/cpu_study/figures/*.png``). They live outside ``docs/``, so this hook adds them to the site as
+The pages under ``docs/`` show the figures the pipeline wrote (``results/summary_figures/*.png``, and
+``results/<study>/figures/*.png`` of every other committed study). They live outside ``docs/``, so this hook adds them to the site as
 ``results/...``: a page links them as ``results/summary_figures/x.png`` relative to the docs root, and a figure
 that the pipeline no longer writes is a broken link (a failure under ``mkdocs build --strict``) rather than a
 stale copy.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-PATTERNS = ("results/summary_figures/*.png", "results/cpu_study/figures/*.png")
+PATTERNS = ("results/summary_figures/*.png", "results/*/figures/*.png")
 
 
 def on_files(files, config):
