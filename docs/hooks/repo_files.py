@@ -1,10 +1,10 @@
 """mkdocs hook: the committed figures of the studies, served at the same paths as in the repository.
 
 The pages under ``docs/`` show the figures the pipeline wrote (``results/summary_figures/*.png``, and
-``results/<study>/figures/*.png`` of every other committed study). They live outside ``docs/``, so this hook adds them to the site as
-``results/...``: a page links them as ``results/summary_figures/x.png`` relative to the docs root, and a figure
-that the pipeline no longer writes is a broken link (a failure under ``mkdocs build --strict``) rather than a
-stale copy.
+``results/<study>/figures/*.png`` of every other committed study). They live outside ``docs/``, so this hook
+adds them to the site as ``results/...``: a page links them as ``results/summary_figures/x.png`` relative to the
+docs root, and a figure that the pipeline no longer writes is a broken link (a failure under
+``mkdocs build --strict``) rather than a stale copy.
 """
 
 from __future__ import annotations
