@@ -39,7 +39,7 @@ NEEDED = [
     *REPORT.values(),
 ]
 STALE_HINT = (
-    "the committed dvc.lock does not match the committed report: run `dvc repro tables claims figures` "
+    "the committed dvc.lock does not match the committed report: run `dvc repro --single-item tables claims figures` "
     "and commit dvc.lock results/tables results/claims results/summary_figures"
 )
 

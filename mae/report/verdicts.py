@@ -8,7 +8,7 @@ verdict is never decided on val-image noise alone. The rules (docs/statistics.md
 - ``all above t`` — "beats all of A, B, C", and a single difference as its one-contrast case. It *holds* when
   every contrast is above ``t`` (an intersection–union test: p = the largest one-sided p), and *fails* when one
   single contrast is below ``t`` after a Bonferroni/Holm adjustment over the claim's contrasts (p = m × the
-  smallest). ``t`` is 0, or ``−tolerance`` for a non-inferiority claim ("within 0.5 points of 75 %").
+  smallest). ``t`` is 0, or ``−tolerance`` for a non-inferiority claim ("no more than 0.5 points below 75 %").
 - ``within ±t`` — an equivalence claim, by two one-sided tests (TOST): it holds when the contrast is shown
   inside ``(−t, t)`` and fails when it is shown outside.
 
