@@ -643,7 +643,8 @@ def test_figures_written(tree, summary, replicates, tmp_path, stems):
     assert set(CURVES + IMAGES) == set(F.FIGURES)
     data = _tiny_dataset(tmp_path / "data")
     if "fig_reconstructions" in stems:
-        _tiny_checkpoint(tree / "runs" / "base")
+        assert F.reconstruction_runs(summary) == ["target-pixel", "base"]
+        _tiny_checkpoint(tree / "runs" / "base")  # the twin has none: the base run's are drawn
     report = F.make_figures(summary, tree / "runs", data, tmp_path / "fig", only=stems, replicates=replicates)
     assert report["skipped"] == {}, report["skipped"]
     assert set(report["written"]) == set(stems)
@@ -726,3 +727,36 @@ def test_figures_skip_without_data(tmp_path):
     report = F.make_figures(empty, tmp_path / "runs", None, tmp_path / "fig")
     assert report["written"] == {} and set(report["skipped"]) == set(F.FIGURES)
     assert not list((tmp_path / "fig").glob("*.png"))
+
+
+def test_reconstructions_come_from_the_raw_pixel_twin():
+    """A norm-pix base run's reconstructions are drawn from its raw-pixel twin (same settings and seed), where the
+    study has one; a twin that differs in another knob or seed, or a raw-pixel base, keeps the base run."""
+    from mae.report.figures import reconstruction_runs
+    from mae.report.runs_csv import KNOBS
+
+    base = {k: None for k in KNOBS} | {"model": "m", "mask_ratio": 0.75, "target": "norm_pixel", "seed": 0}
+
+    def frame(*runs):
+        rows = [
+            {"run": name, "eval": "pretrain", "init": "mae", "tables": "1d", **base, **knobs} for name, knobs in runs
+        ]
+        return pd.DataFrame(rows)
+
+    twin = ("target-pixel", {"target": "pixel"})
+    other_seed = ("target-pixel_seed-1", {"target": "pixel", "seed": 1})
+    other_ratio = ("pixel-0.9", {"target": "pixel", "mask_ratio": 0.9})
+    assert reconstruction_runs(frame(("base", {}), other_seed, twin)) == ["target-pixel", "base"]
+    assert reconstruction_runs(frame(("base", {}), other_seed, other_ratio)) == ["base"]
+    assert reconstruction_runs(frame(("base", {"target": "pixel"}), ("target-norm_pixel", {}))) == ["base"]
+    assert reconstruction_runs(frame(("base", {}), ("target-pca", {"target": "pca"}))) == ["base"]
+
+
+def test_reconstruction_figure_draws_the_twin_with_a_checkpoint(tree, summary, tmp_path):
+    from mae.report import figures as F
+
+    data = _tiny_dataset(tmp_path / "data")
+    for run in ("base", "target-pixel"):
+        _tiny_checkpoint(tmp_path / "runs" / run)
+    fig = F.fig_reconstructions(summary, tmp_path / "runs", data)
+    assert "run target-pixel: raw-pixel target" in fig._suptitle.get_text()

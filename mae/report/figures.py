@@ -7,7 +7,8 @@ Written to ``--out`` as PNG and PDF (seaborn):
 - ``fig9_partial_ft``       number of fine-tuned last blocks vs accuracy (paper Fig. 9, with MoCo v3)
 - ``fig_mask_sampling``     random / block / grid masks on the same validation image (paper Fig. 6)
 - ``fig_reconstructions``   original, masked, reconstruction, reconstruction + visible patches of held-out
-                            validation images from the base run's pretraining checkpoint (paper Figs. 2–3)
+                            validation images from the pretraining checkpoint of the base run's raw-pixel twin
+                            where the study has one, else of the base run (paper Figs. 2–3)
 - ``fig_loss_curves``       pretraining loss of every run (from ``pretrain/log.jsonl``)
 
 Our accuracies and the paper's live on different scales (toy data vs ImageNet), so ours and the paper's are
@@ -36,7 +37,14 @@ from mae.registry.ablations import ABLATIONS  # noqa: E402
 from mae.report import paper as P  # noqa: E402
 from mae.report.evidence import Evidence  # noqa: E402
 from mae.report.replicates import REPLICATES, read_replicates  # noqa: E402
-from mae.report.runs_csv import base_knobs, base_run, differs_only_in, read_summary, table_runs  # noqa: E402
+from mae.report.runs_csv import (  # noqa: E402
+    base_knobs,
+    base_run,
+    differs_only_in,
+    pretraining_knobs,
+    read_summary,
+    table_runs,
+)
 from mae.report.summary import loss_curves  # noqa: E402
 from mae.tools.visualize import (  # noqa: E402,F401 - reconstruct, save: shared with `mae visualize`
     PIXEL_TARGETS,
@@ -306,20 +314,43 @@ def load_pretrained(run_dir: Path, knobs: dict[str, Any]):
     return model
 
 
+def reconstruction_runs(frame: pd.DataFrame) -> list[str]:
+    """The runs whose reconstructions ``fig_reconstructions`` may show, in order: the base run's raw-pixel twin (its
+    settings and seed with ``target: pixel``, Table 1d's ``target-pixel``) where the study has one, as the MAE
+    authors draw their figures with a pixel-target model, then the base run. A normalised-pixel decoder predicts no
+    patch mean or variance, so its masked patches can only be shown with those of the original image."""
+    run = base_run(frame) if len(frame) else None
+    if run is None:
+        return []
+    base = frame[frame["run"] == run].iloc[0]
+    if str(base.get("target")) != "norm_pixel":
+        return [run]
+    twin = frame[differs_only_in(frame, ["target"], {k: base[k] for k in pretraining_knobs()})]
+    twin = twin[(twin["target"].astype(str) == "pixel") & (twin["seed"].astype(str) == str(base.get("seed")))]
+    return [str(twin["run"].iloc[0]), run] if len(twin) else [run]
+
+
 def fig_reconstructions(
     frame: pd.DataFrame, runs_dir: str | Path, data_dir: str | Path | None, count: int = 4, seed: int = 0
 ) -> plt.Figure:
+    """Of the first of :func:`reconstruction_runs` with a pretraining checkpoint."""
     if data_dir is None:
         raise Skip("no --data folder given")
-    run = base_run(frame) if len(frame) else None
-    if run is None:
+    runs = reconstruction_runs(frame)
+    if not runs:
         raise Skip("no MAE run in the summary")
+    run = next((r for r in runs if (Path(runs_dir) / r / "pretrain" / "checkpoint.pt").is_file()), runs[-1])
     rows = frame[(frame["run"] == run)]
     knobs = rows.iloc[0].to_dict()
     model = load_pretrained(Path(runs_dir) / run, knobs)
     x = _val_images(data_dir, image_size(model), count)
     ratio = float(knobs["mask_ratio"]) if not _missing(knobs.get("mask_ratio")) else 0.75
-    return reconstruction_figure(model, x, ratio, f"Reconstructions of held-out validation images (run {run})", seed)
+    what = {
+        "pixel": "raw-pixel target",
+        "norm_pixel": "normalised-pixel target;\nmasked patches shown with the original's patch mean and variance",
+    }.get(str(knobs.get("target")), str(knobs.get("target")))
+    title = f"Reconstructions of held-out validation images\n(run {run}: {what})"
+    return reconstruction_figure(model, x, ratio, title, seed)
 
 
 # --------------------------------------------------------------------------------------------- all
