@@ -33,7 +33,7 @@ def test_scratch_is_compute_matched(name):
     assert config["scratch_finetune"]["epochs"] == config["base"]["epochs"] + config["finetune"]["epochs"], name
 
 
-@pytest.mark.parametrize("name", ("config", "cpu", "mae_vs_scratch"))
+@pytest.mark.parametrize("name", ("config", "cpu", "mae_vs_scratch", "gpu"))
 def test_dense_transfers_get_the_budget_they_converge_in(name):
     """Detection and segmentation train at least the image-steps in which they converged on the default study's
     data (docs/calibration.md, "Transfer budgets": 8 epochs of 600 images, 20 of 1 000); 1 and 2 learnt nothing."""
@@ -43,6 +43,16 @@ def test_dense_transfers_get_the_budget_they_converge_in(name):
         section = config[stage]
         images = section["epochs"] * min(section.get("train_images") or n_train, n_train)
         assert images >= needed, (name, stage, images)
+
+
+def test_gpu_study_runs_the_cpu_studys_grid():
+    """config/gpu.yaml is the CPU study in a larger regime: the same settings and evaluations, Fig. 7's schedules
+    scaled to its 40 pretraining epochs."""
+    cpu, gpu = study_config("cpu"), study_config("gpu")
+    assert {**gpu["ablations"], "fig7": None} == {**cpu["ablations"], "fig7": None}
+    assert gpu["evaluations"] == cpu["evaluations"] and gpu["seeds"] == cpu["seeds"]
+    assert max(gpu["ablations"]["fig7"]["epochs"]) == gpu["base"]["epochs"]
+    assert gpu["device"] == "cuda" and gpu["results"] == "results/gpu_study"
 
 
 def _dry_run_commands(configfile: str) -> list[str]:

@@ -67,6 +67,10 @@ def test_default_and_paper_dag_shapes(repo_root):
     assert cpu["transfer_cls"] == 3 * 3 * 2  # (MAE, scratch, supervised) x 3 seeds x (shapes2, digits)
     assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 3 + 3 * 3  # inits x seeds + Table 7's other targets
     assert cpu["total"] == 272
+    gpu = job_counts((p := dry_run(repo_root, "--configfile", "config/gpu.yaml")).stdout + p.stderr)
+    assert gpu["pretrain"] == cpu["pretrain"], p.stderr  # the CPU study's grid, on the micro ViT's 6 blocks:
+    assert gpu["partial_ft"] == 3 * 3 and gpu["partial_ft_linear"] == 3  # K = 1, 2, 4
+    assert gpu["total"] == 275
 
 
 def test_study_parts_are_targets(repo_root):
