@@ -46,12 +46,20 @@ def test_dense_transfers_get_the_budget_they_converge_in(name):
 
 
 def test_gpu_study_runs_the_cpu_studys_grid():
-    """config/gpu.yaml is the CPU study in a larger regime: the same settings and evaluations, Fig. 7's schedules
-    scaled to its 40 pretraining epochs."""
-    cpu, gpu = study_config("cpu"), study_config("gpu")
+    """config/gpu.yaml is the CPU study in config/mae_vs_scratch.yaml's regime: the same settings and evaluations
+    (Fig. 7's schedules end at its 40 pretraining epochs), that study's model, data and pretraining length, and
+    partial fine-tuning of fewer blocks than the model has."""
+    from mae.models.specs import model_spec
+
+    cpu, gpu, regime = study_config("cpu"), study_config("gpu"), study_config("mae_vs_scratch")
     assert {**gpu["ablations"], "fig7": None} == {**cpu["ablations"], "fig7": None}
     assert gpu["evaluations"] == cpu["evaluations"] and gpu["seeds"] == cpu["seeds"]
     assert max(gpu["ablations"]["fig7"]["epochs"]) == gpu["base"]["epochs"]
+    for key in ("model", "epochs"):
+        assert gpu["base"][key] == regime["base"][key], key
+    for key in ("img_size", "n_train", "difficulty"):
+        assert gpu["datasets"]["shapes"].get(key, "clean") == regime["datasets"]["shapes"].get(key, "clean"), key
+    assert max(gpu["partial_ft"]["blocks"]) < model_spec(gpu["base"]["model"])["depth"]
     assert gpu["device"] == "cuda" and gpu["results"] == "results/gpu_study"
 
 

@@ -68,7 +68,8 @@ def test_default_and_paper_dag_shapes(repo_root):
     assert cpu["transfer_det"] == cpu["transfer_seg"] == 3 * 3 + 3 * 3  # inits x seeds + Table 7's other targets
     assert cpu["total"] == 272
     gpu = job_counts((p := dry_run(repo_root, "--configfile", "config/gpu.yaml")).stdout + p.stderr)
-    assert gpu["pretrain"] == cpu["pretrain"], p.stderr  # the CPU study's grid, on the micro ViT's 6 blocks:
+    assert p.returncode == 0, p.stderr
+    assert gpu["pretrain"] == cpu["pretrain"]  # the CPU study's grid, on the micro ViT's 6 blocks:
     assert gpu["partial_ft"] == 3 * 3 and gpu["partial_ft_linear"] == 3  # K = 1, 2, 4
     assert gpu["total"] == 275
 
