@@ -63,6 +63,19 @@ def test_gpu_study_runs_the_cpu_studys_grid():
     assert gpu["device"] == "cuda" and gpu["results"] == "results/gpu_study"
 
 
+def test_finetune_budget_reruns_the_default_study_at_a_longer_fine_tune():
+    """config/finetune_budget.yaml is the default study with only the fine-tuning budget changed: the same
+    settings but Table 1c's (its claim reads the linear probe), the same pretraining, data, seeds and evaluations,
+    a fine-tune three times as long, and a scratch baseline still compute-matched (checked above)."""
+    default, budget = study_config("config"), study_config("finetune_budget")
+    kept = {k: v for k, v in budget["ablations"].items() if v is not None}
+    assert kept == {k: v for k, v in default["ablations"].items() if k != "1c"}
+    for key in ("base", "datasets", "seeds", "seeds_per", "partial_ft"):
+        assert budget[key] == default[key], key
+    assert set(budget["evaluations"]["every_run"]) >= {"linprobe", "finetune"}
+    assert budget["finetune"]["epochs"] == 3 * default["finetune"]["epochs"]
+
+
 def _dry_run_commands(configfile: str) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", configfile],
