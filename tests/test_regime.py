@@ -34,9 +34,10 @@ def test_scratch_is_compute_matched(name):
 
 
 @pytest.mark.parametrize("name", ("config", "cpu", "mae_vs_scratch", "gpu"))
-def test_dense_transfers_get_the_budget_they_converge_in(name):
-    """Detection and segmentation train at least the image-steps in which they converged on the default study's
-    data (docs/calibration.md, "Transfer budgets": 8 epochs of 600 images, 20 of 1 000); 1 and 2 learnt nothing."""
+def test_dense_transfers_get_the_budget_they_learn_in(name):
+    """Detection and segmentation train at least the image-steps in which they learnt on the default study's data
+    (docs/calibration.md, "Transfer budgets": 8 epochs of 600 images, 20 of 1 000; 1 and 2 learnt nothing). A floor,
+    not convergence: segmentation on the shallow ViT still gains past it ("Segmentation on the shallow ViT")."""
     config = study_config(name)
     n_train = config["datasets"][config["pretrain_dataset"]]["n_train"]
     for stage, needed in (("transfer_det", 8 * 600), ("transfer_seg", 20 * 1000)):
