@@ -33,7 +33,7 @@ def test_scratch_is_compute_matched(name):
     assert config["scratch_finetune"]["epochs"] == config["base"]["epochs"] + config["finetune"]["epochs"], name
 
 
-@pytest.mark.parametrize("name", ("config", "cpu", "mae_vs_scratch", "gpu"))
+@pytest.mark.parametrize("name", ("config", "cpu", "mae_vs_scratch", "gpu", "transfer_budget"))
 def test_dense_transfers_get_the_budget_they_learn_in(name):
     """Detection and segmentation train at least the image-steps in which they learnt on the default study's data
     (docs/calibration.md, "Transfer budgets": 8 epochs of 600 images, 20 of 1 000; 1 and 2 learnt nothing). A floor,
@@ -75,6 +75,27 @@ def test_finetune_budget_reruns_the_default_study_at_a_longer_fine_tune():
         assert budget[key] == default[key], key
     assert set(budget["evaluations"]["every_run"]) >= {"linprobe", "finetune"}
     assert budget["finetune"]["epochs"] == 3 * default["finetune"]["epochs"]
+
+
+def test_transfer_budget_reruns_the_default_studys_transfers_at_longer_budgets():
+    """config/transfer_budget.yaml is the default study's base setting and baselines with only the dense transfers'
+    budgets changed: the same pretraining, data and seeds, no table's settings, segmentation on 4x the images,
+    detection longer, and the supervised init trained as long as finetune_budget's compute-matched scratch."""
+    default, budget, ft_budget = (
+        study_config("config"),
+        study_config("transfer_budget"),
+        study_config("finetune_budget"),
+    )
+    assert all(v is None for v in budget["ablations"].values()) and set(budget["ablations"]) == set(
+        default["ablations"]
+    )
+    for key in ("base", "datasets", "seeds", "seeds_per", "pretrain"):
+        assert budget[key] == default[key], key
+    assert budget["transfer_seg"]["train_images"] == 4 * default["transfer_seg"]["train_images"]
+    assert budget["transfer_seg"]["epochs"] == default["transfer_seg"]["epochs"]
+    assert budget["transfer_det"]["epochs"] > default["transfer_det"]["epochs"]
+    assert budget["scratch_finetune"]["epochs"] == ft_budget["scratch_finetune"]["epochs"]
+    assert "finetune" in budget["evaluations"]["scratch"]  # the supervised init is the scratch run's fine-tune
 
 
 def _dry_run_commands(configfile: str) -> list[str]:

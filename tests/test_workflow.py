@@ -136,6 +136,16 @@ def test_mae_vs_scratch_dag_shape(repo_root):
     assert counts["knn"] == 3 and "transfer_det" not in counts
 
 
+def test_transfer_budget_dag_shape(repo_root):
+    """config/transfer_budget.yaml: the base run and the two baselines, 3 seeds, their dense transfers only."""
+    p = dry_run(repo_root, "--configfile", "config/transfer_budget.yaml")
+    assert p.returncode == 0, p.stderr
+    counts = job_counts(p.stdout + p.stderr)
+    assert counts["pretrain"] == 3 and counts["finetune"] == 3  # base seeds; the supervised init (scratch fine-tune)
+    assert counts["transfer_det"] == counts["transfer_seg"] == 3 * 3  # MAE, random init, supervised; 3 seeds
+    assert not {"linprobe", "knn", "partial_ft", "transfer_cls"} & set(counts)
+
+
 def _merged(repo_root, overlay: str) -> dict:
     """The config Snakemake runs with `--configfile overlay`: config/config.yaml updated recursively."""
     from snakemake.utils import update_config

@@ -4,7 +4,8 @@
 #   CHECKPOINT: an MAE pretraining checkpoint (e.g. a default-study base run's pretrain/checkpoint.pt); DATA: the
 #   prepared data the study transfers on (the default study's `shapes`). Sizes by environment: SEG_EPOCHS (20),
 #   DET_EPOCHS (10), EVAL_EVERY (2), and the study's image counts TRAIN_SEG/EVAL_SEG (1000/300), TRAIN_DET/EVAL_DET
-#   (600/200), MODEL (mae_vit_micro_patch4), RUNS ("base scratch"; RUNS=base and RUNS=scratch run side by side).
+#   (600/200), MODEL (mae_vit_micro_patch4), RUNS ("base scratch"; RUNS=base and RUNS=scratch run side by side),
+#   TRANSFERS ("seg det"; TRANSFERS=seg runs segmentation alone).
 #   Writes OUTDIR/runs/{base,scratch}/transfer_{seg,det}/ (the val metric every EVAL_EVERY epochs); then
 #   python docs/bench/learning_curves.py OUTDIR      prints the curves (first, last, best, last-quarter gain).
 set -euo pipefail
@@ -17,10 +18,13 @@ MODEL=${MODEL:-mae_vit_micro_patch4}  # the random init's architecture: the chec
 for run in ${RUNS:-base scratch}; do
   if [ "$run" = base ]; then INIT=(--init "$CK"); else INIT=(--scratch --set "model=$MODEL"); fi
   R=$OUT/runs/$run; mkdir -p "$R"
-  mae transfer-seg --data "$D" --out "$R/transfer_seg" "${INIT[@]}" --device cpu --set epochs="$SEG" \
-    --set eval_every="$EVERY" --set train_images="${TRAIN_SEG:-1000}" --set eval_images="${EVAL_SEG:-300}" \
-    > "$R/transfer_seg.log" 2>&1
-  mae transfer-det --data "$D" --out "$R/transfer_det" "${INIT[@]}" --device cpu --set epochs="$DET" \
-    --set eval_every="$EVERY" --set train_images="${TRAIN_DET:-600}" --set eval_images="${EVAL_DET:-200}" \
-    > "$R/transfer_det.log" 2>&1
+  for t in ${TRANSFERS:-seg det}; do
+    case $t in
+      seg) SIZES=(--set epochs="$SEG" --set train_images="${TRAIN_SEG:-1000}" --set eval_images="${EVAL_SEG:-300}") ;;
+      det) SIZES=(--set epochs="$DET" --set train_images="${TRAIN_DET:-600}" --set eval_images="${EVAL_DET:-200}") ;;
+      *) echo "error: TRANSFERS: unknown transfer '$t' (valid: seg det)" >&2; exit 2 ;;
+    esac
+    mae "transfer-$t" --data "$D" --out "$R/transfer_$t" "${INIT[@]}" --device cpu "${SIZES[@]}" \
+      --set eval_every="$EVERY" > "$R/transfer_$t.log" 2>&1
+  done
 done
