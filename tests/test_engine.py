@@ -119,6 +119,26 @@ def test_resume_is_bitwise_identical(tmp_path, amp):
     assert resumed.calls == 6  # only the second epoch was trained
 
 
+class LoaderEvalTask(RegressionTask):
+    """Evaluates through a DataLoader, which draws its base seed from torch's global RNG."""
+
+    def evaluate(self):
+        losses = [nn.functional.mse_loss(self.model(x).float(), y).item() for x, y in DataLoader(self.data)]
+        return {"loss": sum(losses) / len(losses)}
+
+
+def test_evaluating_during_training_does_not_change_the_trained_model(tmp_path):
+    """eval_every only adds evaluations: the model trained with them (dropout draws from the global RNG) is the
+    model trained without them, so a learning curve is the curve of the run the study reports."""
+    plain, curve = LoaderEvalTask(cfg_for(eval_every=0)), LoaderEvalTask(cfg_for(eval_every=1))
+    fit(plain, plain.cfg, tmp_path / "plain")
+    fit(curve, curve.cfg, tmp_path / "curve")
+    records = [json.loads(line) for line in (tmp_path / "curve" / "log.jsonl").read_text().splitlines()]
+    assert sum(r.get("kind") == "eval" for r in records) == 3  # after epochs 1 and 2, and the final one
+    a, b = weights(plain), weights(curve)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_changed_config(tmp_path):
     cfg = cfg_for(epochs=2, save_every=1)
     fit(RegressionTask(cfg), replace(cfg, max_steps=3), tmp_path)

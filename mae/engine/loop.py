@@ -419,8 +419,12 @@ class _Trainer:
         save_checkpoint(self.ckpt_path, self.env, contents, self.meter.partial() if next_iter else None)
 
     def _evaluate(self) -> dict:
+        """The task's evaluation, on a fork of torch's global RNG: a DataLoader draws its base seed from that RNG,
+        which training draws from too (dropout, drop path), so without the fork `eval_every` would change the
+        trained model."""
         self.model.eval()
-        with torch.no_grad(), self.precision.autocast(self.device):
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad(), self.precision.autocast(self.device):
             result = self.task.evaluate() or {}
         self.model.train()
         return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
