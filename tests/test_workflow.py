@@ -146,6 +146,19 @@ def test_transfer_budget_dag_shape(repo_root):
     assert not {"linprobe", "knn", "partial_ft", "transfer_cls"} & set(counts)
 
 
+def test_transfer_budget_seg8000_overlay_dag_shape(repo_root):
+    """docs/bench/transfer_budget_seg8000.yaml over transfer_budget: the same runs, segmentation only, 8 000 images."""
+    overlay = "docs/bench/transfer_budget_seg8000.yaml"
+    p = dry_run(repo_root, "--configfile", "config/transfer_budget.yaml", overlay)
+    assert p.returncode == 0, p.stderr
+    counts = job_counts(p.stdout + p.stderr)
+    assert counts["pretrain"] == 3 and counts["finetune"] == 3 and counts["transfer_seg"] == 3 * 3
+    assert not {"transfer_det", "linprobe", "knn", "partial_ft", "transfer_cls"} & set(counts)
+    settings = yaml.safe_load((repo_root / overlay).read_text())
+    assert settings["transfer_seg"] == {"train_images": 8000}
+    assert settings["results"] != yaml.safe_load((repo_root / "config/transfer_budget.yaml").read_text())["results"]
+
+
 def _merged(repo_root, overlay: str) -> dict:
     """The config Snakemake runs with `--configfile overlay`: config/config.yaml updated recursively."""
     from snakemake.utils import update_config
