@@ -393,6 +393,20 @@ def test_claims_hold_on_fixture_and_on_paper(summary, replicates):
     assert result.loc["token_target", "rule"] == "|·| < 0.5" and result.loc["high_mask_ratio", "rule"] == "all > 0"
 
 
+def test_a_transfer_claim_read_on_part_of_its_transfers_says_which_were_not_run(summary, replicates):
+    """Tables 4/5 name detection and segmentation: a study that runs segmentation alone decides the claim on it,
+    and its evidence says that detection was not run (an overlay such as docs/bench/transfer_budget_seg8000.yaml)."""
+    both = C.check_claims(summary, replicates, with_paper=False).set_index("id").loc["transfer_vs_supervised"]
+    assert "not run" not in both["evidence"]
+    seg_only = summary[summary["eval"] != "transfer_det"]
+    row = C.check_claims(seg_only, replicates, with_paper=False).set_index("id").loc["transfer_vs_supervised"]
+    assert row["verdict"] == V.HOLDS and row["evidence"].endswith("; not run: transfer_det"), row["evidence"]
+    assert row["evidence"].startswith("transfer_seg miou +")
+    # the random-init claim names no transfer, so it reads whichever were run without a note
+    scratch = C.check_claims(seg_only, replicates, with_paper=False).set_index("id").loc["transfer_vs_scratch"]
+    assert "not run" not in scratch["evidence"]
+
+
 def test_claims_without_replicates_are_inconclusive(summary):
     result = C.check_claims(summary, None, with_paper=False)
     assert (result["verdict"] == V.INCONCLUSIVE).all() and result["ci_lo"].isna().all()

@@ -249,10 +249,11 @@ def features_beat_random_init(ev: Evidence) -> Test | str:
     return _beats_scratch(ev, "lin")
 
 
-def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER) -> Test | str:
+def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER, named: bool = False) -> Test | str:
     """One contrast MAE − ``init`` per transfer run (detection AP box, segmentation mIoU, classification top-1
-    per dataset); holds when every one is above 0."""
-    contrasts = []
+    per dataset); holds when every one is above 0. ``named``: the claim names each of ``transfers``, so the
+    evidence says which of them the study did not run (its verdict then reads on the others alone)."""
+    contrasts, missing = [], []
     for evaluation, metric in transfers:
         settings = (
             sorted(set(ev.frame.loc[ev.frame["eval"] == evaluation, "eval_setting"].fillna("")))
@@ -263,9 +264,12 @@ def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER) -> Tes
             pair = _beats_baseline(ev, evaluation, metric, setting, init)
             if pair is not None:
                 contrasts.append(_diff(f"{evaluation}{'-' + setting if setting else ''} {metric}", *pair))
+        if named and not any(c.label.startswith(evaluation) for c in contrasts):
+            missing.append(evaluation)
     if not contrasts:
         return f"needs a transfer evaluation of the base run and of the {init} baseline"
-    return Test(contrasts, "; ".join(f"{c.label} {c.point():+.2f}" for c in contrasts))
+    evidence = "; ".join(f"{c.label} {c.point():+.2f}" for c in contrasts)
+    return Test(contrasts, evidence + (f"; not run: {', '.join(missing)}" if missing else ""))
 
 
 def transfer_beats_scratch(ev: Evidence) -> Test | str:
@@ -278,7 +282,7 @@ def transfer_beats_supervised(ev: Evidence) -> Test | str:
     from-scratch fine-tuned encoder on the same data; the paper's = supervised ImageNet-1K pretraining). Table 6
     (classification transfer) compares with other methods' published numbers, not with supervised
     pretraining, so classification transfer is not part of this claim."""
-    return _transfer_beats(ev, "supervised", TRANSFER[:2])
+    return _transfer_beats(ev, "supervised", TRANSFER[:2], named=True)
 
 
 def one_block_far_above_linear(ev: Evidence) -> Test | str:
