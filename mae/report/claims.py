@@ -255,6 +255,7 @@ def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER, named:
     evidence says which of them the study did not run (its verdict then reads on the others alone)."""
     contrasts, missing = [], []
     for evaluation, metric in transfers:
+        before = len(contrasts)
         settings = (
             sorted(set(ev.frame.loc[ev.frame["eval"] == evaluation, "eval_setting"].fillna("")))
             if len(ev.frame)
@@ -264,7 +265,7 @@ def _transfer_beats(ev: Evidence, init: str, transfers: tuple = TRANSFER, named:
             pair = _beats_baseline(ev, evaluation, metric, setting, init)
             if pair is not None:
                 contrasts.append(_diff(f"{evaluation}{'-' + setting if setting else ''} {metric}", *pair))
-        if named and not any(c.label.startswith(evaluation) for c in contrasts):
+        if named and len(contrasts) == before:
             missing.append(evaluation)
     if not contrasts:
         return f"needs a transfer evaluation of the base run and of the {init} baseline"
